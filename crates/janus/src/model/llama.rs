@@ -1,0 +1,376 @@
+//! The LLaMA decoder (DeepSeek-LLM) with an explicit, preallocated, batched KV cache.
+//!
+//! Checkpoint names (original layout): `language_model.model.{embed_tokens, layers.N.*,
+//! norm}` and `language_model.lm_head`.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+use super::ops::{attention, RmsNorm};
+use crate::config::TextConfig;
+
+/// Preallocated key/value storage for every layer, owned by the caller.
+///
+/// One row per sequence in the batch (for classifier-free guidance: two rows per image).
+/// The cache knows its own length; the RoPE offset of the next forward is that length.
+#[derive(Debug)]
+pub struct KvCache {
+    /// Per layer: (k, v), each `(B, H_kv, max_len, Dh)`.
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+    max_len: usize,
+    batch: usize,
+}
+
+impl KvCache {
+    /// Allocates a cache for `batch` rows of up to `max_len` positions.
+    pub fn new(
+        cfg: &TextConfig,
+        batch: usize,
+        max_len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| {
+                Ok((
+                    Tensor::zeros(shape, dtype, device)?,
+                    Tensor::zeros(shape, dtype, device)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            len: 0,
+            max_len,
+            batch,
+        })
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Capacity in positions.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Rows in the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Forgets the contents (keeps the allocation).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    /// Writes `t` new positions for `layer` and returns the filled prefix (k, v).
+    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        let (kc, vc) = &self.layers[layer];
+        kc.slice_set(&k.contiguous()?, 2, self.len)?;
+        vc.slice_set(&v.contiguous()?, 2, self.len)?;
+        let end = self.len + t;
+        Ok((kc.narrow(2, 0, end)?, vc.narrow(2, 0, end)?))
+    }
+}
+
+/// Rotary-embedding tables (cos, sin) for every position up to `max_len`, kept in f32.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor, // (max_len, Dh)
+    sin: Tensor, // (max_len, Dh)
+}
+
+impl Rope {
+    fn new(cfg: &TextConfig, device: &Device) -> Result<Self> {
+        let dh = cfg.head_dim;
+        let max_len = cfg.max_position_embeddings;
+        // inv_freq stays f32 whatever the weights' dtype (see janus-reference.md §8).
+        let inv_freq: Vec<f32> = (0..dh)
+            .step_by(2)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf(i as f32 / dh as f32))
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, dh / 2), device)?;
+        let pos = Tensor::arange(0u32, max_len as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max_len, 1))?;
+        let freqs = pos.broadcast_mul(&inv_freq)?; // (max_len, Dh/2)
+        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?; // (max_len, Dh)
+        Ok(Self {
+            cos: emb.cos()?,
+            sin: emb.sin()?,
+        })
+    }
+
+    /// Rotates `x` `(B, H, T, Dh)` for positions `offset..offset+T` (rotate_half form).
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_b, _h, t, dh) = x.dims4()?;
+        let dtype = x.dtype();
+        let cos = self.cos.narrow(0, offset, t)?.to_dtype(dtype)?;
+        let sin = self.sin.narrow(0, offset, t)?.to_dtype(dtype)?;
+        let x1 = x.narrow(D::Minus1, 0, dh / 2)?;
+        let x2 = x.narrow(D::Minus1, dh / 2, dh / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+    }
+}
+
+fn linear(cfg_bias: bool, i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
+    if cfg_bias {
+        candle_nn::linear(i, o, vb)
+    } else {
+        candle_nn::linear_no_bias(i, o, vb)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, h, kv, dh) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let b = cfg.attention_bias;
+        Ok(Self {
+            q_proj: linear(b, d, h * dh, vb.pp("q_proj"))?,
+            k_proj: linear(b, d, kv * dh, vb.pp("k_proj"))?,
+            v_proj: linear(b, d, kv * dh, vb.pp("v_proj"))?,
+            o_proj: linear(b, h * dh, d, vb.pp("o_proj"))?,
+            n_heads: h,
+            n_kv: kv,
+            head_dim: dh,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        // (B, T, H*Dh) -> (B, H, T, Dh)
+        let q = q.reshape((b, t, self.n_heads, self.head_dim))?.transpose(1, 2)?;
+        let k = k.reshape((b, t, self.n_kv, self.head_dim))?.transpose(1, 2)?;
+        let v = v.reshape((b, t, self.n_kv, self.head_dim))?.transpose(1, 2)?;
+        let q = rope.apply(&q.contiguous()?, offset)?;
+        let k = rope.apply(&k.contiguous()?, offset)?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?,
+            None => (k, v.contiguous()?),
+        };
+        let (k, v) = (repeat_kv(&k, self.n_heads / self.n_kv)?, repeat_kv(&v, self.n_heads / self.n_kv)?);
+        let y = attention(&q, &k, &v, mask)?; // (B, H, T, Dh)
+        let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// Repeats key/value heads for grouped-query attention: `(B, Hkv, T, Dh) -> (B, Hkv*n, T, Dh)`.
+fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, h, n, t, d))?
+        .reshape((b, h * n, t, d))
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (d, f, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: linear(b, d, f, vb.pp("gate_proj"))?,
+            up_proj: linear(b, d, f, vb.pp("up_proj"))?,
+            down_proj: linear(b, f, d, vb.pp("down_proj"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x)?.silu()?;
+        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: SelfAttention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+        })
+    }
+}
+
+/// The decoder: token embeddings, layers, final RMSNorm and the LM head.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: TextConfig,
+}
+
+impl Llama {
+    /// Builds the decoder from `language_model.*`.
+    pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        Ok(Self {
+            rope: Rope::new(cfg, vb.device())?,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The configuration this decoder was built with.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    /// Token embeddings.
+    ///
+    /// # Shapes
+    /// `(B, T)` u32 ids -> `(B, T, D)`
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs the decoder over input embeddings and returns the final-normed hidden states.
+    ///
+    /// With a cache, the new positions start at `cache.len()` and are appended to it;
+    /// without one, positions start at 0 and nothing is kept (the training path).
+    /// All rows share positions; there is no padding mask (pads are attended, as in the
+    /// reference's unconditional CFG rows).
+    ///
+    /// # Shapes
+    /// `(B, T, D) -> (B, T, D)`
+    pub fn forward_embeds(&self, x: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + t > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {} positions exceeds max_position_embeddings {}",
+                offset + t,
+                self.cfg.max_position_embeddings
+            );
+        }
+        if let Some(c) = cache.as_ref() {
+            if c.batch() != b || offset + t > c.max_len() {
+                candle_core::bail!(
+                    "KV cache holds {} rows x {} positions; got {} rows reaching position {}",
+                    c.batch(),
+                    c.max_len(),
+                    b,
+                    offset + t
+                );
+            }
+        }
+        let mask = causal_mask(t, offset, x.device())?;
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = h.clone();
+            let y = layer.input_layernorm.forward(&h)?;
+            let y = layer.self_attn.forward(
+                &y,
+                &self.rope,
+                offset,
+                mask.as_ref(),
+                cache.as_deref_mut().map(|c| (c, i)),
+            )?;
+            h = (residual + y)?;
+            let residual = h.clone();
+            let y = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
+            h = (residual + y)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// Text logits from final-normed hidden states.
+    ///
+    /// # Shapes
+    /// `(B, T, D) -> (B, T, V)`
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+}
+
+/// Additive causal mask `(T, offset+T)` for a chunk of `t` new positions after `offset`
+/// cached ones; `None` when a single position is decoded (it sees everything).
+fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Option<Tensor>> {
+    if t <= 1 {
+        return Ok(None);
+    }
+    let total = offset + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
+}

@@ -1,0 +1,123 @@
+//! The SigLIP-L/16 vision transformer used for understanding (timm layout).
+//!
+//! Checkpoint names (original layout): `vision_model.vision_tower.{patch_embed.proj,
+//! pos_embed, blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}, norm}`.
+//! `attn_pool.*` exists in the checkpoints but the reference never runs it
+//! (`ignore_head=True`), so it is not loaded.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use super::ops::{attention, gelu, LayerNorm};
+use crate::config::VisionConfig;
+
+#[derive(Debug, Clone)]
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+}
+
+impl Module for Attention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let dh = c / self.num_heads;
+        // (B, N, 3C) -> (3, B, H, N, Dh)
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, n, 3, self.num_heads, dh))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let y = attention(&q, &k, &v, None)?; // (B, H, N, Dh)
+        let y = y.transpose(1, 2)?.reshape((b, n, c))?;
+        self.proj.forward(&y)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    norm1: LayerNorm,
+    attn: Attention,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Block {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let c = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        Ok(Self {
+            norm1: LayerNorm::new(c, eps, vb.pp("norm1"))?,
+            attn: Attention {
+                qkv: candle_nn::linear(c, 3 * c, vb.pp("attn.qkv"))?,
+                proj: candle_nn::linear(c, c, vb.pp("attn.proj"))?,
+                num_heads: cfg.num_heads,
+            },
+            norm2: LayerNorm::new(c, eps, vb.pp("norm2"))?,
+            fc1: candle_nn::linear(c, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
+            fc2: candle_nn::linear(cfg.intermediate_size, c, vb.pp("mlp.fc2"))?,
+        })
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
+        x + self.fc2.forward(&h)?
+    }
+}
+
+/// SigLIP ViT: patch embedding, learned positions, pre-LN blocks, final LayerNorm.
+#[derive(Debug, Clone)]
+pub struct SiglipVit {
+    patch_embed: Conv2d,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm: LayerNorm,
+    cfg: VisionConfig,
+}
+
+impl SiglipVit {
+    /// Builds the tower from `vision_model.vision_tower.*`.
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let c = cfg.hidden_size;
+        let conv_cfg = Conv2dConfig {
+            stride: cfg.patch_size,
+            ..Default::default()
+        };
+        let patch_embed = candle_nn::conv2d(3, c, cfg.patch_size, conv_cfg, vb.pp("patch_embed.proj"))?;
+        let pos_embed = vb.get((1, cfg.num_image_tokens(), c), "pos_embed")?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_embed,
+            pos_embed,
+            blocks,
+            norm: LayerNorm::new(c, cfg.layer_norm_eps, vb.pp("norm"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Image features after the final norm.
+    ///
+    /// # Shapes
+    /// `(B, 3, S, S) -> (B, N, C)` with N = (S / patch)^2.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (_b, ch, h, w) = pixels.dims4()?;
+        let s = self.cfg.image_size;
+        if ch != 3 || h != s || w != s {
+            candle_core::bail!("vision tower expects (B, 3, {s}, {s}) pixels, got {:?}", pixels.dims());
+        }
+        let x = self.patch_embed.forward(pixels)?; // (B, C, g, g)
+        let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, N, C)
+        let mut x = x.broadcast_add(&self.pos_embed)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        self.norm.forward(&x)
+    }
+}
