@@ -214,23 +214,23 @@ impl JanusConfig {
         if t.num_attention_heads == 0 || t.num_key_value_heads == 0 {
             return bad("language model has zero attention heads".into());
         }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 t.num_attention_heads, t.num_key_value_heads
             ));
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for RoPE", t.head_dim));
         }
         let v = &self.vision;
-        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
+        if v.num_heads == 0 || !v.hidden_size.is_multiple_of(v.num_heads) {
             return bad(format!(
                 "vision width {} is not a multiple of its {} heads",
                 v.hidden_size, v.num_heads
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "vision image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
@@ -240,7 +240,7 @@ impl JanusConfig {
             return bad("VQ ch_mult is empty".into());
         }
         for m in &self.vq.ch_mult {
-            if (self.vq.ch * m) % 32 != 0 {
+            if !(self.vq.ch * m).is_multiple_of(32) {
                 return bad(format!(
                     "VQ channels {} are not a multiple of the 32 GroupNorm groups",
                     self.vq.ch * m
@@ -517,8 +517,10 @@ fn from_original(v: &Value) -> Result<JanusConfig> {
         )?,
         "gen_aligner_config",
     )?;
-    let gh: RawOrigGenHead =
-        parse(Some(params(v, "gen_head_config")?), "gen_head_config.params")?;
+    let gh: RawOrigGenHead = parse(
+        Some(params(v, "gen_head_config")?),
+        "gen_head_config.params",
+    )?;
     let vq_cls = cls(v, "gen_vision_config");
     if vq_cls != "VQ-16" {
         return Err(Error::Config(format!(
@@ -674,8 +676,7 @@ fn from_transformers(v: &Value) -> Result<JanusConfig> {
         )));
     }
     let rq: RawTfVq = parse(v.get("vq_config"), "vq_config")?;
-    if rq.double_latent || rq.hidden_act != "gelu" || rq.in_channels != 3 || rq.out_channels != 3
-    {
+    if rq.double_latent || rq.hidden_act != "gelu" || rq.in_channels != 3 || rq.out_channels != 3 {
         return Err(Error::Config(format!(
             "vq_config variant not supported (double_latent {}, hidden_act {:?}, channels {}/{})",
             rq.double_latent, rq.hidden_act, rq.in_channels, rq.out_channels

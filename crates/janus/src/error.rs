@@ -58,9 +58,29 @@ pub enum Error {
     /// A request is invalid: bad option value, wrong placeholder count, prompt too long.
     #[error("{0}")]
     InvalidInput(String),
+    /// An error raised inside model construction or a forward pass that carries one of
+    /// our own messages (candle keeps only its text).
+    #[error("{0}")]
+    Model(String),
     /// An error from the tensor library.
     #[error("tensor error: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    /// Drops candle's captured backtraces (the CLI prints one line, never a backtrace)
+    /// and keeps wrapped messages verbatim.
+    fn from(e: candle_core::Error) -> Self {
+        let mut e = e;
+        loop {
+            match e {
+                candle_core::Error::WithBacktrace { inner, .. } => e = *inner,
+                candle_core::Error::Wrapped(d) => return Error::Model(d.to_string()),
+                candle_core::Error::Msg(m) => return Error::Model(m),
+                other => return Error::Candle(other),
+            }
+        }
+    }
 }
 
 /// Result alias used throughout the library.

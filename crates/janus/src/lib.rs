@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod pipeline;
 pub mod processor;
 pub mod weights;
 

@@ -225,7 +225,10 @@ pub fn to_rgb8(pixels: &Tensor) -> Result<Vec<(u32, u32, Vec<u8>)>> {
     if c != 3 {
         return Err(Error::InvalidInput(format!("expected 3 channels, got {c}")));
     }
-    let hwc = pixels.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.contiguous()?;
+    let hwc = pixels
+        .to_dtype(DType::F32)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?;
     let data = hwc.flatten_all()?.to_vec1::<f32>()?;
     let per = h * w * 3;
     Ok((0..p)

@@ -146,5 +146,8 @@ fn last_logits(model: &Janus, hidden: &Tensor) -> Result<Vec<f32>> {
     let (_, t, _) = hidden.dims3()?;
     let last = hidden.narrow(1, t - 1, 1)?;
     let logits = model.llm.lm_head(&last)?;
-    Ok(logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    Ok(logits
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?)
 }

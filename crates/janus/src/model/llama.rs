@@ -177,18 +177,29 @@ impl SelfAttention {
         let k = self.k_proj.forward(x)?;
         let v = self.v_proj.forward(x)?;
         // (B, T, H*Dh) -> (B, H, T, Dh)
-        let q = q.reshape((b, t, self.n_heads, self.head_dim))?.transpose(1, 2)?;
-        let k = k.reshape((b, t, self.n_kv, self.head_dim))?.transpose(1, 2)?;
-        let v = v.reshape((b, t, self.n_kv, self.head_dim))?.transpose(1, 2)?;
+        let q = q
+            .reshape((b, t, self.n_heads, self.head_dim))?
+            .transpose(1, 2)?;
+        let k = k
+            .reshape((b, t, self.n_kv, self.head_dim))?
+            .transpose(1, 2)?;
+        let v = v
+            .reshape((b, t, self.n_kv, self.head_dim))?
+            .transpose(1, 2)?;
         let q = rope.apply(&q.contiguous()?, offset)?;
         let k = rope.apply(&k.contiguous()?, offset)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v.contiguous()?),
         };
-        let (k, v) = (repeat_kv(&k, self.n_heads / self.n_kv)?, repeat_kv(&v, self.n_heads / self.n_kv)?);
+        let (k, v) = (
+            repeat_kv(&k, self.n_heads / self.n_kv)?,
+            repeat_kv(&v, self.n_heads / self.n_kv)?,
+        );
         let y = attention(&q, &k, &v, mask)?; // (B, H, T, Dh)
-        let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, t, self.n_heads * self.head_dim))?;
         self.o_proj.forward(&y)
     }
 }
@@ -242,7 +253,11 @@ impl DecoderLayer {
         Ok(Self {
             self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
@@ -267,7 +282,8 @@ impl Llama {
     /// Builds the decoder from `language_model.*`.
     pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
-        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
@@ -344,7 +360,9 @@ impl Llama {
             )?;
             h = (residual + y)?;
             let residual = h.clone();
-            let y = layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?;
+            let y = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&h)?)?;
             h = (residual + y)?;
         }
         if let Some(c) = cache {
@@ -370,7 +388,15 @@ fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Option<Tensor
     }
     let total = offset + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
 }

@@ -17,7 +17,11 @@ pub struct MlpProjector {
 impl MlpProjector {
     /// Builds from `<prefix>.layers.{0,2,..}`.
     pub fn new(cfg: &MlpConfig, vb: VarBuilder) -> Result<Self> {
-        let mut layers = vec![candle_nn::linear(cfg.input_dim, cfg.n_embed, vb.pp("layers.0"))?];
+        let mut layers = vec![candle_nn::linear(
+            cfg.input_dim,
+            cfg.n_embed,
+            vb.pp("layers.0"),
+        )?];
         for i in 1..cfg.depth {
             layers.push(candle_nn::linear(
                 cfg.n_embed,

@@ -114,7 +114,10 @@ impl Janus {
         let mut pos = 0;
         for (i, &start) in image_spans.iter().enumerate() {
             if start < pos || start + n > t {
-                candle_core::bail!("image span {i} at {start}..{} does not fit in {t} tokens", start + n);
+                candle_core::bail!(
+                    "image span {i} at {start}..{} does not fit in {t} tokens",
+                    start + n
+                );
             }
             if start > pos {
                 pieces.push(text.narrow(1, pos, start - pos)?);

@@ -88,7 +88,8 @@ impl SiglipVit {
             stride: cfg.patch_size,
             ..Default::default()
         };
-        let patch_embed = candle_nn::conv2d(3, c, cfg.patch_size, conv_cfg, vb.pp("patch_embed.proj"))?;
+        let patch_embed =
+            candle_nn::conv2d(3, c, cfg.patch_size, conv_cfg, vb.pp("patch_embed.proj"))?;
         let pos_embed = vb.get((1, cfg.num_image_tokens(), c), "pos_embed")?;
         let blocks = (0..cfg.num_layers)
             .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
@@ -110,7 +111,10 @@ impl SiglipVit {
         let (_b, ch, h, w) = pixels.dims4()?;
         let s = self.cfg.image_size;
         if ch != 3 || h != s || w != s {
-            candle_core::bail!("vision tower expects (B, 3, {s}, {s}) pixels, got {:?}", pixels.dims());
+            candle_core::bail!(
+                "vision tower expects (B, 3, {s}, {s}) pixels, got {:?}",
+                pixels.dims()
+            );
         }
         let x = self.patch_embed.forward(pixels)?; // (B, C, g, g)
         let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, N, C)

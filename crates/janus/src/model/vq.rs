@@ -14,7 +14,14 @@ use crate::config::VqConfig;
 const GROUPS: usize = 32;
 const NORM_EPS: f64 = 1e-6;
 
-fn conv(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, vb: VarBuilder) -> Result<Conv2d> {
+fn conv(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding: pad,
         stride,
@@ -90,7 +97,11 @@ impl Module for AttnBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let hn = self.norm.forward(x)?;
-        let q = self.q.forward(&hn)?.reshape((b, c, h * w))?.transpose(1, 2)?; // (B, HW, C)
+        let q = self
+            .q
+            .forward(&hn)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?; // (B, HW, C)
         let k = self.k.forward(&hn)?.reshape((b, c, h * w))?; // (B, C, HW)
         let v = self.v.forward(&hn)?.reshape((b, c, h * w))?; // (B, C, HW)
         let scores = (q.contiguous()?.matmul(&k)? * (c as f64).powf(-0.5))?; // (B, HWq, HWk)
@@ -125,12 +136,17 @@ impl Level {
                 // Nearest x2 in f32 then back, as the reference's Upsample does for bf16.
                 let (_, _, hh, ww) = h.dims4()?;
                 let dtype = h.dtype();
-                let up = h.to_dtype(DType::F32)?.upsample_nearest2d(hh * 2, ww * 2)?.to_dtype(dtype)?;
+                let up = h
+                    .to_dtype(DType::F32)?
+                    .upsample_nearest2d(hh * 2, ww * 2)?
+                    .to_dtype(dtype)?;
                 c.forward(&up)
             }
             Some(c) => {
                 // Downsample: pad right and bottom by one, then a stride-2 3x3 conv.
-                let padded = h.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+                let padded = h
+                    .pad_with_zeros(D::Minus1, 0, 1)?
+                    .pad_with_zeros(D::Minus2, 0, 1)?;
                 c.forward(&padded)
             }
         }
@@ -179,11 +195,22 @@ impl Encoder {
                 }
             }
             let resample = if l != n - 1 {
-                Some(conv(block_in, block_in, 3, 2, 0, lvb.pp("downsample.conv"))?)
+                Some(conv(
+                    block_in,
+                    block_in,
+                    3,
+                    2,
+                    0,
+                    lvb.pp("downsample.conv"),
+                )?)
             } else {
                 None
             };
-            levels.push(Level { res, attn, resample });
+            levels.push(Level {
+                res,
+                attn,
+                resample,
+            });
         }
         Ok(Self {
             conv_in,
@@ -242,7 +269,11 @@ impl Decoder {
             } else {
                 None
             };
-            levels.push(Level { res, attn, resample });
+            levels.push(Level {
+                res,
+                attn,
+                resample,
+            });
         }
         Ok(Self {
             conv_in,
@@ -286,12 +317,29 @@ fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 impl VqModel {
     /// Builds from `gen_vision_model.*`.
     pub fn new(cfg: &VqConfig, vb: VarBuilder) -> Result<Self> {
-        let raw = vb.get((cfg.codebook_size, cfg.codebook_embed_dim), "quantize.embedding.weight")?;
+        let raw = vb.get(
+            (cfg.codebook_size, cfg.codebook_embed_dim),
+            "quantize.embedding.weight",
+        )?;
         Ok(Self {
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
-            quant_conv: conv(cfg.z_channels, cfg.codebook_embed_dim, 1, 1, 0, vb.pp("quant_conv"))?,
-            post_quant_conv: conv(cfg.codebook_embed_dim, cfg.z_channels, 1, 1, 0, vb.pp("post_quant_conv"))?,
+            quant_conv: conv(
+                cfg.z_channels,
+                cfg.codebook_embed_dim,
+                1,
+                1,
+                0,
+                vb.pp("quant_conv"),
+            )?,
+            post_quant_conv: conv(
+                cfg.codebook_embed_dim,
+                cfg.z_channels,
+                1,
+                1,
+                0,
+                vb.pp("post_quant_conv"),
+            )?,
             codebook: l2_normalize(&raw)?,
             cfg: cfg.clone(),
         })
@@ -350,7 +398,9 @@ impl VqModel {
             candle_core::bail!("code {max} is outside the codebook of {k} entries");
         }
         let e = self.codebook.index_select(&codes.flatten_all()?, 0)?; // (B*h*w, e)
-        e.reshape((b, h, w, self.cfg.codebook_embed_dim))?.permute((0, 3, 1, 2))?.contiguous()
+        e.reshape((b, h, w, self.cfg.codebook_embed_dim))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
     }
 
     /// Codes to pixels in roughly [-1, 1].

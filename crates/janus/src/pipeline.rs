@@ -1,0 +1,324 @@
+//! A loaded model directory ready for both tasks: model, tokenizer and image processor.
+//!
+//! This is the layer the CLI (and later the server) talks to: text and images in, text
+//! and images out.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::JanusConfig;
+use crate::engine::{
+    self, Finish, GenerateParams, SamplingParams, Timings, UnderstandInput, UnderstandParams,
+};
+use crate::error::{Error, Result};
+use crate::model::Janus;
+use crate::processor::{
+    self, images_in_order, ImageProcessorConfig, JanusTokenizer, Message, PreparedPrompt,
+};
+use crate::weights;
+
+/// Which floating-point type to compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DTypeChoice {
+    /// f32 when the weights fit comfortably in memory as f32 (at most half of RAM),
+    /// otherwise bf16. On CPU f32 is both the most exact and (with candle's kernels) the
+    /// fastest choice; bf16 halves memory.
+    Auto,
+    /// A fixed dtype.
+    Fixed(DType),
+}
+
+impl std::str::FromStr for DTypeChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DTypeChoice::Auto),
+            "f32" | "float32" => Ok(DTypeChoice::Fixed(DType::F32)),
+            "bf16" | "bfloat16" => Ok(DTypeChoice::Fixed(DType::BF16)),
+            "f16" | "float16" => Ok(DTypeChoice::Fixed(DType::F16)),
+            other => Err(Error::InvalidInput(format!(
+                "unsupported dtype {other:?} (use auto, f32, bf16 or f16)"
+            ))),
+        }
+    }
+}
+
+impl DTypeChoice {
+    /// The dtype to use for a model with `params` parameters on `device`.
+    pub fn resolve(self, params: usize, device: &Device) -> DType {
+        match self {
+            DTypeChoice::Fixed(d) => d,
+            DTypeChoice::Auto if !device.is_cpu() => DType::BF16,
+            DTypeChoice::Auto => match total_memory_bytes() {
+                Some(mem) if (params as u64) * 4 > mem / 2 => DType::BF16,
+                _ => DType::F32,
+            },
+        }
+    }
+}
+
+fn total_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Understanding settings.
+#[derive(Debug, Clone)]
+pub struct UnderstandOptions {
+    /// Sampling (temperature 0 = greedy).
+    pub sampling: SamplingParams,
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: usize,
+    /// System prompt; `None` for none. The reference uses
+    /// [`processor::DEFAULT_SYSTEM_PROMPT`].
+    pub system: Option<String>,
+}
+
+impl Default for UnderstandOptions {
+    fn default() -> Self {
+        Self {
+            sampling: SamplingParams::default(),
+            max_new_tokens: 512,
+            system: Some(processor::DEFAULT_SYSTEM_PROMPT.to_string()),
+        }
+    }
+}
+
+/// The answer to an understanding request.
+#[derive(Debug, Clone)]
+pub struct UnderstandResult {
+    /// Decoded answer.
+    pub text: String,
+    /// Generated ids, stop token excluded.
+    pub token_ids: Vec<u32>,
+    /// Prompt length in tokens (images expanded).
+    pub prompt_tokens: usize,
+    /// Why generation ended.
+    pub finish: Finish,
+    /// Seconds per stage.
+    pub timings: Timings,
+}
+
+/// The result of a text-to-image request.
+#[derive(Debug, Clone)]
+pub struct GenerateResult {
+    /// Codes per image.
+    pub codes: Vec<Vec<u32>>,
+    /// Decoded 8-bit RGB images.
+    pub images: Vec<image::RgbImage>,
+    /// Whether all steps ran.
+    pub finish: Finish,
+    /// Seconds per stage.
+    pub timings: Timings,
+}
+
+/// Model, tokenizer and image processor of one model directory.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The network.
+    pub model: Janus,
+    /// Tokenizer with resolved special tokens.
+    pub tokenizer: JanusTokenizer,
+    /// Understanding preprocessing settings.
+    pub image_processor: ImageProcessorConfig,
+    /// Where the files came from.
+    pub dir: PathBuf,
+}
+
+impl Pipeline {
+    /// Loads `dir` (config.json, weights, tokenizer.json, preprocessor_config.json).
+    pub fn load(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<Self> {
+        let t0 = Instant::now();
+        let (cfg, store) = weights::load_model_dir(dir)?;
+        let dtype = dtype.resolve(parameter_count(&store), device);
+        let tokenizer = JanusTokenizer::from_file(dir.join("tokenizer.json"))?;
+        check_vocab(&cfg, &tokenizer)?;
+        let image_processor = ImageProcessorConfig::from_model_dir(dir)?;
+        let vb = weights::var_builder(&store, cfg.layout, dtype, device);
+        let model = Janus::new(&cfg, vb)?;
+        tracing::info!(
+            "loaded {} ({} layout, {:?}) in {:.2}s",
+            dir.display(),
+            cfg.layout,
+            dtype,
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(Self {
+            model,
+            tokenizer,
+            image_processor,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &JanusConfig {
+        self.model.config()
+    }
+
+    /// Tokenises a conversation and preprocesses its images.
+    ///
+    /// The conversation should end with a user turn; an empty assistant turn is added
+    /// for the answer.
+    pub fn prepare_understanding(
+        &self,
+        messages: &[Message],
+        system: Option<&str>,
+    ) -> Result<(PreparedPrompt, UnderstandInput)> {
+        let mut conv = messages.to_vec();
+        if conv.last().map(|m| m.role) != Some(processor::Role::Assistant) {
+            conv.push(Message::assistant(""));
+        }
+        let n = self.config().vision.num_image_tokens();
+        let prepared = processor::prepare_understanding(&self.tokenizer, &conv, system, n)?;
+        let device = self.model.device();
+        let pixels = images_in_order(&conv)
+            .map(|img| {
+                let img = img.load()?;
+                self.image_processor.preprocess_tensor(&img, device)
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
+        let pixel_values = if pixels.is_empty() {
+            None
+        } else {
+            Some(Tensor::stack(&pixels, 0)?)
+        };
+        let input = UnderstandInput {
+            input_ids: prepared.input_ids.clone(),
+            image_spans: prepared.image_spans.iter().map(|r| r.start).collect(),
+            pixel_values,
+        };
+        Ok((prepared, input))
+    }
+
+    /// Answers a conversation. `on_text` receives the answer piece by piece as it is
+    /// generated and may stop it.
+    pub fn understand(
+        &self,
+        messages: &[Message],
+        opts: &UnderstandOptions,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<UnderstandResult> {
+        let t0 = Instant::now();
+        let (prepared, input) = self.prepare_understanding(messages, opts.system.as_deref())?;
+        let max_pos = self.config().text.max_position_embeddings;
+        if prepared.input_ids.len() >= max_pos {
+            return Err(Error::InvalidInput(format!(
+                "the prompt is {} tokens long (images included), but the model's context holds {max_pos}",
+                prepared.input_ids.len()
+            )));
+        }
+        let mut timings = Timings::default();
+        timings.push("preprocess_s", t0.elapsed().as_secs_f64());
+        let params = UnderstandParams {
+            sampling: opts.sampling.clone(),
+            max_new_tokens: opts.max_new_tokens,
+            eos_token_id: self.tokenizer.special().eos,
+        };
+        let mut stream = self.tokenizer.stream(true);
+        let mut stream_err = None;
+        let out = engine::understand(&self.model, &input, &params, |id| match stream.push(id) {
+            Ok(Some(piece)) => on_text(&piece),
+            Ok(None) => ControlFlow::Continue(()),
+            Err(e) => {
+                stream_err = Some(e);
+                ControlFlow::Break(())
+            }
+        })?;
+        if let Some(e) = stream_err {
+            return Err(e);
+        }
+        if let Some(rest) = stream.finish()? {
+            // The callback cannot cancel anything any more; its verdict is moot.
+            let _ = on_text(&rest);
+        }
+        timings.extend(&out.timings);
+        Ok(UnderstandResult {
+            text: self.tokenizer.decode(&out.token_ids, true)?,
+            prompt_tokens: prepared.input_ids.len(),
+            token_ids: out.token_ids,
+            finish: out.finish,
+            timings,
+        })
+    }
+
+    /// Generates `params.parallel` images for `prompt`. `on_step(done, total)` reports
+    /// progress and may cancel (then no images are decoded).
+    pub fn generate(
+        &self,
+        prompt: &str,
+        params: &GenerateParams,
+        on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
+    ) -> Result<GenerateResult> {
+        params.validate()?;
+        let (cond, uncond) = processor::prepare_generation(&self.tokenizer, prompt)?;
+        let out = engine::generate_codes(&self.model, &cond, &uncond, params, on_step)?;
+        let mut timings = out.timings.clone();
+        if out.finish == Finish::Cancelled {
+            return Ok(GenerateResult {
+                codes: out.codes,
+                images: Vec::new(),
+                finish: out.finish,
+                timings,
+            });
+        }
+        let t0 = Instant::now();
+        let images = self.decode_images(&out.codes)?;
+        timings.push("vq_decode_s", t0.elapsed().as_secs_f64());
+        Ok(GenerateResult {
+            codes: out.codes,
+            images,
+            finish: out.finish,
+            timings,
+        })
+    }
+
+    /// Decodes code grids to 8-bit RGB images (reference post-processing).
+    pub fn decode_images(&self, codes: &[Vec<u32>]) -> Result<Vec<image::RgbImage>> {
+        let pixels = engine::decode_codes(&self.model, codes)?;
+        engine::to_rgb8(&pixels)?
+            .into_iter()
+            .map(|(w, h, bytes)| {
+                image::RgbImage::from_raw(w, h, bytes)
+                    .ok_or_else(|| Error::InvalidInput("decoded image has the wrong size".into()))
+            })
+            .collect()
+    }
+}
+
+/// Parameters stored in a checkpoint (for sizing decisions).
+fn parameter_count(store: &weights::TensorStore) -> usize {
+    store
+        .names()
+        .filter_map(|n| store.shape(n))
+        .map(|s| s.iter().product::<usize>())
+        .sum()
+}
+
+/// The tokenizer's special ids must index the model's embedding table.
+fn check_vocab(cfg: &JanusConfig, tok: &JanusTokenizer) -> Result<()> {
+    let s = tok.special();
+    let max = [
+        s.bos,
+        s.eos,
+        s.pad,
+        s.image_placeholder,
+        s.begin_of_image,
+        s.end_of_image,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    if max as usize >= cfg.text.vocab_size {
+        return Err(Error::Tokenizer(format!(
+            "special token id {max} is outside the model's vocabulary of {}",
+            cfg.text.vocab_size
+        )));
+    }
+    Ok(())
+}
