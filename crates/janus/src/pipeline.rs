@@ -278,6 +278,32 @@ impl Pipeline {
         })
     }
 
+    /// The generation tokenizer on its own: an image to its VQ codes.
+    ///
+    /// The image is brought to the generation resolution the way understanding inputs are
+    /// (long side resized with Pillow-exact bicubic, centred on a grey square) and scaled
+    /// to [-1, 1]. Returns `gen_grid`^2 codes, row-major.
+    pub fn vq_encode(&self, img: &image::DynamicImage) -> Result<Vec<u32>> {
+        let size = self.config().gen_image_size() as u32;
+        let prep = ImageProcessorConfig {
+            image_size: size,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            ..self.image_processor.clone()
+        };
+        let px = prep
+            .preprocess_tensor(img, self.model.device())?
+            .unsqueeze(0)?;
+        let codes = self.model.vq.encode(&px.to_dtype(self.model.dtype())?)?;
+        Ok(codes.flatten_all()?.to_vec1::<u32>()?)
+    }
+
+    /// The generation tokenizer on its own: codes back to an image.
+    pub fn vq_decode(&self, codes: &[u32]) -> Result<image::RgbImage> {
+        let mut images = self.decode_images(&[codes.to_vec()])?;
+        Ok(images.remove(0))
+    }
+
     /// Decodes code grids to 8-bit RGB images (reference post-processing).
     pub fn decode_images(&self, codes: &[Vec<u32>]) -> Result<Vec<image::RgbImage>> {
         let pixels = engine::decode_codes(&self.model, codes)?;

@@ -45,6 +45,16 @@ pub struct Janus {
     cfg: JanusConfig,
 }
 
+/// The VQ model's VarBuilder: candle's CPU convolutions have no bf16 kernel, so on CPU a
+/// bf16 model keeps its (small, ~70M-parameter) VQ model in f32.
+fn vq_vb(vb: VarBuilder) -> VarBuilder {
+    if vb.dtype() == DType::BF16 && vb.device().is_cpu() {
+        vb.set_dtype(DType::F32)
+    } else {
+        vb
+    }
+}
+
 impl Janus {
     /// Builds every part from canonical tensor names.
     pub fn new(cfg: &JanusConfig, vb: VarBuilder) -> Result<Self> {
@@ -56,7 +66,7 @@ impl Janus {
             gen_embed: candle_nn::embedding(n, e, vb.pp("gen_embed"))?,
             gen_aligner: MlpProjector::new(&cfg.gen_aligner, vb.pp("gen_aligner"))?,
             gen_head: GenHead::new(&cfg.gen_head, vb.pp("gen_head"))?,
-            vq: VqModel::new(&cfg.vq, vb.pp("gen_vision_model"))?,
+            vq: VqModel::new(&cfg.vq, vq_vb(vb.pp("gen_vision_model")))?,
             cfg: cfg.clone(),
         })
     }

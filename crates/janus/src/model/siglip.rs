@@ -6,7 +6,7 @@
 //! (`ignore_head=True`), so it is not loaded.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::ops::{attention, gelu, LayerNorm};
 use crate::config::VisionConfig;
@@ -73,7 +73,10 @@ impl Module for Block {
 /// SigLIP ViT: patch embedding, learned positions, pre-LN blocks, final LayerNorm.
 #[derive(Debug, Clone)]
 pub struct SiglipVit {
-    patch_embed: Conv2d,
+    /// The stride-`patch` convolution as a Linear over flattened patches (same weights,
+    /// `(C, 3*p*p)`): patches do not overlap, so this is the same product, and it runs on
+    /// every backend and dtype (candle's CPU convolution has no bf16 kernel).
+    patch_embed: Linear,
     pos_embed: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
@@ -84,12 +87,10 @@ impl SiglipVit {
     /// Builds the tower from `vision_model.vision_tower.*`.
     pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
         let c = cfg.hidden_size;
-        let conv_cfg = Conv2dConfig {
-            stride: cfg.patch_size,
-            ..Default::default()
-        };
-        let patch_embed =
-            candle_nn::conv2d(3, c, cfg.patch_size, conv_cfg, vb.pp("patch_embed.proj"))?;
+        let p = cfg.patch_size;
+        let pvb = vb.pp("patch_embed.proj");
+        let w = pvb.get((c, 3, p, p), "weight")?.reshape((c, 3 * p * p))?;
+        let patch_embed = Linear::new(w, Some(pvb.get(c, "bias")?));
         let pos_embed = vb.get((1, cfg.num_image_tokens(), c), "pos_embed")?;
         let blocks = (0..cfg.num_layers)
             .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
@@ -108,7 +109,7 @@ impl SiglipVit {
     /// # Shapes
     /// `(B, 3, S, S) -> (B, N, C)` with N = (S / patch)^2.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (_b, ch, h, w) = pixels.dims4()?;
+        let (b, ch, h, w) = pixels.dims4()?;
         let s = self.cfg.image_size;
         if ch != 3 || h != s || w != s {
             candle_core::bail!(
@@ -116,8 +117,14 @@ impl SiglipVit {
                 pixels.dims()
             );
         }
-        let x = self.patch_embed.forward(pixels)?; // (B, C, g, g)
-        let x = x.flatten_from(2)?.transpose(1, 2)?; // (B, N, C)
+        let (p, g) = (self.cfg.patch_size, self.cfg.grid());
+        // (B, 3, g*p, g*p) -> (B, 3, g, p, g, p) -> (B, g, g, 3, p, p) -> (B, N, 3*p*p)
+        let patches = pixels
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, 3 * p * p))?;
+        let x = self.patch_embed.forward(&patches)?; // (B, N, C)
         let mut x = x.broadcast_add(&self.pos_embed)?;
         for block in &self.blocks {
             x = block.forward(&x)?;

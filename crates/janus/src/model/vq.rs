@@ -355,7 +355,8 @@ impl VqModel {
     /// # Shapes
     /// `(B, 3, H, W)` in [-1, 1] -> `(B, e, H/16, W/16)`
     pub fn encode_latent(&self, x: &Tensor) -> Result<Tensor> {
-        self.quant_conv.forward(&self.encoder.forward(x)?)
+        let x = x.to_dtype(self.codebook.dtype())?;
+        self.quant_conv.forward(&self.encoder.forward(&x)?)
     }
 
     /// Nearest codebook entry (after L2-normalising both sides) for every latent position.
