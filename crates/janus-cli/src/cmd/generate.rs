@@ -1,0 +1,79 @@
+//! `janus generate`: text in, PNGs out.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use janus::engine::GenerateParams;
+use serde_json::json;
+
+use crate::args::ModelArgs;
+use crate::output;
+use crate::progress::Progress;
+
+/// Arguments of `janus generate`.
+#[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// What to draw.
+    #[arg(long)]
+    prompt: String,
+    /// Images to generate for the prompt.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Classifier-free guidance weight.
+    #[arg(long, default_value_t = 5.0)]
+    cfg_weight: f64,
+    /// Sampling temperature; 0 picks the most likely code.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Random seed (default: a random one, reported in the output).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Directory for the PNGs (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print one JSON object on stdout instead of the paths.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `janus generate`.
+pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
+    let params = GenerateParams {
+        parallel: a.parallel,
+        cfg_weight: a.cfg_weight,
+        temperature: a.temperature,
+        seed: a.seed.unwrap_or_else(output::random_seed),
+    };
+    params.validate()?;
+    output::prepare_out_dir(&a.out)?;
+    let pipe = a.model.load(progress)?;
+    let result = pipe.generate(&a.prompt, &params, |done, total| {
+        progress.step("image step", done, total);
+        ControlFlow::Continue(())
+    })?;
+    let paths = output::write_pngs(&a.out, &a.prompt, params.seed, &result.images)
+        .with_context(|| format!("writing images to {}", a.out.display()))?;
+    if a.json {
+        let obj = json!({
+            "images": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "image_tokens": result.codes,
+            "prompt": a.prompt,
+            "seed": params.seed,
+            "cfg_weight": params.cfg_weight,
+            "temperature": params.temperature,
+            "parallel": params.parallel,
+            "timings": output::timings_json(&result.timings),
+        });
+        println!("{obj}");
+    } else {
+        for p in &paths {
+            println!("{}", p.display());
+        }
+    }
+    Ok(())
+}
