@@ -52,10 +52,13 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
     params.validate()?;
     output::prepare_out_dir(&a.out)?;
     let pipe = a.model.load(progress)?;
-    let result = pipe.generate(&a.prompt, &params, |done, total| {
-        progress.step("image step", done, total);
+    let total = pipe.config().gen_image_tokens() as u64;
+    let mut bar = progress.steps("generating", total);
+    let result = pipe.generate(&a.prompt, &params, |done, _| {
+        bar.set(done as u64);
         ControlFlow::Continue(())
     })?;
+    bar.finish();
     let paths = output::write_pngs(&a.out, &a.prompt, params.seed, &result.images)
         .with_context(|| format!("writing images to {}", a.out.display()))?;
     if a.json {
