@@ -5,35 +5,88 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
+use janus::hub::{self, FileProgress, HubOptions, ModelRef};
 use janus::pipeline::{DTypeChoice, Pipeline};
 
-use crate::progress::Progress;
+use crate::progress::{Bar, Progress};
 
 /// How to find and load the model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory (original deepseek or transformers layout).
+    /// Model: a local directory (original deepseek or transformers layout) or a Hugging Face
+    /// repo id, downloaded into the Hugging Face cache (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT,
+    /// HF_TOKEN apply).
+    #[arg(long, default_value = hub::DEFAULT_MODEL)]
+    pub model: String,
+    /// Branch, tag or commit of a hub model.
+    #[arg(long, default_value = hub::DEFAULT_REVISION)]
+    pub revision: String,
+    /// Use only the Hugging Face cache, without network access (as HF_HUB_OFFLINE=1).
     #[arg(long)]
-    pub model: PathBuf,
+    pub offline: bool,
     /// Compute dtype: auto (f32 when it fits in half the RAM, else bf16), f32, bf16, f16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
 }
 
 impl ModelArgs {
-    /// The local directory holding the model's files.
-    pub fn resolve(&self, _progress: &Progress) -> Result<PathBuf> {
-        if !self.model.is_dir() {
-            bail!("model directory {} does not exist", self.model.display());
+    /// The local directory holding the model's files, downloading a hub model's missing
+    /// files with one progress bar per file.
+    pub fn resolve(&self, progress: &Progress) -> Result<PathBuf> {
+        match ModelRef::parse(&self.model)? {
+            ModelRef::Local(dir) => {
+                if !dir.is_dir() {
+                    bail!("model directory {} does not exist", dir.display());
+                }
+                Ok(dir)
+            }
+            ModelRef::Hub(repo) => {
+                let mut opts = HubOptions::from_env();
+                opts.offline |= self.offline;
+                let mut bar: Option<Bar> = None;
+                let mut on_progress = |p: FileProgress<'_>| match p {
+                    FileProgress::Started { file, total } => {
+                        bar = Some(progress.bytes(&format!("downloading {file}"), total));
+                    }
+                    FileProgress::Advanced { downloaded, .. } => {
+                        if let Some(b) = bar.as_mut() {
+                            b.set(downloaded);
+                        }
+                    }
+                    FileProgress::Finished { .. } => {
+                        if let Some(b) = bar.take() {
+                            b.finish();
+                        }
+                    }
+                };
+                Ok(hub::resolve(
+                    &repo,
+                    &self.revision,
+                    &opts,
+                    &mut on_progress,
+                )?)
+            }
         }
-        Ok(self.model.clone())
+    }
+
+    /// Names the model for records: the local path (absolute when it exists), or
+    /// `owner/name@revision` for a hub model.
+    pub fn model_id(&self) -> String {
+        match ModelRef::parse(&self.model) {
+            Ok(ModelRef::Hub(repo)) => format!("{repo}@{}", self.revision),
+            Ok(ModelRef::Local(dir)) => std::fs::canonicalize(&dir)
+                .unwrap_or(dir)
+                .display()
+                .to_string(),
+            Err(_) => self.model.clone(),
+        }
     }
 
     /// Resolves and loads the model.
     pub fn load(&self, progress: &Progress) -> Result<Pipeline> {
         let dtype: DTypeChoice = self.dtype.parse()?;
         let dir = self.resolve(progress)?;
-        let spinner = progress.spinner(&format!("loading {}", dir.display()));
+        let spinner = progress.spinner(&format!("loading {}", self.model_id()));
         let pipe = Pipeline::load(&dir, dtype, &Device::Cpu)?;
         spinner.finish();
         Ok(pipe)

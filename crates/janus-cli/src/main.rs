@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -70,13 +71,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing to a closed pipe (`janus info | head -1`) makes
+/// `println!` panic. Restore the default action: the process ends quietly, as `cat` does.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Prints one line: the chain of causes, without a backtrace.
 fn report(e: anyhow::Error) -> ExitCode {
-    let msg = e
-        .chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ");
+    let mut msg = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        // Errors that print their source (the library's `path: io error`) would repeat it.
+        if msg.ends_with(&cause) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&cause);
+    }
     eprintln!("error: {msg}");
     ExitCode::FAILURE
 }

@@ -67,16 +67,108 @@ fn slug(prompt: &str) -> String {
     }
 }
 
-/// Writes each image as `<slug>-s<seed>-<i>.png`, never overwriting an existing file
-/// (a `-N` suffix is added), each written to a temporary name and renamed into place so
-/// no half-written PNG is left behind.
+/// `janus <version>`: the program that wrote a file.
+pub fn software() -> String {
+    format!("janus {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The parameters of one text-to-image run, recorded in every PNG it writes.
+#[derive(Debug, Clone)]
+pub struct GenerationMeta<'a> {
+    /// The user's prompt.
+    pub prompt: &'a str,
+    /// Random seed.
+    pub seed: u64,
+    /// Classifier-free guidance weight.
+    pub cfg_weight: f64,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Images generated together (P).
+    pub parallel: usize,
+    /// The model (see `ModelArgs::model_id`).
+    pub model: &'a str,
+}
+
+impl GenerationMeta<'_> {
+    /// PNG text chunks for image `index` of the run: `(keyword, text)`.
+    pub fn png_text(&self, index: usize) -> Vec<(String, String)> {
+        [
+            ("Software", software()),
+            ("janus:prompt", self.prompt.to_string()),
+            ("janus:seed", self.seed.to_string()),
+            ("janus:cfg_weight", self.cfg_weight.to_string()),
+            ("janus:temperature", self.temperature.to_string()),
+            ("janus:parallel", self.parallel.to_string()),
+            ("janus:index", index.to_string()),
+            ("janus:model", self.model.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec()
+    }
+}
+
+/// Encodes an 8-bit RGB PNG carrying `text` as text chunks: tEXt for printable ASCII
+/// values, iTXt (UTF-8) for anything else (a prompt or a path may be any Unicode). No
+/// time stamp is written, so the same image and text give the same bytes.
+pub fn encode_png(img: &image::RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut bytes, img.width(), img.height());
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    for (k, v) in text {
+        let plain = v.bytes().all(|b| b == b'\n' || (b' '..=b'~').contains(&b));
+        if plain {
+            enc.add_text_chunk(k.clone(), v.clone())?;
+        } else {
+            enc.add_itxt_chunk(k.clone(), v.clone())?;
+        }
+    }
+    let mut writer = enc.write_header()?;
+    writer.write_image_data(img.as_raw())?;
+    writer.finish()?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
+/// so `path` is either absent or complete. Fails, writing nothing, if `path` exists and
+/// `overwrite` is false.
+pub fn write_atomic(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    if !overwrite && path.exists() {
+        bail!(
+            "{} already exists (not overwritten; use --force to replace it)",
+            path.display()
+        );
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Errors name the file asked for, not the temporary one.
+    let res = std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Writes each image as `<slug>-s<seed>-<i>.png` with the run's parameters in its text
+/// chunks, never overwriting an existing file (a `-N` suffix is added), each written to a
+/// temporary name and renamed into place so no half-written PNG is left behind. On
+/// failure the PNGs already written by this call are removed.
 pub fn write_pngs(
     dir: &Path,
-    prompt: &str,
-    seed: u64,
+    meta: &GenerationMeta<'_>,
     images: &[image::RgbImage],
 ) -> Result<Vec<PathBuf>> {
-    let base = slug(prompt);
+    let base = slug(meta.prompt);
+    let seed = meta.seed;
     let mut written = Vec::new();
     for (i, img) in images.iter().enumerate() {
         let mut path = dir.join(format!("{base}-s{seed}-{i}.png"));
@@ -85,16 +177,8 @@ pub fn write_pngs(
             path = dir.join(format!("{base}-s{seed}-{i}-{n}.png"));
             n += 1;
         }
-        let tmp = dir.join(format!(".{}.tmp-{}", base, std::process::id()));
-        let res = img
-            .save_with_format(&tmp, image::ImageFormat::Png)
-            .with_context(|| format!("cannot write {}", tmp.display()))
-            .and_then(|_| {
-                std::fs::rename(&tmp, &path)
-                    .with_context(|| format!("cannot write {}", path.display()))
-            });
+        let res = encode_png(img, &meta.png_text(i)).and_then(|b| write_atomic(&path, &b, false));
         if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
             for p in &written {
                 let _ = std::fs::remove_file(p);
             }
@@ -120,8 +204,16 @@ mod tests {
     fn pngs_never_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let img = image::RgbImage::new(2, 2);
-        let a = write_pngs(dir.path(), "cat", 1, std::slice::from_ref(&img)).unwrap();
-        let b = write_pngs(dir.path(), "cat", 1, std::slice::from_ref(&img)).unwrap();
+        let meta = GenerationMeta {
+            prompt: "cat",
+            seed: 1,
+            cfg_weight: 5.0,
+            temperature: 1.0,
+            parallel: 1,
+            model: "m",
+        };
+        let a = write_pngs(dir.path(), &meta, std::slice::from_ref(&img)).unwrap();
+        let b = write_pngs(dir.path(), &meta, std::slice::from_ref(&img)).unwrap();
         assert_ne!(a[0], b[0]);
         assert!(a[0].exists() && b[0].exists());
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())

@@ -143,11 +143,6 @@ impl Bar {
         }
     }
 
-    /// Advances by `n`.
-    pub fn inc(&mut self, n: u64) {
-        self.set(self.pos + n);
-    }
-
     fn line(&self, pos: u64) -> String {
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         match self.unit {

@@ -65,6 +65,9 @@ pub enum Error {
     /// An error from the tensor library.
     #[error("tensor error: {0}")]
     Candle(candle_core::Error),
+    /// Finding or downloading a model on the Hugging Face hub failed.
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 impl From<candle_core::Error> for Error {

@@ -6,14 +6,19 @@
 //!
 //! Folder layout follows the architecture:
 //! - [`config`]: both checkpoint layouts' `config.json` parsed into one [`config::JanusConfig`];
-//! - [`weights`]: safetensors / PyTorch `.bin` / sharded loading and the transformers name map;
+//! - [`weights`]: safetensors / PyTorch `.bin` / sharded loading, the transformers name map
+//!   and conversion to safetensors;
 //! - [`model`]: the network parts (SigLIP, aligners, LLaMA with KV cache, gen head, VQ);
 //! - [`processor`]: tokenizer, conversation template, image preprocessing;
-//! - [`engine`]: sampling loops for understanding and text-to-image.
+//! - [`engine`]: sampling loops for understanding and text-to-image;
+//! - [`hub`]: models by Hugging Face repo id, downloaded into the standard cache;
+//! - [`info`]: what a model directory holds, read from file headers only.
 
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod hub;
+pub mod info;
 pub mod model;
 pub mod pipeline;
 pub mod processor;

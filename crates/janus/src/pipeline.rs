@@ -61,10 +61,20 @@ impl DTypeChoice {
 }
 
 fn total_memory_bytes() -> Option<u64> {
+    meminfo_bytes("MemTotal:")
+}
+
+/// Memory the kernel says can be allocated without swapping (`MemAvailable` in
+/// `/proc/meminfo`); `None` where that is unknown (not Linux, old kernels).
+pub fn available_memory_bytes() -> Option<u64> {
+    meminfo_bytes("MemAvailable:")
+}
+
+fn meminfo_bytes(key: &str) -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let line = info.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    kb.checked_mul(1024)
 }
 
 /// Understanding settings.
@@ -257,6 +267,13 @@ impl Pipeline {
     ) -> Result<GenerateResult> {
         params.validate()?;
         let (cond, uncond) = processor::prepare_generation(&self.tokenizer, prompt)?;
+        // Too long a prompt is the clearer message when both checks would fail.
+        processor::check_prompt_length(
+            cond.len(),
+            self.config().gen_image_tokens(),
+            self.config().text.max_position_embeddings,
+        )?;
+        self.check_generate_memory(cond.len(), params.parallel)?;
         let out = engine::generate_codes(&self.model, &cond, &uncond, params, on_step)?;
         let mut timings = out.timings.clone();
         if out.finish == Finish::Cancelled {
@@ -276,6 +293,37 @@ impl Pipeline {
             finish: out.finish,
             timings,
         })
+    }
+
+    /// Refuses a text-to-image request whose estimated memory
+    /// ([`engine::estimate_generate_memory`]) exceeds the memory available now, before
+    /// anything is allocated. The check runs on CPU only (it reads the host's
+    /// `MemAvailable`) and is skipped where that is unknown.
+    pub fn check_generate_memory(&self, prompt_len: usize, parallel: usize) -> Result<()> {
+        if !self.model.device().is_cpu() {
+            return Ok(());
+        }
+        let Some(available) = available_memory_bytes() else {
+            return Ok(());
+        };
+        let est = engine::estimate_generate_memory(
+            self.config(),
+            prompt_len,
+            parallel,
+            self.model.dtype(),
+        );
+        if est.total > available {
+            return Err(Error::InvalidInput(format!(
+                "generating {parallel} images in parallel needs about {} of memory (KV cache {}, \
+                 activations {}, VQ decode {}), but only {} is available; use a smaller parallel count",
+                human_bytes(est.total),
+                human_bytes(est.kv_cache),
+                human_bytes(est.activations),
+                human_bytes(est.vq_decode),
+                human_bytes(available),
+            )));
+        }
+        Ok(())
     }
 
     /// The generation tokenizer on its own: an image to its VQ codes.
@@ -317,6 +365,21 @@ impl Pipeline {
     }
 }
 
+/// A byte count for messages: `1.5 GiB`, `300.0 MiB`, `512 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Parameters stored in a checkpoint (for sizing decisions).
 fn parameter_count(store: &weights::TensorStore) -> usize {
     store
@@ -327,7 +390,7 @@ fn parameter_count(store: &weights::TensorStore) -> usize {
 }
 
 /// The tokenizer's special ids must index the model's embedding table.
-fn check_vocab(cfg: &JanusConfig, tok: &JanusTokenizer) -> Result<()> {
+pub(crate) fn check_vocab(cfg: &JanusConfig, tok: &JanusTokenizer) -> Result<()> {
     let s = tok.special();
     let max = [
         s.bos,

@@ -59,7 +59,16 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
         ControlFlow::Continue(())
     })?;
     bar.finish();
-    let paths = output::write_pngs(&a.out, &a.prompt, params.seed, &result.images)
+    let model = a.model.model_id();
+    let meta = output::GenerationMeta {
+        prompt: &a.prompt,
+        seed: params.seed,
+        cfg_weight: params.cfg_weight,
+        temperature: params.temperature,
+        parallel: params.parallel,
+        model: &model,
+    };
+    let paths = output::write_pngs(&a.out, &meta, &result.images)
         .with_context(|| format!("writing images to {}", a.out.display()))?;
     if a.json {
         let obj = json!({
@@ -70,6 +79,8 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
             "cfg_weight": params.cfg_weight,
             "temperature": params.temperature,
             "parallel": params.parallel,
+            "model": model,
+            "version": env!("CARGO_PKG_VERSION"),
             "timings": output::timings_json(&result.timings),
         });
         println!("{obj}");

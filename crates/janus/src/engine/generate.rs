@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 use super::sampling::{argmax, Sampler, SamplingParams};
 use super::understand::Finish;
 use super::Timings;
+use crate::config::JanusConfig;
 use crate::error::{Error, Result};
 use crate::model::{Janus, KvCache};
 
@@ -62,6 +63,128 @@ impl GenerateParams {
         }
         Ok(())
     }
+}
+
+/// Bytes a text-to-image request is expected to need on top of the loaded weights, by part.
+///
+/// A deliberately simple upper-end estimate, meant to refuse requests that cannot fit (an
+/// absurd `parallel`) before any memory is allocated, not to predict the peak exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryEstimate {
+    /// The preallocated KV cache: 2P rows x layers x (k, v) x kv_heads x head_dim x
+    /// (prompt + image tokens) x dtype bytes.
+    pub kv_cache: u64,
+    /// The prefill's activations (its peak in the LLM) and the per-step f32 code logits.
+    pub activations: u64,
+    /// Decoding P images at once through the VQ decoder.
+    pub vq_decode: u64,
+    /// The sum of the parts.
+    pub total: u64,
+}
+
+/// Live copies of the VQ decoder's widest activation assumed at its peak: a ResnetBlock keeps
+/// its input for the residual while GroupNorm, swish and the convolution (with the
+/// convolution's contiguous input copy) each make a new tensor of the same size.
+const VQ_LIVE_ACTIVATIONS: u128 = 6;
+
+/// Estimates the memory of generating `parallel` images for a prompt of `prompt_len` tokens
+/// with weights (and so the KV cache) in `dtype`. See [`MemoryEstimate`] for the parts.
+///
+/// * KV cache: `2P x layers x 2 x kv_heads x head_dim x (prompt_len + image tokens) x b`;
+/// * activations: the prefill holds, per row and prompt token, the residual stream, the
+///   normed input, q/k/v and the attention output (`6 D`) and the SwiGLU's gate, up and
+///   product (`3 FFN`), plus per head two `prompt_len^2` score/probability matrices, all in
+///   `b` bytes; each step adds two f32 code-logit rows and the gen_head hidden per row;
+/// * VQ decode: `P x 6 x` the decoder's widest activation (channels x height x width of
+///   its largest level; `128 x 384 x 384` for VQ-16) in the VQ's dtype (f32 for bf16, which
+///   keeps its VQ model in f32 on CPU).
+pub fn estimate_generate_memory(
+    cfg: &JanusConfig,
+    prompt_len: usize,
+    parallel: usize,
+    dtype: DType,
+) -> MemoryEstimate {
+    let t = &cfg.text;
+    let b = dtype.size_in_bytes();
+    let rows = 2 * parallel as u128;
+    let positions = prompt_len as u128 + cfg.gen_image_tokens() as u128;
+    // Saturating products: a config or request this large is refused anyway.
+    let prod = |xs: &[u128]| xs.iter().fold(1u128, |a, &x| a.saturating_mul(x));
+    let n = |x: usize| x as u128;
+    let kv_cache = prod(&[
+        rows,
+        n(t.num_hidden_layers),
+        2,
+        n(t.num_key_value_heads),
+        n(t.head_dim),
+        positions,
+        n(b),
+    ]);
+    let per_token = 6 * n(t.hidden_size) + 3 * n(t.intermediate_size);
+    let prefill = prod(&[rows, n(prompt_len), per_token, n(b)]).saturating_add(prod(&[
+        rows,
+        n(t.num_attention_heads),
+        n(prompt_len),
+        n(prompt_len),
+        2,
+        n(b),
+    ]));
+    let step = prod(&[
+        rows,
+        n(cfg.gen_head.image_token_size) * 4 * 2 + n(cfg.gen_head.image_token_embed) * n(b),
+    ]);
+    let vq_b = if dtype == DType::BF16 { 4 } else { b };
+    let vq_decode = prod(&[
+        n(parallel),
+        VQ_LIVE_ACTIVATIONS,
+        n(vq_decoder_widest(cfg)),
+        n(vq_b),
+    ]);
+    let clamp = |x: u128| u64::try_from(x).unwrap_or(u64::MAX);
+    let (kv_cache, activations, vq_decode) = (
+        clamp(kv_cache),
+        clamp(prefill.saturating_add(step)),
+        clamp(vq_decode),
+    );
+    MemoryEstimate {
+        kv_cache,
+        activations,
+        vq_decode,
+        total: kv_cache
+            .saturating_add(activations)
+            .saturating_add(vq_decode),
+    }
+}
+
+/// [`estimate_generate_memory`]'s total, in bytes.
+pub fn estimate_generate_bytes(
+    cfg: &JanusConfig,
+    prompt_len: usize,
+    parallel: usize,
+    dtype: DType,
+) -> u64 {
+    estimate_generate_memory(cfg, prompt_len, parallel, dtype).total
+}
+
+/// Elements (channels x height x width) of the VQ decoder's largest activation for one
+/// image, walking its levels as `Decoder::new` builds them (coarsest first, each upsampled
+/// x2 but the last).
+fn vq_decoder_widest(cfg: &JanusConfig) -> usize {
+    let vq = &cfg.vq;
+    let n = vq.ch_mult.len();
+    let mut side = cfg.gen_grid;
+    let mut block_in = vq.ch * vq.ch_mult.last().copied().unwrap_or(1);
+    let mut widest = vq.z_channels.max(block_in) * side * side;
+    for l in (0..n).rev() {
+        let block_out = vq.ch * vq.ch_mult[l];
+        widest = widest.max(block_in.max(block_out) * side * side);
+        block_in = block_out;
+        if l != 0 {
+            side *= 2;
+            widest = widest.max(block_in * side * side);
+        }
+    }
+    widest
 }
 
 /// Codes drawn for each image.
@@ -240,4 +363,55 @@ pub fn to_rgb8(pixels: &Tensor) -> Result<Vec<(u32, u32, Vec<u8>)>> {
             (w as u32, h as u32, bytes)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(rel: &str) -> JanusConfig {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        JanusConfig::from_file(&path).unwrap()
+    }
+
+    #[test]
+    fn memory_estimate_matches_a_hand_count() {
+        // tiny-pro: D 64, FFN 128, 2 layers, 4 heads (4 kv, head_dim 16), 128 codes with a
+        // 64-wide gen_head, VQ ch 32 x [1, 1, 1, 1, 1] on a 24x24 grid (576 codes).
+        let cfg = config("../../fixtures/models/tiny-pro/config.json");
+        let (prompt, p) = (20, 3);
+        let est = estimate_generate_memory(&cfg, prompt, p, DType::F32);
+        // 6 rows x 2 layers x (k, v) x 4 kv heads x 16 x (20 + 576) positions x 4 bytes.
+        assert_eq!(est.kv_cache, 6 * 2 * 2 * 4 * 16 * 596 * 4);
+        // Prefill: 6 rows x 20 tokens x (6 x 64 + 3 x 128) x 4, plus 6 x 4 heads x 20^2 x 2 x 4;
+        // each step: 6 rows x (128 logits x 4 bytes x 2 + 64 x 4).
+        let prefill = 6 * 20 * (6 * 64 + 3 * 128) * 4 + 6 * 4 * 20 * 20 * 2 * 4;
+        assert_eq!(est.activations, prefill + 6 * (128 * 4 * 2 + 64 * 4));
+        // Widest decoder activation: 32 channels at 384x384, 6 live copies, f32, 3 images.
+        assert_eq!(est.vq_decode, 3 * 6 * 32 * 384 * 384 * 4);
+        assert_eq!(est.total, est.kv_cache + est.activations + est.vq_decode);
+        assert_eq!(
+            estimate_generate_bytes(&cfg, prompt, p, DType::F32),
+            343_853_568
+        );
+        // bf16 halves the LLM parts; the VQ stays f32 (CPU keeps it in f32).
+        let half = estimate_generate_memory(&cfg, prompt, p, DType::BF16);
+        assert_eq!(half.kv_cache * 2, est.kv_cache);
+        assert_eq!(half.vq_decode, est.vq_decode);
+    }
+
+    #[test]
+    fn memory_estimate_for_janus_pro_7b() {
+        let cfg = config("tests/data/configs/janus-pro-7b.original.json");
+        // VQ-16's widest decoder activation: 128 channels at 384x384.
+        assert_eq!(vq_decoder_widest(&cfg), 128 * 384 * 384);
+        let est = estimate_generate_memory(&cfg, 30, 16, DType::BF16);
+        // 32 rows x 30 layers x 2 x 32 heads x 128 x 606 positions x 2 bytes = 8.9 GiB.
+        assert_eq!(est.kv_cache, 32 * 30 * 2 * 32 * 128 * 606 * 2);
+        assert!(est.total > 10 << 30 && est.total < 20 << 30, "{est:?}");
+        // Absurd requests saturate instead of overflowing.
+        let huge = estimate_generate_memory(&cfg, 1 << 20, usize::MAX / 2, DType::F32);
+        assert_eq!(huge.total, u64::MAX);
+    }
 }

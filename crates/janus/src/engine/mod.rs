@@ -7,7 +7,10 @@ pub mod generate;
 pub mod sampling;
 pub mod understand;
 
-pub use generate::{decode_codes, generate_codes, to_rgb8, GenerateOutput, GenerateParams};
+pub use generate::{
+    decode_codes, estimate_generate_bytes, estimate_generate_memory, generate_codes, to_rgb8,
+    GenerateOutput, GenerateParams, MemoryEstimate,
+};
 pub use sampling::{Sampler, SamplingParams};
 pub use understand::{understand, Finish, UnderstandInput, UnderstandOutput, UnderstandParams};
 

@@ -18,6 +18,7 @@
 //! ```
 
 mod backend;
+pub mod convert;
 pub mod names;
 mod store;
 
