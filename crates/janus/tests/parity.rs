@@ -598,3 +598,70 @@ fn sampling_is_reproducible_by_seed() {
     assert_eq!(run(11), run(11));
     assert_ne!(run(11), run(12));
 }
+
+/// Requests of different prompts, lengths, P and cfg weights batched into one CFG batch
+/// each get the reference's codes (what they get alone).
+#[test]
+fn batched_requests_match_the_reference() {
+    for m in MODELS {
+        let pipe = pipeline(m);
+        let cases = t2i_cases(m);
+        // A short extra prompt so the rows have different lengths and need padding.
+        let (short_c, short_u) =
+            janus::processor::prepare_generation(&pipe.tokenizer, "cat").unwrap();
+        let greedy = |parallel, cfg_weight| GenerateParams {
+            parallel,
+            cfg_weight,
+            temperature: 0.0,
+            seed: 0,
+        };
+        let mut items: Vec<engine::BatchItem> = cases
+            .iter()
+            .map(|c| engine::BatchItem {
+                cond_ids: c.cond_ids.clone(),
+                uncond_ids: c.uncond_ids.clone(),
+                params: greedy(c.parallel, c.cfg_weight),
+            })
+            .collect();
+        items.push(engine::BatchItem {
+            cond_ids: short_c.clone(),
+            uncond_ids: short_u.clone(),
+            params: greedy(1, 5.0),
+        });
+        assert!(items
+            .iter()
+            .any(|it| it.cond_ids.len() != items[0].cond_ids.len()));
+        let out = engine::generate_codes_batch(&pipe.model, &items, |_, _| vec![true; items.len()])
+            .unwrap();
+        for (ci, case) in cases.iter().enumerate() {
+            for (i, codes) in out[ci].codes.iter().enumerate() {
+                compare_codes(
+                    &format!("{m}/batched t2i {ci} image {i}"),
+                    codes,
+                    &case.codes[i],
+                    &case.margins[i],
+                );
+            }
+        }
+        let alone =
+            engine::generate_codes(&pipe.model, &short_c, &short_u, &greedy(1, 5.0), |_, _| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let last = out.last().unwrap();
+        compare_codes(
+            &format!("{m}/batched short prompt"),
+            &last.codes[0],
+            &alone.codes[0],
+            &alone.margins[0],
+        );
+
+        // Cancelling one item stops its codes; the others run to the end.
+        let out =
+            engine::generate_codes_batch(&pipe.model, &items[..2], |done, _| vec![done < 10, true])
+                .unwrap();
+        assert_eq!(out[0].finish, engine::Finish::Cancelled);
+        assert_eq!(out[0].codes[0].len(), 10);
+        assert_eq!(out[1].codes[0].len(), 576);
+    }
+}

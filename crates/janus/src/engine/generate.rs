@@ -213,91 +213,175 @@ pub fn generate_codes(
     params: &GenerateParams,
     mut on_step: impl FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<GenerateOutput> {
-    params.validate()?;
+    let item = BatchItem {
+        cond_ids: cond_ids.to_vec(),
+        uncond_ids: uncond_ids.to_vec(),
+        params: params.clone(),
+    };
+    let mut out = generate_codes_batch(model, std::slice::from_ref(&item), |done, total| {
+        vec![on_step(done, total).is_continue()]
+    })?;
+    Ok(out.remove(0))
+}
+
+/// One text-to-image request in a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchItem {
+    /// Prompt ending in `<begin_of_image>`.
+    pub cond_ids: Vec<u32>,
+    /// The same length, text replaced by pad.
+    pub uncond_ids: Vec<u32>,
+    /// Its own P, cfg weight, temperature and seed.
+    pub params: GenerateParams,
+}
+
+/// Samples the codes of several requests in one CFG batch (a server batching concurrent
+/// requests). Each item gets what [`generate_codes`] gives it alone: prompts of different
+/// lengths are left-padded, the padding is masked out and every row keeps its own RoPE
+/// positions ([`crate::model::Llama::forward_embeds_padded`]); each item has its own
+/// guidance weight, temperature and seeded sampler.
+///
+/// Rows are laid out item by item: P conditional then P unconditional rows each.
+/// `on_step(done, total)` runs after every step and returns, per item, whether to keep
+/// going; a cancelled item stops recording codes (finish `Cancelled`), and the loop ends
+/// when every item is cancelled.
+pub fn generate_codes_batch(
+    model: &Janus,
+    items: &[BatchItem],
+    mut on_step: impl FnMut(usize, usize) -> Vec<bool>,
+) -> Result<Vec<GenerateOutput>> {
     let cfg = model.config();
-    if cond_ids.len() != uncond_ids.len() || cond_ids.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "conditional and unconditional prompts must have the same non-zero length ({} vs {})",
-            cond_ids.len(),
-            uncond_ids.len()
-        )));
-    }
     let n_codes = cfg.gen_image_tokens();
-    let total = cond_ids.len() + n_codes;
-    if total > cfg.text.max_position_embeddings {
-        return Err(Error::InvalidInput(format!(
-            "the prompt is {} tokens long; with {n_codes} image tokens that exceeds the model's context of {}",
-            cond_ids.len(),
-            cfg.text.max_position_embeddings
-        )));
+    if items.is_empty() {
+        return Ok(Vec::new());
     }
-    let p = params.parallel;
+    for item in items {
+        item.params.validate()?;
+        let (c, u) = (&item.cond_ids, &item.uncond_ids);
+        if c.len() != u.len() || c.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "conditional and unconditional prompts must have the same non-zero length ({} vs {})",
+                c.len(),
+                u.len()
+            )));
+        }
+        if c.len() + n_codes > cfg.text.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "the prompt is {} tokens long; with {n_codes} image tokens that exceeds the model's context of {}",
+                c.len(),
+                cfg.text.max_position_embeddings
+            )));
+        }
+    }
     let device = model.device();
     let mut timings = Timings::default();
-    let mut sampler = Sampler::new(SamplingParams {
-        temperature: params.temperature,
-        seed: params.seed,
-        ..Default::default()
-    })?;
+    let mut samplers = items
+        .iter()
+        .map(|it| {
+            Sampler::new(SamplingParams {
+                temperature: it.params.temperature,
+                seed: it.params.seed,
+                ..Default::default()
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     let t0 = Instant::now();
-    // Rows: P conditional, then P unconditional.  (2P, T)
-    let mut rows: Vec<u32> = Vec::with_capacity(2 * p * cond_ids.len());
-    for _ in 0..p {
-        rows.extend_from_slice(cond_ids);
+    let t_max = items.iter().map(|it| it.cond_ids.len()).max().unwrap_or(0);
+    // Row bases: item k owns rows base[k] .. base[k] + 2P_k.  (R, T_max), left-padded.
+    let mut base = Vec::with_capacity(items.len());
+    let mut rows: Vec<u32> = Vec::new();
+    let mut left_pad = Vec::new();
+    for it in items {
+        base.push(left_pad.len());
+        let pad = t_max - it.cond_ids.len();
+        for ids in [&it.cond_ids, &it.uncond_ids] {
+            for _ in 0..it.params.parallel {
+                // Any id does for padding (it is masked); the row's first token is in range.
+                rows.extend(std::iter::repeat_n(ids[0], pad));
+                rows.extend_from_slice(ids);
+                left_pad.push(pad);
+            }
+        }
     }
-    for _ in 0..p {
-        rows.extend_from_slice(uncond_ids);
-    }
-    let ids = Tensor::from_vec(rows, (2 * p, cond_ids.len()), device)?;
-    let mut cache = KvCache::new(&cfg.text, 2 * p, total, model.dtype(), device)?;
+    let n_rows = left_pad.len();
+    let ids = Tensor::from_vec(rows, (n_rows, t_max), device)?;
+    let mut cache = KvCache::new(&cfg.text, n_rows, t_max + n_codes, model.dtype(), device)?;
     let embeds = model.llm.embed(&ids)?;
-    let mut hidden = model.llm.forward_embeds(&embeds, Some(&mut cache))?;
+    let mut hidden = model
+        .llm
+        .forward_embeds_padded(&embeds, Some(&mut cache), &left_pad)?;
     timings.push("prefill_s", t0.elapsed().as_secs_f64());
 
     let t0 = Instant::now();
-    let mut codes = vec![Vec::with_capacity(n_codes); p];
-    let mut margins = vec![Vec::with_capacity(n_codes); p];
-    let mut finish = Finish::Length;
+    let mut codes: Vec<Vec<Vec<u32>>> = items
+        .iter()
+        .map(|it| vec![Vec::with_capacity(n_codes); it.params.parallel])
+        .collect();
+    let mut margins: Vec<Vec<Vec<f32>>> = codes
+        .iter()
+        .map(|c| vec![Vec::with_capacity(n_codes); c.len()])
+        .collect();
+    let mut live = vec![true; items.len()];
+    let mut next = vec![0u32; n_rows];
     for step in 0..n_codes {
         let (_, t, _) = hidden.dims3()?;
-        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // (2P, D)
-        let logits = model.gen_head_logits(&last)?; // (2P, K) f32
-        let cond = logits.narrow(0, 0, p)?;
-        let uncond = logits.narrow(0, p, p)?;
-        // u + w * (c - u), in f32 as the reference.
-        let guided = (&uncond + ((&cond - &uncond)? * params.cfg_weight)?)?;
-        let guided = guided.to_vec2::<f32>()?;
-        let mut next = Vec::with_capacity(2 * p);
-        for (i, row) in guided.iter().enumerate() {
-            let code = if params.temperature == 0.0 {
-                argmax(row)
-            } else {
-                sampler.sample_plain(row, params.temperature)
-            };
-            codes[i].push(code);
-            margins[i].push(top2_margin(row));
-            next.push(code);
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // (R, D)
+        let logits = model.gen_head_logits(&last)?; // (R, K) f32
+        for (k, it) in items.iter().enumerate() {
+            let p = it.params.parallel;
+            let cond = logits.narrow(0, base[k], p)?;
+            let uncond = logits.narrow(0, base[k] + p, p)?;
+            // u + w * (c - u), in f32 as the reference.
+            let guided = (&uncond + ((&cond - &uncond)? * it.params.cfg_weight)?)?;
+            for (i, row) in guided.to_vec2::<f32>()?.iter().enumerate() {
+                let code = if !live[k] {
+                    next[base[k] + i]
+                } else if it.params.temperature == 0.0 {
+                    argmax(row)
+                } else {
+                    samplers[k].sample_plain(row, it.params.temperature)
+                };
+                if live[k] {
+                    codes[k][i].push(code);
+                    margins[k][i].push(top2_margin(row));
+                }
+                // The drawn code feeds both the conditional and the unconditional row.
+                next[base[k] + i] = code;
+                next[base[k] + p + i] = code;
+            }
         }
-        if on_step(step + 1, n_codes).is_break() {
-            finish = Finish::Cancelled;
+        let keep = on_step(step + 1, n_codes);
+        for (k, alive) in live.iter_mut().enumerate() {
+            *alive &= keep.get(k).copied().unwrap_or(true);
+        }
+        if step + 1 == n_codes || !live.iter().any(|&l| l) {
             break;
         }
-        if step + 1 == n_codes {
-            break;
-        }
-        next.extend_from_within(..);
-        let next = Tensor::from_vec(next, (2 * p, 1), device)?;
-        let embeds = model.embed_image_codes(&next)?; // (2P, 1, D)
-        hidden = model.llm.forward_embeds(&embeds, Some(&mut cache))?;
+        let next_t = Tensor::from_vec(next.clone(), (n_rows, 1), device)?;
+        let embeds = model.embed_image_codes(&next_t)?; // (R, 1, D)
+        hidden = model
+            .llm
+            .forward_embeds_padded(&embeds, Some(&mut cache), &left_pad)?;
     }
     timings.push("sample_s", t0.elapsed().as_secs_f64());
-    Ok(GenerateOutput {
-        codes,
-        margins,
-        finish,
-        timings,
-    })
+    Ok(codes
+        .into_iter()
+        .zip(margins)
+        .map(|(codes, margins)| {
+            let done = codes.iter().all(|c| c.len() == n_codes);
+            GenerateOutput {
+                codes,
+                margins,
+                finish: if done {
+                    Finish::Length
+                } else {
+                    Finish::Cancelled
+                },
+                timings: timings.clone(),
+            }
+        })
+        .collect())
 }
 
 fn top2_margin(row: &[f32]) -> f32 {

@@ -8,8 +8,8 @@ pub mod sampling;
 pub mod understand;
 
 pub use generate::{
-    decode_codes, estimate_generate_bytes, estimate_generate_memory, generate_codes, to_rgb8,
-    GenerateOutput, GenerateParams, MemoryEstimate,
+    decode_codes, estimate_generate_bytes, estimate_generate_memory, generate_codes,
+    generate_codes_batch, to_rgb8, BatchItem, GenerateOutput, GenerateParams, MemoryEstimate,
 };
 pub use sampling::{Sampler, SamplingParams};
 pub use understand::{understand, Finish, UnderstandInput, UnderstandOutput, UnderstandParams};

@@ -112,17 +112,39 @@ impl Rope {
         })
     }
 
-    /// Rotates `x` `(B, H, T, Dh)` for positions `offset..offset+T` (rotate_half form).
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_b, _h, t, dh) = x.dims4()?;
+    /// Rotates `x` `(B, H, T, Dh)` (rotate_half form) at the given positions.
+    fn apply(&self, x: &Tensor, pos: &Positions) -> Result<Tensor> {
+        let (b, _h, t, dh) = x.dims4()?;
         let dtype = x.dtype();
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(dtype)?;
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(dtype)?;
+        let (cos, sin) = match pos {
+            Positions::Shared(offset) => (
+                self.cos.narrow(0, *offset, t)?,
+                self.sin.narrow(0, *offset, t)?,
+            ),
+            Positions::PerRow(ids) => {
+                // (B*T,) positions -> (B, 1, T, Dh) tables
+                let flat = ids.flatten_all()?;
+                (
+                    self.cos.index_select(&flat, 0)?.reshape((b, 1, t, dh))?,
+                    self.sin.index_select(&flat, 0)?.reshape((b, 1, t, dh))?,
+                )
+            }
+        };
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let x1 = x.narrow(D::Minus1, 0, dh / 2)?;
         let x2 = x.narrow(D::Minus1, dh / 2, dh / 2)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
     }
+}
+
+/// RoPE positions of the new tokens.
+#[derive(Debug, Clone)]
+enum Positions {
+    /// Every row at `offset..offset+T`.
+    Shared(usize),
+    /// Per row, `(B, T)` u32 positions (left-padded batches).
+    PerRow(Tensor),
 }
 
 fn linear(cfg_bias: bool, i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
@@ -168,7 +190,7 @@ impl SelfAttention {
         &self,
         x: &Tensor,
         rope: &Rope,
-        offset: usize,
+        pos: &Positions,
         mask: Option<&Tensor>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
@@ -186,8 +208,8 @@ impl SelfAttention {
         let v = v
             .reshape((b, t, self.n_kv, self.head_dim))?
             .transpose(1, 2)?;
-        let q = rope.apply(&q.contiguous()?, offset)?;
-        let k = rope.apply(&k.contiguous()?, offset)?;
+        let q = rope.apply(&q.contiguous()?, pos)?;
+        let k = rope.apply(&k.contiguous()?, pos)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v.contiguous()?),
@@ -325,8 +347,29 @@ impl Llama {
     ///
     /// # Shapes
     /// `(B, T, D) -> (B, T, D)`
-    pub fn forward_embeds(&self, x: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_embeds(&self, x: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_embeds_padded(x, cache, &[])
+    }
+
+    /// [`Self::forward_embeds`] for a batch whose rows are left-padded to a common length
+    /// (rows of different prompts batched together): row `b`'s first `left_pad[b]`
+    /// positions are padding that no real token attends to, and its RoPE positions count
+    /// from its first real token, so each row computes what it would alone. An empty
+    /// `left_pad` (or all zeros) means no padding.
+    ///
+    /// # Shapes
+    /// `(B, T, D) -> (B, T, D)`
+    pub fn forward_embeds_padded(
+        &self,
+        x: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        left_pad: &[usize],
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
+        let padded = left_pad.iter().any(|&p| p > 0);
+        if padded && left_pad.len() != b {
+            candle_core::bail!("{} padding lengths for {b} rows", left_pad.len());
+        }
         let offset = cache.as_ref().map_or(0, |c| c.len());
         if offset + t > self.cfg.max_position_embeddings {
             candle_core::bail!(
@@ -346,7 +389,14 @@ impl Llama {
                 );
             }
         }
-        let mask = causal_mask(t, offset, x.device())?;
+        let (pos, mask) = if padded {
+            padded_positions_and_mask(left_pad, t, offset, x.device())?
+        } else {
+            (
+                Positions::Shared(offset),
+                causal_mask(t, offset, x.device())?,
+            )
+        };
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = h.clone();
@@ -354,7 +404,7 @@ impl Llama {
             let y = layer.self_attn.forward(
                 &y,
                 &self.rope,
-                offset,
+                &pos,
                 mask.as_ref(),
                 cache.as_deref_mut().map(|c| (c, i)),
             )?;
@@ -399,4 +449,35 @@ fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Option<Tensor
         })
         .collect();
     Ok(Some(Tensor::from_vec(mask, (t, total), device)?))
+}
+
+/// Per-row positions `(B, T)` and additive mask `(B, 1, T, offset+T)` for left-padded rows.
+///
+/// Real tokens see the real tokens before them (causal) and never a pad. A pad position
+/// sees only itself, which keeps its (unused) state finite: a query row masked entirely
+/// would give NaN, and NaN in the cache poisons every later product with it.
+fn padded_positions_and_mask(
+    left_pad: &[usize],
+    t: usize,
+    offset: usize,
+    device: &Device,
+) -> Result<(Positions, Option<Tensor>)> {
+    let total = offset + t;
+    let mut pos = Vec::with_capacity(left_pad.len() * t);
+    let mut mask = Vec::with_capacity(left_pad.len() * t * total);
+    for &pad in left_pad {
+        for i in 0..t {
+            let q = offset + i;
+            pos.push(q.saturating_sub(pad) as u32);
+            for j in 0..total {
+                let visible = j <= q && (j >= pad || j == q);
+                mask.push(if visible { 0.0 } else { f32::NEG_INFINITY });
+            }
+        }
+    }
+    let b = left_pad.len();
+    Ok((
+        Positions::PerRow(Tensor::from_vec(pos, (b, t), device)?),
+        Some(Tensor::from_vec(mask, (b, 1, t, total), device)?),
+    ))
 }
