@@ -41,6 +41,8 @@ enum Command {
     Info(cmd::info::InfoArgs),
     /// Write a safetensors copy of a checkpoint for faster memory-mapped loading.
     Convert(cmd::convert::ConvertArgs),
+    /// Serve the model over HTTP: an OpenAI-compatible API and a web page.
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Vq(c) => cmd::vq::run(c, &progress),
         Command::Info(a) => cmd::info::run(a, &progress),
         Command::Convert(a) => cmd::convert::run(a, &progress),
+        Command::Serve(a) => cmd::serve::run(a, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use janus::engine::Timings;
+pub use janus::png::{encode_png, software, GenerationMeta};
 use serde_json::{Map, Value};
 
 /// Timings as a JSON object `{stage: seconds}`.
@@ -13,20 +14,6 @@ pub fn timings_json(t: &Timings) -> Value {
         m.insert(k.clone(), Value::from(*v));
     }
     Value::Object(m)
-}
-
-/// A seed from the clock and process id, for runs that did not name one.
-pub fn random_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    // splitmix64 of the clock mixed with the pid, kept below 2^53 so JSON readers keep it exact.
-    let mut z = nanos ^ ((std::process::id() as u64) << 32);
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) & ((1 << 53) - 1)
 }
 
 /// Creates the output directory and checks it is writable before any work starts.
@@ -65,68 +52,6 @@ fn slug(prompt: &str) -> String {
     } else {
         s
     }
-}
-
-/// `janus <version>`: the program that wrote a file.
-pub fn software() -> String {
-    format!("janus {}", env!("CARGO_PKG_VERSION"))
-}
-
-/// The parameters of one text-to-image run, recorded in every PNG it writes.
-#[derive(Debug, Clone)]
-pub struct GenerationMeta<'a> {
-    /// The user's prompt.
-    pub prompt: &'a str,
-    /// Random seed.
-    pub seed: u64,
-    /// Classifier-free guidance weight.
-    pub cfg_weight: f64,
-    /// Sampling temperature.
-    pub temperature: f64,
-    /// Images generated together (P).
-    pub parallel: usize,
-    /// The model (see `ModelArgs::model_id`).
-    pub model: &'a str,
-}
-
-impl GenerationMeta<'_> {
-    /// PNG text chunks for image `index` of the run: `(keyword, text)`.
-    pub fn png_text(&self, index: usize) -> Vec<(String, String)> {
-        [
-            ("Software", software()),
-            ("janus:prompt", self.prompt.to_string()),
-            ("janus:seed", self.seed.to_string()),
-            ("janus:cfg_weight", self.cfg_weight.to_string()),
-            ("janus:temperature", self.temperature.to_string()),
-            ("janus:parallel", self.parallel.to_string()),
-            ("janus:index", index.to_string()),
-            ("janus:model", self.model.to_string()),
-        ]
-        .map(|(k, v)| (k.to_string(), v))
-        .to_vec()
-    }
-}
-
-/// Encodes an 8-bit RGB PNG carrying `text` as text chunks: tEXt for printable ASCII
-/// values, iTXt (UTF-8) for anything else (a prompt or a path may be any Unicode). No
-/// time stamp is written, so the same image and text give the same bytes.
-pub fn encode_png(img: &image::RgbImage, text: &[(String, String)]) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let mut enc = png::Encoder::new(&mut bytes, img.width(), img.height());
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    for (k, v) in text {
-        let plain = v.bytes().all(|b| b == b'\n' || (b' '..=b'~').contains(&b));
-        if plain {
-            enc.add_text_chunk(k.clone(), v.clone())?;
-        } else {
-            enc.add_itxt_chunk(k.clone(), v.clone())?;
-        }
-    }
-    let mut writer = enc.write_header()?;
-    writer.write_image_data(img.as_raw())?;
-    writer.finish()?;
-    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
@@ -177,7 +102,9 @@ pub fn write_pngs(
             path = dir.join(format!("{base}-s{seed}-{i}-{n}.png"));
             n += 1;
         }
-        let res = encode_png(img, &meta.png_text(i)).and_then(|b| write_atomic(&path, &b, false));
+        let res = encode_png(img, &meta.png_text(i))
+            .map_err(anyhow::Error::from)
+            .and_then(|b| write_atomic(&path, &b, false));
         if let Err(e) = res {
             for p in &written {
                 let _ = std::fs::remove_file(p);

@@ -12,7 +12,8 @@
 //! - [`processor`]: tokenizer, conversation template, image preprocessing;
 //! - [`engine`]: sampling loops for understanding and text-to-image;
 //! - [`hub`]: models by Hugging Face repo id, downloaded into the standard cache;
-//! - [`info`]: what a model directory holds, read from file headers only.
+//! - [`info`]: what a model directory holds, read from file headers only;
+//! - [`png`]: PNG encoding with the generation parameters in text chunks.
 
 pub mod config;
 pub mod engine;
@@ -21,6 +22,7 @@ pub mod hub;
 pub mod info;
 pub mod model;
 pub mod pipeline;
+pub mod png;
 pub mod processor;
 pub mod weights;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use janus::engine::sampling::random_seed;
 use janus::engine::GenerateParams;
 use serde_json::json;
 
@@ -47,7 +48,7 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
         parallel: a.parallel,
         cfg_weight: a.cfg_weight,
         temperature: a.temperature,
-        seed: a.seed.unwrap_or_else(output::random_seed),
+        seed: a.seed.unwrap_or_else(random_seed),
     };
     params.validate()?;
     output::prepare_out_dir(&a.out)?;

@@ -119,8 +119,9 @@ fn decode(a: DecodeArgs, progress: &Progress) -> Result<()> {
     ];
     let mut written = Vec::new();
     for (img, path) in images.iter().zip(&outs) {
-        let res =
-            output::encode_png(img, &text).and_then(|b| output::write_atomic(path, &b, a.force));
+        let res = output::encode_png(img, &text)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| output::write_atomic(path, &b, a.force));
         if let Err(e) = res {
             for p in &written {
                 let _ = std::fs::remove_file(p);

@@ -54,6 +54,21 @@ impl SamplingParams {
     }
 }
 
+/// A seed from the clock and process id, for runs that did not name one. Kept below 2^53
+/// so JSON readers (JavaScript's numbers) keep it exact.
+pub fn random_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64 of the clock mixed with the pid.
+    let mut z = nanos ^ ((std::process::id() as u64) << 32);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) & ((1 << 53) - 1)
+}
+
 /// A seeded sampler; one per request so concurrent requests stay independent.
 #[derive(Debug, Clone)]
 pub struct Sampler {

@@ -1,0 +1,484 @@
+//! The model thread and the bounded queue in front of it.
+//!
+//! One `std::thread` owns the model and runs one job at a time. Requests reach it as
+//! [`Job`]s through a [`Queue`] of at most `--max-queue` waiting jobs, and hear back through
+//! a channel per job. When the thread picks an image job it also takes the image jobs
+//! waiting behind it, up to [`MAX_BATCH_IMAGES`] images that fit in memory, and runs them as
+//! one CFG batch. Every callback checks whether the job's client is still there (its
+//! channel is open and its cancel flag unset) and whether the server is aborting, and stops
+//! the job when not.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use janus::engine::{BatchItem, Finish};
+use janus::pipeline::UnderstandOptions;
+use janus::processor::Message;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::backend::Backend;
+use crate::error::ServerError;
+use crate::metrics::{JobKind, JobOutcome, Metrics};
+use crate::stop::StopFilter;
+
+/// Most images in one text-to-image batch (2 rows each in the CFG batch).
+pub const MAX_BATCH_IMAGES: usize = 16;
+
+/// Shortest interval between two progress events of one image job (at most 20 a second).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Set when the job's client has gone (the request future or its stream was dropped).
+pub type CancelFlag = Arc<AtomicBool>;
+
+/// Sets its flag when dropped: held by whatever serves the job's client, so a client that
+/// disconnects cancels the job.
+#[derive(Debug)]
+pub struct CancelOnDrop(pub CancelFlag);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A chat completion for the model thread.
+#[derive(Debug)]
+pub struct ChatJob {
+    /// The conversation, images decoded.
+    pub messages: Vec<Message>,
+    /// Sampling, token budget and system prompt.
+    pub opts: UnderstandOptions,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// Where the answer goes.
+    pub events: UnboundedSender<ChatEvent>,
+    /// Set when the client has gone.
+    pub cancel: CancelFlag,
+}
+
+/// What the model thread reports about a chat job.
+#[derive(Debug)]
+pub enum ChatEvent {
+    /// More answer text.
+    Text(String),
+    /// The answer is complete.
+    Done {
+        /// `stop` or `length`.
+        finish: &'static str,
+        /// Prompt tokens, images included.
+        prompt_tokens: usize,
+        /// Generated tokens.
+        completion_tokens: usize,
+    },
+    /// The job failed.
+    Failed(ServerError),
+}
+
+/// A text-to-image request for the model thread.
+#[derive(Debug)]
+pub struct ImageJob {
+    /// Prompt rows and parameters.
+    pub item: BatchItem,
+    /// Where progress and the images go.
+    pub events: UnboundedSender<ImageEvent>,
+    /// Set when the client has gone.
+    pub cancel: CancelFlag,
+}
+
+/// What the model thread reports about an image job.
+#[derive(Debug)]
+pub enum ImageEvent {
+    /// `step` of `total` codes drawn.
+    Progress {
+        /// Steps done.
+        step: usize,
+        /// Steps in all.
+        total: usize,
+    },
+    /// The decoded images.
+    Done(Vec<image::RgbImage>),
+    /// The job failed.
+    Failed(ServerError),
+}
+
+/// Work for the model thread.
+#[derive(Debug)]
+pub enum Job {
+    /// A chat completion.
+    Chat(ChatJob),
+    /// A text-to-image request.
+    Image(ImageJob),
+}
+
+impl Job {
+    fn kind(&self) -> JobKind {
+        match self {
+            Job::Chat(_) => JobKind::Chat,
+            Job::Image(_) => JobKind::Image,
+        }
+    }
+
+    /// Whether nobody waits for the result any more.
+    fn is_abandoned(&self) -> bool {
+        match self {
+            Job::Chat(j) => j.cancel.load(Ordering::Relaxed) || j.events.is_closed(),
+            Job::Image(j) => j.is_abandoned(),
+        }
+    }
+
+    fn fail(self, e: ServerError) {
+        // A client that has gone does not need to hear it.
+        let _ = match self {
+            Job::Chat(j) => j.events.send(ChatEvent::Failed(e)).is_ok(),
+            Job::Image(j) => j.events.send(ImageEvent::Failed(e)).is_ok(),
+        };
+    }
+}
+
+impl ImageJob {
+    fn is_abandoned(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
+    }
+}
+
+/// The bounded queue of jobs waiting for the model thread.
+#[derive(Debug)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Queue {
+    /// A queue holding at most `capacity` waiting jobs.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A panic while holding the lock leaves the queue itself consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job, or refuses it when the queue is full or closed.
+    pub fn push(&self, job: Job) -> Result<(), ServerError> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(ServerError::ShuttingDown);
+        }
+        // Jobs whose clients left make room (the model thread skips and counts them).
+        if s.jobs.iter().filter(|j| !j.is_abandoned()).count() >= self.capacity {
+            return Err(ServerError::QueueFull { max: self.capacity });
+        }
+        s.jobs.push_back(job);
+        drop(s);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Jobs waiting whose clients are still there.
+    pub fn len(&self) -> usize {
+        self.lock()
+            .jobs
+            .iter()
+            .filter(|j| !j.is_abandoned())
+            .count()
+    }
+
+    /// Whether no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The queue's capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Takes no new jobs; the model thread ends once the waiting ones are done.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next job, waiting for one; `None` once the queue is closed and empty.
+    fn next(&self) -> Option<Job> {
+        let mut s = self.lock();
+        loop {
+            if let Some(job) = s.jobs.pop_front() {
+                return Some(job);
+            }
+            if s.closed {
+                return None;
+            }
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Takes the waiting image jobs, in queue order, that `fits` accepts, leaving the
+    /// other jobs in place.
+    fn take_images(&self, mut fits: impl FnMut(&ImageJob) -> bool) -> Vec<ImageJob> {
+        let mut s = self.lock();
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(s.jobs.len());
+        for job in s.jobs.drain(..) {
+            match job {
+                Job::Image(j) if fits(&j) => taken.push(j),
+                other => kept.push_back(other),
+            }
+        }
+        s.jobs = kept;
+        taken
+    }
+}
+
+/// Runs jobs until the queue is closed and empty. `abort` stops the running job and fails
+/// the waiting ones (the shutdown grace period is over).
+pub fn run<B: Backend>(backend: B, queue: Arc<Queue>, metrics: Arc<Metrics>, abort: CancelFlag) {
+    let w = Worker {
+        backend,
+        queue,
+        metrics,
+        abort,
+    };
+    while let Some(job) = w.queue.next() {
+        if w.abort.load(Ordering::Relaxed) {
+            w.metrics.job(job.kind(), JobOutcome::Cancelled);
+            job.fail(ServerError::ShuttingDown);
+            continue;
+        }
+        if job.is_abandoned() {
+            w.metrics.job(job.kind(), JobOutcome::Cancelled);
+            continue;
+        }
+        match job {
+            Job::Chat(j) => w.chat(j),
+            Job::Image(j) => {
+                let batch = w.gather(j);
+                w.images(batch);
+            }
+        }
+    }
+}
+
+struct Worker<B> {
+    backend: B,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+    abort: CancelFlag,
+}
+
+impl<B: Backend> Worker<B> {
+    fn aborting(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    fn chat(&self, job: ChatJob) {
+        let mut filter = StopFilter::new(job.stop.clone());
+        let mut cancelled = false;
+        let result = catch_panic(|| {
+            self.backend
+                .understand(&job.messages, &job.opts, &mut |piece| {
+                    if filter.stopped() {
+                        return ControlFlow::Break(());
+                    }
+                    if job.cancel.load(Ordering::Relaxed)
+                        || job.events.is_closed()
+                        || self.aborting()
+                    {
+                        cancelled = true;
+                        return ControlFlow::Break(());
+                    }
+                    let text = filter.push(piece);
+                    if !text.is_empty() {
+                        let _ = job.events.send(ChatEvent::Text(text));
+                    }
+                    if filter.stopped() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+        });
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.job(JobKind::Chat, JobOutcome::Failed);
+                let _ = job.events.send(ChatEvent::Failed(e));
+                return;
+            }
+        };
+        let completion_tokens = r.token_ids.len();
+        let decode_s = r.timings.get("decode_s").unwrap_or(0.0);
+        self.metrics
+            .text(r.prompt_tokens, completion_tokens, decode_s);
+        if cancelled {
+            self.metrics.job(JobKind::Chat, JobOutcome::Cancelled);
+            if self.aborting() {
+                let _ = job
+                    .events
+                    .send(ChatEvent::Failed(ServerError::ShuttingDown));
+            }
+            return;
+        }
+        if !filter.stopped() {
+            let rest = filter.finish();
+            if !rest.is_empty() {
+                let _ = job.events.send(ChatEvent::Text(rest));
+            }
+        }
+        let finish = if filter.stopped() || r.finish == Finish::Eos {
+            "stop"
+        } else {
+            "length"
+        };
+        self.metrics.job(JobKind::Chat, JobOutcome::Completed);
+        let _ = job.events.send(ChatEvent::Done {
+            finish,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens,
+        });
+    }
+
+    /// `first` and the waiting image jobs that join its batch.
+    fn gather(&self, first: ImageJob) -> Vec<ImageJob> {
+        let mut images = first.item.params.parallel;
+        let mut longest = first.item.cond_ids.len();
+        let mut batch = vec![first];
+        let more = self.queue.take_images(|j| {
+            let n = images + j.item.params.parallel;
+            let len = longest.max(j.item.cond_ids.len());
+            if j.is_abandoned()
+                || n > MAX_BATCH_IMAGES
+                || self.backend.check_generate_memory(len, n).is_err()
+            {
+                return false;
+            }
+            images = n;
+            longest = len;
+            true
+        });
+        batch.extend(more);
+        batch
+    }
+
+    fn images(&self, batch: Vec<ImageJob>) {
+        let images: usize = batch.iter().map(|j| j.item.params.parallel).sum();
+        let longest = batch.iter().map(|j| j.item.cond_ids.len()).max();
+        if let Err(e) = self
+            .backend
+            .check_generate_memory(longest.unwrap_or(0), images)
+        {
+            // Only a lone job gets here (a batch grows only while it fits).
+            let msg = e.to_string();
+            for j in batch {
+                self.metrics.job(JobKind::Image, JobOutcome::Failed);
+                let _ = j.events.send(ImageEvent::Failed(ServerError::Model(
+                    janus::Error::InvalidInput(msg.clone()),
+                )));
+            }
+            return;
+        }
+        let items: Vec<BatchItem> = batch.iter().map(|j| j.item.clone()).collect();
+        let mut live = vec![true; batch.len()];
+        let mut last_sent: Vec<Option<Instant>> = vec![None; batch.len()];
+        let (mut steps, mut codes) = (0, 0);
+        let t0 = Instant::now();
+        let result = catch_panic(|| {
+            self.backend.generate_codes(&items, &mut |done, total| {
+                steps = done;
+                let aborting = self.aborting();
+                for (i, job) in batch.iter().enumerate() {
+                    if !live[i] {
+                        continue;
+                    }
+                    if aborting || job.is_abandoned() {
+                        live[i] = false;
+                        continue;
+                    }
+                    codes += job.item.params.parallel;
+                    let due = last_sent[i].is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
+                    if due || done == total {
+                        let _ = job.events.send(ImageEvent::Progress { step: done, total });
+                        last_sent[i] = Some(Instant::now());
+                    }
+                }
+                live.clone()
+            })
+        });
+        self.metrics
+            .image_batch(images, steps, codes, t0.elapsed().as_secs_f64());
+        let outputs = match result {
+            Ok(o) if o.len() == batch.len() => o,
+            Ok(o) => {
+                let e = ServerError::Internal(format!(
+                    "the model returned {} results for a batch of {}",
+                    o.len(),
+                    batch.len()
+                ));
+                return self.fail_all(batch, &e);
+            }
+            Err(e) => return self.fail_all(batch, &e),
+        };
+        for ((job, out), live) in batch.into_iter().zip(outputs).zip(live) {
+            if !live || out.finish == Finish::Cancelled {
+                self.metrics.job(JobKind::Image, JobOutcome::Cancelled);
+                if self.aborting() {
+                    let _ = job
+                        .events
+                        .send(ImageEvent::Failed(ServerError::ShuttingDown));
+                }
+                continue;
+            }
+            match catch_panic(|| self.backend.decode_images(&out.codes)) {
+                Ok(imgs) => {
+                    self.metrics.job(JobKind::Image, JobOutcome::Completed);
+                    let _ = job.events.send(ImageEvent::Done(imgs));
+                }
+                Err(e) => {
+                    self.metrics.job(JobKind::Image, JobOutcome::Failed);
+                    let _ = job.events.send(ImageEvent::Failed(e));
+                }
+            }
+        }
+    }
+
+    fn fail_all(&self, batch: Vec<ImageJob>, e: &ServerError) {
+        for j in batch {
+            self.metrics.job(JobKind::Image, JobOutcome::Failed);
+            let _ = j
+                .events
+                .send(ImageEvent::Failed(ServerError::Internal(e.to_string())));
+        }
+    }
+}
+
+/// Runs model code, turning its errors and panics into [`ServerError`]s so one bad job
+/// cannot take the model thread down.
+fn catch_panic<T>(f: impl FnOnce() -> janus::Result<T>) -> Result<T, ServerError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(ServerError::from),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ServerError::Internal(format!("the model panicked: {msg}")))
+        }
+    }
+}
