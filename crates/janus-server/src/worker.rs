@@ -229,16 +229,21 @@ impl Queue {
         }
     }
 
-    /// Takes the waiting image jobs, in queue order, that `fits` accepts, leaving the
-    /// other jobs in place.
+    /// Takes the waiting image jobs, in queue order, that `fits` accepts, up to the first
+    /// waiting chat: jobs queued behind a chat stay behind it, so a batch never makes an
+    /// earlier chat wait for later image requests. Other jobs stay in place.
     fn take_images(&self, mut fits: impl FnMut(&ImageJob) -> bool) -> Vec<ImageJob> {
         let mut s = self.lock();
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(s.jobs.len());
+        let mut behind_chat = false;
         for job in s.jobs.drain(..) {
             match job {
-                Job::Image(j) if fits(&j) => taken.push(j),
-                other => kept.push_back(other),
+                Job::Image(j) if !behind_chat && fits(&j) => taken.push(j),
+                other => {
+                    behind_chat |= matches!(other, Job::Chat(_)) && !other.is_abandoned();
+                    kept.push_back(other)
+                }
             }
         }
         s.jobs = kept;
@@ -480,5 +485,71 @@ fn catch_panic<T>(f: impl FnOnce() -> janus::Result<T>) -> Result<T, ServerError
                 .unwrap_or_else(|| "unknown panic".into());
             Err(ServerError::Internal(format!("the model panicked: {msg}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use janus::engine::GenerateParams;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    fn image(tag: u32) -> (Job, tokio::sync::mpsc::UnboundedReceiver<ImageEvent>) {
+        let (tx, rx) = unbounded_channel();
+        let job = Job::Image(ImageJob {
+            item: BatchItem {
+                cond_ids: vec![tag],
+                uncond_ids: vec![tag],
+                params: GenerateParams::default(),
+            },
+            events: tx,
+            cancel: CancelFlag::default(),
+        });
+        (job, rx)
+    }
+
+    fn chat() -> (Job, tokio::sync::mpsc::UnboundedReceiver<ChatEvent>) {
+        let (tx, rx) = unbounded_channel();
+        let job = Job::Chat(ChatJob {
+            messages: Vec::new(),
+            opts: UnderstandOptions::default(),
+            stop: Vec::new(),
+            events: tx,
+            cancel: CancelFlag::default(),
+        });
+        (job, rx)
+    }
+
+    /// Image jobs waiting behind a chat are not pulled into a batch ahead of it.
+    #[test]
+    fn batches_do_not_overtake_waiting_chats() {
+        let q = Queue::new(8);
+        let (a, _ra) = image(1);
+        let (b, _rb) = image(2);
+        let (c, _rc) = chat();
+        let (d, _rd) = image(3);
+        for j in [a, b, c, d] {
+            q.push(j).unwrap();
+        }
+        let taken: Vec<u32> = q
+            .take_images(|_| true)
+            .iter()
+            .map(|j| j.item.cond_ids[0])
+            .collect();
+        assert_eq!(taken, vec![1, 2]);
+        let left: Vec<JobKind> = q.lock().jobs.iter().map(Job::kind).collect();
+        assert_eq!(left, vec![JobKind::Chat, JobKind::Image]);
+    }
+
+    /// An abandoned chat does not hold the images behind it back.
+    #[test]
+    fn abandoned_chats_do_not_block_batching() {
+        let q = Queue::new(8);
+        let (c, rc) = chat();
+        drop(rc);
+        let (d, _rd) = image(3);
+        q.push(c).unwrap();
+        q.push(d).unwrap();
+        assert_eq!(q.take_images(|_| true).len(), 1);
     }
 }
