@@ -43,6 +43,8 @@ enum Command {
     Convert(cmd::convert::ConvertArgs),
     /// Serve the model over HTTP: an OpenAI-compatible API and a web page.
     Serve(cmd::serve::ServeArgs),
+    /// Time the standard workloads stage by stage (vision, prefill, decode, t2i, VQ).
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Info(a) => cmd::info::run(a, &progress),
         Command::Convert(a) => cmd::convert::run(a, &progress),
         Command::Serve(a) => cmd::serve::run(a, &progress),
+        Command::Bench(a) => cmd::bench::run(a, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,8 +13,10 @@
 //! - [`engine`]: sampling loops for understanding and text-to-image;
 //! - [`hub`]: models by Hugging Face repo id, downloaded into the standard cache;
 //! - [`info`]: what a model directory holds, read from file headers only;
-//! - [`png`]: PNG encoding with the generation parameters in text chunks.
+//! - [`png`]: PNG encoding with the generation parameters in text chunks;
+//! - [`bench`]: the standard benchmark workloads behind `janus bench`.
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod error;

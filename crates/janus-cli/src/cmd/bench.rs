@@ -1,0 +1,155 @@
+//! `janus bench`: the standard workloads, timed per stage ([`janus::bench`]).
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use janus::bench::{self, BenchParams, BenchReport, T2I_PROMPT_TOKENS};
+use serde_json::json;
+
+use crate::args::ModelArgs;
+use crate::progress::{Bar, Progress};
+
+/// Arguments of `janus bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Timed text-to-image steps.
+    #[arg(long, default_value_t = 32)]
+    t2i_steps: usize,
+    /// Images in the text-to-image batch (2P rows with guidance).
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
+    /// Tokens decoded greedily after the prefill.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// End stdout with one JSON object of the results.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `janus bench`.
+pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
+    let params = BenchParams {
+        decode_tokens: a.decode_tokens,
+        t2i_steps: a.t2i_steps,
+        parallel: a.parallel,
+    };
+    params.validate()?;
+    let t0 = Instant::now();
+    let pipe = a.model.load(progress)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    params.validate_for(&pipe.model)?;
+    pipe.check_generate_memory(T2I_PROMPT_TOKENS, params.parallel)?;
+
+    let header = [
+        ("model", a.model.model_id()),
+        ("dtype", pipe.model.dtype().as_str().to_string()),
+        ("threads", candle_core::utils::get_num_threads().to_string()),
+        ("load", format!("{load_s:.2} s")),
+        (
+            "workload",
+            format!(
+                "{} decode tokens, {} t2i steps x {} rows",
+                params.decode_tokens,
+                params.t2i_steps,
+                2 * params.parallel
+            ),
+        ),
+    ];
+    // With --json, stdout carries only the results; the context goes with the progress.
+    if !a.json {
+        for (k, v) in &header {
+            println!("{k:<10}{v}");
+        }
+        println!();
+    } else if !progress.is_quiet() {
+        for (k, v) in &header {
+            eprintln!("{k:<10}{v}");
+        }
+    }
+
+    let mut spinner: Option<Bar> = None;
+    let report = bench::run(
+        &pipe.model,
+        pipe.tokenizer.special().pad,
+        &params,
+        |stage| {
+            // Dropping the previous spinner clears it before the next one starts.
+            drop(spinner.take());
+            spinner = Some(progress.spinner(stage.name()));
+        },
+    )?;
+    drop(spinner);
+    let peak = bench::peak_rss_mb();
+
+    if a.json {
+        println!("{}", results_json(&report, peak));
+    } else {
+        print_table(&report, &params, peak);
+    }
+    Ok(())
+}
+
+/// The seven result keys; `peak_rss_mb` is null where the peak is unknown (not Linux).
+fn results_json(r: &BenchReport, peak_rss_mb: Option<f64>) -> serde_json::Value {
+    json!({
+        "siglip_s": r.siglip_s,
+        "prefill_tokens": r.prefill_tokens,
+        "prefill_s": r.prefill_s,
+        "decode_tok_s": r.decode_tok_s,
+        "t2i_step_s": r.t2i_step_s,
+        "vq_decode_s": r.vq_decode_s,
+        "peak_rss_mb": peak_rss_mb,
+    })
+}
+
+fn print_table(r: &BenchReport, params: &BenchParams, peak_rss_mb: Option<f64>) {
+    let rows = [
+        (
+            "siglip",
+            format!("{:.4}", r.siglip_s),
+            "s",
+            "1 image".to_string(),
+        ),
+        (
+            "prefill",
+            format!("{:.4}", r.prefill_s),
+            "s",
+            format!(
+                "{} tokens, {:.1} tok/s",
+                r.prefill_tokens,
+                r.prefill_tokens as f64 / r.prefill_s
+            ),
+        ),
+        (
+            "decode",
+            format!("{:.2}", r.decode_tok_s),
+            "tok/s",
+            format!("{} tokens, greedy", params.decode_tokens),
+        ),
+        (
+            "t2i step",
+            format!("{:.4}", r.t2i_step_s),
+            "s/step",
+            format!("{} rows, cfg {}", 2 * params.parallel, bench::CFG_WEIGHT),
+        ),
+        (
+            "vq decode",
+            format!("{:.4}", r.vq_decode_s),
+            "s",
+            "1 image".to_string(),
+        ),
+        (
+            "peak rss",
+            peak_rss_mb.map_or_else(|| "-".to_string(), |m| format!("{m:.1}")),
+            "MiB",
+            String::new(),
+        ),
+    ];
+    println!("{:<10} {:>12}  {:<7} note", "stage", "value", "unit");
+    for (stage, value, unit, note) in rows {
+        println!("{stage:<10} {value:>12}  {unit:<7} {note}");
+    }
+}
