@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod info;
+pub mod kernels;
 pub mod model;
 pub mod pipeline;
 pub mod png;

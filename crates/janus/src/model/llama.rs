@@ -4,10 +4,12 @@
 //! norm}` and `language_model.lm_head`.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
-use super::ops::{attention, RmsNorm};
+use super::linear::Linear;
+use super::ops::{attention_heads_merged, AttnMask, RmsNorm};
 use crate::config::TextConfig;
+use crate::kernels::quant::QuantFormat;
 
 /// Preallocated key/value storage for every layer, owned by the caller.
 ///
@@ -148,11 +150,7 @@ enum Positions {
 }
 
 fn linear(cfg_bias: bool, i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
-    if cfg_bias {
-        candle_nn::linear(i, o, vb)
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)
-    }
+    Linear::load(i, o, cfg_bias, vb)
 }
 
 #[derive(Debug, Clone)]
@@ -191,7 +189,7 @@ impl SelfAttention {
         x: &Tensor,
         rope: &Rope,
         pos: &Positions,
-        mask: Option<&Tensor>,
+        mask: AttnMask,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -214,27 +212,10 @@ impl SelfAttention {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v.contiguous()?),
         };
-        let (k, v) = (
-            repeat_kv(&k, self.n_heads / self.n_kv)?,
-            repeat_kv(&v, self.n_heads / self.n_kv)?,
-        );
-        let y = attention(&q, &k, &v, mask)?; // (B, H, T, Dh)
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_heads * self.head_dim))?;
+        let y = attention_heads_merged(&q, &k, &v, mask)?; // (B, T, H*Dh)
+        debug_assert_eq!(y.dims(), [b, t, self.n_heads * self.head_dim]);
         self.o_proj.forward(&y)
     }
-}
-
-/// Repeats key/value heads for grouped-query attention: `(B, Hkv, T, Dh) -> (B, Hkv*n, T, Dh)`.
-fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
-    if n == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, h, n, t, d))?
-        .reshape((b, h * n, t, d))
 }
 
 #[derive(Debug, Clone)]
@@ -313,7 +294,7 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed_tokens.embeddings().clone(), None)
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+            Linear::load(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"))?
         };
         Ok(Self {
             rope: Rope::new(cfg, vb.device())?,
@@ -323,6 +304,26 @@ impl Llama {
             lm_head,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Quantises every projection of the layers and the LM head (embeddings and norms
+    /// stay as loaded).
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        for layer in &mut self.layers {
+            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
+            for lin in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                lin.quantize(format)?;
+            }
+        }
+        self.lm_head.quantize(format)
     }
 
     /// The configuration this decoder was built with.
@@ -397,6 +398,10 @@ impl Llama {
                 causal_mask(t, offset, x.device())?,
             )
         };
+        let mask = match (padded, mask.as_ref()) {
+            (true, Some(m)) => AttnMask::Additive(m),
+            (_, tensor) => AttnMask::Causal { offset, tensor },
+        };
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = h.clone();
@@ -405,7 +410,7 @@ impl Llama {
                 &y,
                 &self.rope,
                 &pos,
-                mask.as_ref(),
+                mask,
                 cache.as_deref_mut().map(|c| (c, i)),
             )?;
             h = (residual + y)?;

@@ -2,10 +2,13 @@
 //! generation head.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::linear::Linear;
 
 use super::ops::gelu;
 use crate::config::{GenHeadConfig, MlpConfig};
+use crate::kernels::quant::QuantFormat;
 
 /// `MlpProjector` with `projector_type = "mlp_gelu"`: Linear, then (GELU, Linear) x
 /// (depth - 1). Checkpoint keys `layers.0`, `layers.2`, ... (GELUs sit at odd indices).
@@ -17,15 +20,15 @@ pub struct MlpProjector {
 impl MlpProjector {
     /// Builds from `<prefix>.layers.{0,2,..}`.
     pub fn new(cfg: &MlpConfig, vb: VarBuilder) -> Result<Self> {
-        let mut layers = vec![candle_nn::linear(
-            cfg.input_dim,
+        let mut layers = vec![Linear::load(cfg.input_dim,
             cfg.n_embed,
+            true,
             vb.pp("layers.0"),
         )?];
         for i in 1..cfg.depth {
-            layers.push(candle_nn::linear(
+            layers.push(Linear::load(cfg.n_embed,
                 cfg.n_embed,
-                cfg.n_embed,
+                true,
                 vb.pp(format!("layers.{}", 2 * i)),
             )?);
         }
@@ -56,17 +59,25 @@ impl GenHead {
     /// Builds from `gen_head.*`.
     pub fn new(cfg: &GenHeadConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            output_mlp_projector: candle_nn::linear(
-                cfg.n_embed,
+            output_mlp_projector: Linear::load(cfg.n_embed,
                 cfg.image_token_embed,
+                true,
                 vb.pp("output_mlp_projector"),
             )?,
-            vision_head: candle_nn::linear(
-                cfg.image_token_embed,
+            vision_head: Linear::load(cfg.image_token_embed,
                 cfg.image_token_size,
+                true,
                 vb.pp("vision_head"),
             )?,
         })
+    }
+}
+
+impl GenHead {
+    /// Quantises both projections.
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        self.output_mlp_projector.quantize(format)?;
+        self.vision_head.quantize(format)
     }
 }
 

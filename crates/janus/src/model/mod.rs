@@ -9,6 +9,7 @@
 //! Modules are built from canonical (original-layout) tensor names; the weights module
 //! maps other layouts onto them.
 
+pub mod linear;
 pub mod llama;
 pub mod mlp;
 pub mod ops;
@@ -24,6 +25,7 @@ pub use siglip::SiglipVit;
 pub use vq::VqModel;
 
 use crate::config::JanusConfig;
+use crate::kernels::quant::QuantFormat;
 
 /// The whole Janus model.
 #[derive(Debug, Clone)]
@@ -69,6 +71,14 @@ impl Janus {
             vq: VqModel::new(&cfg.vq, vq_vb(vb.pp("gen_vision_model")))?,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Quantises the LLM's projections, its LM head and the generation head to `format`
+    /// (weight-only; SigLIP, the aligners, the embeddings and the VQ model stay as
+    /// loaded). CPU only.
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        self.llm.quantize(format)?;
+        self.gen_head.quantize(format)
     }
 
     /// The configuration the model was built with.

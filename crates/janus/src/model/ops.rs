@@ -112,3 +112,152 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> R
     let probs = softmax_last(&scores)?;
     probs.matmul(&v.contiguous()?)
 }
+
+/// Which keys each query attends to, for [`attention_heads_merged`].
+#[derive(Debug, Clone, Copy)]
+pub enum AttnMask<'a> {
+    /// Every key.
+    None,
+    /// Query `i` sees keys `0..=offset + i`; `tensor` is the same mask as an additive
+    /// `(Tq, Tk)` tensor, or `None` when each query sees every key (one new token).
+    Causal {
+        /// Cached positions before the first query.
+        offset: usize,
+        /// The additive form, for the plain path.
+        tensor: Option<&'a Tensor>,
+    },
+    /// Additive f32 mask `(Tq, Tk)` or `(B, 1, Tq, Tk)`.
+    Additive(&'a Tensor),
+}
+
+/// Attention with heads merged in the output: `(B, Tq, H·Dh)`, what an output projection
+/// takes. `k`/`v` may have fewer heads than `q` (grouped-query attention) and may be
+/// strided views (a KV cache prefix). bf16 CPU tensors that track no gradient run the
+/// [`crate::kernels::attention`] kernel; everything else runs [`attention`].
+///
+/// # Shapes
+/// q `(B, H, Tq, Dh)`, k and v `(B, Hkv, Tk, Dh)` -> `(B, Tq, H·Dh)`
+pub fn attention_heads_merged(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: AttnMask,
+) -> Result<Tensor> {
+    let (b, h, tq, dh) = q.dims4()?;
+    if let Some(y) = attention_kernel(q, k, v, mask)? {
+        return Ok(y);
+    }
+    let h_kv = k.dim(1)?;
+    let (k, v) = (repeat_kv(k, h / h_kv)?, repeat_kv(v, h / h_kv)?);
+    let m = match mask {
+        AttnMask::None => None,
+        AttnMask::Causal { tensor, .. } => tensor,
+        AttnMask::Additive(t) => Some(t),
+    };
+    attention(q, &k, &v, m)?
+        .transpose(1, 2)? // (B, Tq, H, Dh)
+        .reshape((b, tq, h * dh))
+}
+
+/// Repeats key/value heads for grouped-query attention: `(B, Hkv, T, Dh) -> (B, Hkv*n, T, Dh)`.
+pub fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, h, n, t, d))?
+        .reshape((b, h * n, t, d))
+}
+
+/// The kernel path of [`attention_heads_merged`], `None` where it does not apply.
+fn attention_kernel(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask) -> Result<Option<Tensor>> {
+    use crate::kernels::attention::{attention_bf16, Dims, Mask, View};
+    use crate::kernels::{isa, with_cpu_view};
+    use half::bf16;
+
+    let all = [q, k, v];
+    if all
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::BF16 || t.track_op())
+    {
+        return Ok(None);
+    }
+    let (b, h, tq, dh) = q.dims4()?;
+    let (kb, h_kv, tk, kdh) = k.dims4()?;
+    if v.dims() != k.dims() || kb != b || kdh != dh || h_kv == 0 || h % h_kv != 0 {
+        candle_core::bail!(
+            "attention shapes do not fit: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let add = match mask {
+        AttnMask::Additive(t) => {
+            let t = t.to_dtype(DType::F32)?.contiguous()?;
+            let batch_stride = match t.dims() {
+                [_, _] => 0,
+                [mb, 1, _, _] if *mb == b => tq * tk,
+                d => candle_core::bail!("attention mask of shape {d:?} for {b} rows"),
+            };
+            if t.dims()[t.rank() - 2..] != [tq, tk] {
+                candle_core::bail!("attention mask {:?} for {tq} x {tk} scores", t.dims());
+            }
+            Some((t, batch_stride))
+        }
+        _ => None,
+    };
+    let mut out = vec![bf16::ZERO; b * tq * h * dh];
+    let dims = Dims {
+        b,
+        h,
+        h_kv,
+        tq,
+        tk,
+        dh,
+    };
+    let scale = 1.0 / (dh as f32).sqrt();
+    let done = with_cpu_view::<bf16, _>(q, |qd, qo, qs| {
+        with_cpu_view::<bf16, _>(k, |kd, ko, ks| {
+            with_cpu_view::<bf16, _>(v, |vd, vo, vs| {
+                let view = |data, offset, strides| View {
+                    data,
+                    offset,
+                    strides,
+                };
+                let mut run = |m: Mask| {
+                    attention_bf16(
+                        view(qd, qo, qs),
+                        view(kd, ko, ks),
+                        view(vd, vo, vs),
+                        dims,
+                        m,
+                        scale,
+                        &mut out,
+                        isa(),
+                    )
+                };
+                match (&add, mask) {
+                    (Some((t, batch_stride)), _) => {
+                        crate::kernels::with_cpu_slice::<f32, _>(t, |data| {
+                            run(Mask::Additive {
+                                data,
+                                batch_stride: *batch_stride,
+                            })
+                        })
+                    }
+                    (None, AttnMask::Causal { offset, .. }) => Some(run(Mask::Causal { offset })),
+                    (None, _) => Some(run(Mask::None)),
+                }
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+    .flatten();
+    if done.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(out, (b, tq, h * dh), q.device())?))
+}

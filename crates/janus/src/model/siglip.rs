@@ -6,9 +6,11 @@
 //! (`ignore_head=True`), so it is not loaded.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::ops::{attention, gelu, LayerNorm};
+use super::linear::Linear;
+
+use super::ops::{attention_heads_merged, gelu, AttnMask, LayerNorm};
 use crate::config::VisionConfig;
 
 #[derive(Debug, Clone)]
@@ -29,8 +31,7 @@ impl Module for Attention {
             .reshape((b, n, 3, self.num_heads, dh))?
             .permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let y = attention(&q, &k, &v, None)?; // (B, H, N, Dh)
-        let y = y.transpose(1, 2)?.reshape((b, n, c))?;
+        let y = attention_heads_merged(&q, &k, &v, AttnMask::None)?; // (B, N, C)
         self.proj.forward(&y)
     }
 }
@@ -51,13 +52,13 @@ impl Block {
         Ok(Self {
             norm1: LayerNorm::new(c, eps, vb.pp("norm1"))?,
             attn: Attention {
-                qkv: candle_nn::linear(c, 3 * c, vb.pp("attn.qkv"))?,
-                proj: candle_nn::linear(c, c, vb.pp("attn.proj"))?,
+                qkv: Linear::load(c, 3 * c, true, vb.pp("attn.qkv"))?,
+                proj: Linear::load(c, c, true, vb.pp("attn.proj"))?,
                 num_heads: cfg.num_heads,
             },
             norm2: LayerNorm::new(c, eps, vb.pp("norm2"))?,
-            fc1: candle_nn::linear(c, cfg.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(cfg.intermediate_size, c, vb.pp("mlp.fc2"))?,
+            fc1: Linear::load(c, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
+            fc2: Linear::load(cfg.intermediate_size, c, true, vb.pp("mlp.fc2"))?,
         })
     }
 }

@@ -1,0 +1,46 @@
+//! Throughput of the CPU kernels at Janus-Pro-1B's shapes, per instruction-set level.
+//!
+//! `cargo run --release -p janus --example kernel_bench` (threads: RAYON_NUM_THREADS).
+
+use std::time::Instant;
+
+use half::bf16;
+use janus::kernels::{gemm::matmul_bf16, Isa};
+
+fn values(len: usize) -> Vec<bf16> {
+    (0..len)
+        .map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 / 500.0 - 1.0))
+        .collect()
+}
+
+fn main() {
+    let shapes = [
+        ("decode up_proj", 1, 5632, 2048),
+        ("cfg step up_proj", 2, 5632, 2048),
+        ("decode down_proj", 1, 2048, 5632),
+        ("lm_head", 1, 102400, 2048),
+        ("prefill up_proj", 616, 5632, 2048),
+        ("siglip fc1", 576, 4096, 1024),
+    ];
+    for isa in Isa::available().into_iter().rev() {
+        for &(name, m, n, k) in &shapes {
+            let x = values(m * k);
+            let w = values(n * k);
+            let mut out = vec![0.0f32; m * n];
+            matmul_bf16(&x, &w, m, n, k, &mut out, isa);
+            let reps = (2e10 / (2.0 * (m * n * k) as f64)).clamp(2.0, 200.0) as usize;
+            let t = Instant::now();
+            for _ in 0..reps {
+                matmul_bf16(&x, &w, m, n, k, &mut out, isa);
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{:>6} {name:<18} {m}x{n}x{k}: {:8.3} ms  {:7.1} GFLOP/s  {:6.1} GB/s weights",
+                isa.name(),
+                s * 1e3,
+                2.0 * (m * n * k) as f64 / s / 1e9,
+                (n * k * 2) as f64 / s / 1e9
+            );
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Scaled dot-product attention on bf16 tensors with f32 scores, read straight from
+//! strided views (the LLM's preallocated KV cache, SigLIP's q/k/v), written in the
+//! `(B, T, H, Dh)` order the output projection wants.
+//!
+//! Per (batch row, head, block of queries): `S = Q·Kᵀ` with the bf16 matmul tiles (only
+//! the keys a causal block can see), scale, mask, a softmax whose `exp` is vectorised, then
+//! `O = P·V` accumulating f32 rows four queries at a time. Grouped-query heads share
+//! their key/value head.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::gemm::matmul_bf16_serial;
+use super::Isa;
+
+/// A `(B, H, T, Dh)` bf16 tensor as strides into a slice (`Dh` contiguous).
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    /// The storage.
+    pub data: &'a [bf16],
+    /// Element offset of (0, 0, 0, 0).
+    pub offset: usize,
+    /// Strides of B, H and T in elements.
+    pub strides: [usize; 3],
+}
+
+impl View<'_> {
+    fn row(&self, b: usize, h: usize, t: usize) -> usize {
+        self.offset + b * self.strides[0] + h * self.strides[1] + t * self.strides[2]
+    }
+}
+
+/// Which keys each query sees.
+#[derive(Debug, Clone, Copy)]
+pub enum Mask<'a> {
+    /// Every key.
+    None,
+    /// Query `i` sees keys `0..=offset + i` (new tokens after `offset` cached ones).
+    Causal {
+        /// Cached positions before the first query.
+        offset: usize,
+    },
+    /// An additive f32 mask, query `i` of row `b` at `data[b * batch_stride + i * tk..]`
+    /// (`batch_stride` 0 shares one mask across rows).
+    Additive {
+        /// Mask values (0 or -inf, or any finite bias).
+        data: &'a [f32],
+        /// Elements between batch rows.
+        batch_stride: usize,
+    },
+}
+
+/// Sizes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    /// Batch rows.
+    pub b: usize,
+    /// Query heads.
+    pub h: usize,
+    /// Key/value heads (divides `h`).
+    pub h_kv: usize,
+    /// Queries per row.
+    pub tq: usize,
+    /// Keys per row.
+    pub tk: usize,
+    /// Head width.
+    pub dh: usize,
+}
+
+/// Queries handled by one task (bounds the score buffer to `Q_BLOCK x tk` f32).
+const Q_BLOCK: usize = 64;
+
+/// `out[b, i, h, :] = softmax(scale · q[b,h,i]·k[b,h',:]ᵀ + mask) · v[b,h',:]` with
+/// `h' = h / (h / h_kv)`; `out` is `(B, Tq, H, Dh)` row-major.
+///
+/// # Panics
+/// If `h_kv` does not divide `h` or a view or `out` is too short (callers check shapes).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bf16(
+    q: View,
+    k: View,
+    v: View,
+    d: Dims,
+    mask: Mask,
+    scale: f32,
+    out: &mut [bf16],
+    isa: Isa,
+) {
+    assert!(d.h_kv > 0 && d.h % d.h_kv == 0);
+    assert!(out.len() >= d.b * d.tq * d.h * d.dh);
+    if d.b == 0 || d.tq == 0 || d.h == 0 {
+        return;
+    }
+    let rep = d.h / d.h_kv;
+    let q_blocks = d.tq.div_ceil(Q_BLOCK);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (bh, qb) = (t / q_blocks, t % q_blocks);
+        let (b, h) = (bh / d.h, bh % d.h);
+        let i0 = qb * Q_BLOCK;
+        let i1 = (i0 + Q_BLOCK).min(d.tq);
+        let rows = i1 - i0;
+        // Keys this block can see at all.
+        let keys = match mask {
+            Mask::Causal { offset } => (offset + i1).min(d.tk),
+            _ => d.tk,
+        };
+        let mut scores = vec![0f32; rows * keys.max(1)];
+        if keys > 0 {
+            let (qs, ks) = (q.row(b, h, i0), k.row(b, h / rep, 0));
+            matmul_bf16_serial(
+                &q.data[qs..],
+                q.strides[2],
+                &k.data[ks..],
+                k.strides[2],
+                rows,
+                keys,
+                d.dh,
+                &mut scores,
+                keys,
+                isa,
+            );
+        }
+        for r in 0..rows {
+            let i = i0 + r;
+            let row = &mut scores[r * keys..(r + 1) * keys];
+            let visible = match mask {
+                Mask::Causal { offset } => (offset + i + 1).min(keys),
+                _ => keys,
+            };
+            row.iter_mut().for_each(|s| *s *= scale);
+            if let Mask::Additive { data, batch_stride } = mask {
+                let m = &data[b * batch_stride + i * d.tk..][..keys];
+                row.iter_mut().zip(m).for_each(|(s, m)| *s += m);
+            }
+            softmax_in_place(&mut row[..visible], isa);
+            row[visible..].fill(0.0);
+        }
+        let mut acc = vec![0f32; rows * d.dh];
+        let vs = v.row(b, h / rep, 0);
+        weighted_sum(&scores, rows, keys, &v.data[vs..], v.strides[2], d.dh, &mut acc, isa);
+        for r in 0..rows {
+            let o = ((b * d.tq + i0 + r) * d.h + h) * d.dh;
+            for (c, a) in acc[r * d.dh..(r + 1) * d.dh].iter().enumerate() {
+                // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted).
+                unsafe { *out_ptr.get().add(o + c) = bf16::from_f32(*a) };
+            }
+        }
+    };
+    let tasks = d.b * d.h * q_blocks;
+    if d.tq * d.tk * d.dh * tasks >= 1 << 16 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut bf16);
+// SAFETY: tasks write disjoint elements; the buffer outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut bf16 {
+        self.0
+    }
+}
+
+/// Softmax of `row` in place (f32). A row whose every entry is -inf stays finite: zeros.
+pub fn softmax_in_place(row: &mut [f32], isa: Isa) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    row.iter_mut().for_each(|s| *s -= max);
+    exp_in_place(row, isa);
+    let sum: f32 = row.iter().sum();
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// `x = exp(x)` elementwise (inputs <= 0 here; -inf gives 0).
+pub fn exp_in_place(x: &mut [f32], isa: Isa) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => unsafe { simd::exp_avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { simd::exp_avx2(x) },
+        _ => x.iter_mut().for_each(|v| *v = v.exp()),
+    }
+}
+
+/// `acc (rows, dh) = p (rows, keys) · v` with `v` row `j` at `v[j * ldv..][..dh]`.
+#[allow(clippy::too_many_arguments)]
+fn weighted_sum(
+    p: &[f32],
+    rows: usize,
+    keys: usize,
+    v: &[bf16],
+    ldv: usize,
+    dh: usize,
+    acc: &mut [f32],
+    isa: Isa,
+) {
+    if keys == 0 {
+        return;
+    }
+    assert!(v.len() >= (keys - 1) * ldv + dh);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 | Isa::Avx2 if dh % 16 == 0 => {
+            // SAFETY: bounds asserted above; the CPU supports AVX2 (both levels imply it).
+            unsafe { simd::weighted_sum_avx2(p, rows, keys, v, ldv, dh, acc) }
+        }
+        _ => {
+            for r in 0..rows {
+                let a = &mut acc[r * dh..(r + 1) * dh];
+                for j in 0..keys {
+                    let pj = p[r * keys + j];
+                    if pj == 0.0 {
+                        continue;
+                    }
+                    let vr = &v[j * ldv..j * ldv + dh];
+                    a.iter_mut().zip(vr).for_each(|(a, v)| *a += pj * v.to_f32());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use half::bf16;
+
+    // exp(x) = 2^n · e^r with n = round(x / ln 2), |r| <= ln2 / 2; e^r by its degree-6
+    // Taylor polynomial (relative error < 4e-8 there, below f32 rounding).
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const C: [f32; 7] = [
+        1.0,
+        1.0,
+        0.5,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+    ];
+    /// Below this, exp underflows to 0 in f32 for our purposes.
+    const LOW: f32 = -87.0;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_avx512(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let v = _mm512_loadu_ps(c.as_ptr());
+            _mm512_storeu_ps(c.as_mut_ptr(), exp16(v));
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let m: __mmask16 = (1u16 << rest.len()) - 1;
+            let v = _mm512_maskz_loadu_ps(m, rest.as_ptr());
+            _mm512_mask_storeu_ps(rest.as_mut_ptr(), m, exp16(v));
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(LOW), _CMP_LT_OQ);
+        let x = _mm512_max_ps(x, _mm512_set1_ps(LOW));
+        let n = _mm512_roundscale_ps(
+            _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(C[6]);
+        for &c in C[..6].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_maskz_mov_ps(!under, _mm512_scalef_ps(p, n))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_avx2(x: &mut [f32]) {
+        let mut chunks = x.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            _mm256_storeu_ps(c.as_mut_ptr(), exp8(v));
+        }
+        for v in chunks.into_remainder() {
+            *v = v.exp();
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let under = _mm256_cmp_ps(x, _mm256_set1_ps(LOW), _CMP_LT_OQ);
+        let x = _mm256_max_ps(x, _mm256_set1_ps(LOW));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(C[6]);
+        for &c in C[..6].iter().rev() {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        // 2^n through the exponent field (n >= -126 after the clamp).
+        let e = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        );
+        let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        _mm256_andnot_ps(under, y)
+    }
+
+    /// Sixteen bf16 widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen16(p: *const bf16) -> (__m256, __m256) {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        let lo = _mm256_cvtepu16_epi32(_mm256_castsi256_si128(h));
+        let hi = _mm256_cvtepu16_epi32(_mm256_extracti128_si256(h, 1));
+        (
+            _mm256_castsi256_ps(_mm256_slli_epi32(lo, 16)),
+            _mm256_castsi256_ps(_mm256_slli_epi32(hi, 16)),
+        )
+    }
+
+    /// `acc = p · v` four query rows at a time, 16 columns per pass (`dh % 16 == 0`).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_sum_avx2(
+        p: &[f32],
+        rows: usize,
+        keys: usize,
+        v: &[bf16],
+        ldv: usize,
+        dh: usize,
+        acc: &mut [f32],
+    ) {
+        const R: usize = 4;
+        for r0 in (0..rows).step_by(R) {
+            let nr = R.min(rows - r0);
+            for c in (0..dh).step_by(16) {
+                let mut a = [[_mm256_setzero_ps(); 2]; R];
+                for j in 0..keys {
+                    let (v0, v1) = widen16(v.as_ptr().add(j * ldv + c));
+                    for (r, ar) in a.iter_mut().enumerate().take(nr) {
+                        let pj = _mm256_set1_ps(*p.get_unchecked((r0 + r) * keys + j));
+                        ar[0] = _mm256_fmadd_ps(pj, v0, ar[0]);
+                        ar[1] = _mm256_fmadd_ps(pj, v1, ar[1]);
+                    }
+                }
+                for (r, ar) in a.iter().enumerate().take(nr) {
+                    let o = acc.as_mut_ptr().add((r0 + r) * dh + c);
+                    _mm256_storeu_ps(o, ar[0]);
+                    _mm256_storeu_ps(o.add(8), ar[1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::tests::values;
+
+    fn run(d: Dims, mask: Mask, isa: Isa, q: &[bf16], k: &[bf16], v: &[bf16]) -> Vec<f32> {
+        // q (B, H, Tq, Dh) contiguous; k/v inside a larger cache (B, Hkv, tk + 3, Dh).
+        let cap = d.tk + 3;
+        let view = |data, t: usize, h: usize| View {
+            data,
+            offset: 0,
+            strides: [h * t * d.dh, t * d.dh, d.dh],
+        };
+        let mut out = vec![bf16::ZERO; d.b * d.tq * d.h * d.dh];
+        attention_bf16(
+            view(q, d.tq, d.h),
+            view(k, cap, d.h_kv),
+            view(v, cap, d.h_kv),
+            d,
+            mask,
+            1.0 / (d.dh as f32).sqrt(),
+            &mut out,
+            isa,
+        );
+        out.iter().map(|x| x.to_f32()).collect()
+    }
+
+    /// Attention in f64 from the definition, output `(B, Tq, H, Dh)`.
+    fn reference(d: Dims, mask: Mask, q: &[bf16], k: &[bf16], v: &[bf16]) -> Vec<f32> {
+        let cap = d.tk + 3;
+        let mut out = vec![0f32; d.b * d.tq * d.h * d.dh];
+        for b in 0..d.b {
+            for h in 0..d.h {
+                let hk = h / (d.h / d.h_kv);
+                for i in 0..d.tq {
+                    let qi = &q[((b * d.h + h) * d.tq + i) * d.dh..][..d.dh];
+                    let mut s: Vec<f64> = (0..d.tk)
+                        .map(|j| {
+                            let kj = &k[((b * d.h_kv + hk) * cap + j) * d.dh..][..d.dh];
+                            let dot: f64 =
+                                qi.iter().zip(kj).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+                            dot / (d.dh as f64).sqrt()
+                        })
+                        .collect();
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        match mask {
+                            Mask::Causal { offset } if j > offset + i => *sj = f64::NEG_INFINITY,
+                            Mask::Additive { data, batch_stride } => {
+                                *sj += data[b * batch_stride + i * d.tk + j] as f64
+                            }
+                            _ => {}
+                        }
+                    }
+                    let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..d.dh {
+                        let o: f64 = (0..d.tk)
+                            .map(|j| e[j] / sum * v[((b * d.h_kv + hk) * cap + j) * d.dh + c].to_f64())
+                            .sum();
+                        out[((b * d.tq + i) * d.h + h) * d.dh + c] = o as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_level_matches_the_definition() {
+        let cases = [
+            (Dims { b: 1, h: 2, h_kv: 2, tq: 1, tk: 5, dh: 16 }, 0usize),
+            (Dims { b: 2, h: 4, h_kv: 2, tq: 7, tk: 7, dh: 32 }, 1),
+            (Dims { b: 1, h: 3, h_kv: 3, tq: 70, tk: 73, dh: 8 }, 1),
+            (Dims { b: 2, h: 2, h_kv: 1, tq: 3, tk: 11, dh: 48 }, 2),
+            (Dims { b: 1, h: 1, h_kv: 1, tq: 66, tk: 66, dh: 128 }, 0),
+        ];
+        for (d, kind) in cases {
+            let cap = d.tk + 3;
+            let q = values(d.b * d.h * d.tq * d.dh, 11);
+            let k = values(d.b * d.h_kv * cap * d.dh, 12);
+            let v = values(d.b * d.h_kv * cap * d.dh, 13);
+            let add: Vec<f32> = (0..d.b * d.tq * d.tk)
+                .map(|i| if i % 5 == 1 { f32::NEG_INFINITY } else { (i % 3) as f32 * 0.5 })
+                .collect();
+            let mask = match kind {
+                0 => Mask::None,
+                1 => Mask::Causal { offset: d.tk - d.tq },
+                _ => Mask::Additive { data: &add, batch_stride: d.tq * d.tk },
+            };
+            let want = reference(d, mask, &q, &k, &v);
+            for isa in Isa::available() {
+                let got = run(d, mask, isa, &q, &k, &v);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    // Output is bf16: half an ulp of 2^-8 relative, plus f32 sums.
+                    assert!(
+                        (a - b).abs() <= 4e-3 * b.abs() + 1e-3,
+                        "{isa:?} {d:?} mask {kind} at {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_exp_matches_std() {
+        let mut xs: Vec<f32> = (0..1000).map(|i| -(i as f32) * 0.093).collect();
+        xs.extend([0.0, -1e-7, -86.9, -87.5, -200.0, f32::NEG_INFINITY]);
+        for isa in Isa::available() {
+            let mut got = xs.clone();
+            exp_in_place(&mut got, isa);
+            for (x, g) in xs.iter().zip(&got) {
+                let want = x.exp();
+                assert!(
+                    (g - want).abs() <= 2e-7 * want + 1e-37,
+                    "{isa:?}: exp({x}) = {g}, want {want}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Hand-written CPU kernels for the hot paths candle is slow at.
+//!
+//! candle's CPU bf16 matrix products run at a small fraction of what the hardware allows
+//! (bf16 matrix-vector ~1 GB/s where memory streams ~43 GB/s), so the linear layers, the
+//! attention over the KV cache and the quantised weights have their own kernels here.
+//!
+//! Every kernel has up to three implementations chosen at run time: AVX-512 BF16
+//! (`VDPBF16PS`, two bf16 products per f32 lane), AVX2 + FMA (bf16 widened to f32), and a
+//! plain scalar one that runs everywhere and that the tests compare the fast ones with.
+//! `JANUS_KERNELS=plain|avx2|avx512` forces one (never a level the CPU lacks).
+//!
+//! Threads come from rayon's global pool (the one candle's own CPU ops use), so the
+//! kernels and candle never run two pools against each other.
+
+pub mod attention;
+pub mod gemm;
+pub mod quant;
+
+use std::sync::OnceLock;
+
+/// Instruction-set level a kernel runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable scalar Rust: the reference the fast paths are tested against.
+    Plain,
+    /// AVX2 + FMA (x86-64 since 2013).
+    Avx2,
+    /// AVX-512 F/BW + BF16 (Zen 4, Sapphire Rapids and later).
+    Avx512Bf16,
+}
+
+impl Isa {
+    /// The best level this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("avx512bf16")
+            {
+                return Isa::Avx512Bf16;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Plain
+    }
+
+    /// Every level this CPU can run, lowest first (what the agreement tests iterate over).
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::detect();
+        [Isa::Plain, Isa::Avx2, Isa::Avx512Bf16]
+            .into_iter()
+            .filter(|&i| i <= best)
+            .collect()
+    }
+
+    /// Short name, as `JANUS_KERNELS` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Plain => "plain",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Bf16 => "avx512",
+        }
+    }
+}
+
+/// The level the kernels use: the CPU's best, or `JANUS_KERNELS` when it names a lower
+/// (or equal) one. Read once.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = Isa::detect();
+        let Ok(want) = std::env::var("JANUS_KERNELS") else {
+            return best;
+        };
+        let wanted = match want.as_str() {
+            "plain" => Isa::Plain,
+            "avx2" => Isa::Avx2,
+            "avx512" => Isa::Avx512Bf16,
+            other => {
+                tracing::warn!("JANUS_KERNELS={other} is not plain|avx2|avx512; using {best:?}");
+                return best;
+            }
+        };
+        if wanted > best {
+            tracing::warn!("JANUS_KERNELS={want}: this CPU lacks it; using {}", best.name());
+            best
+        } else {
+            wanted
+        }
+    })
+}
+
+/// Splits `0..n` into about `4 * threads` chunks of a multiple of `align` (the last may
+/// be shorter), for rayon work lists that balance without tiny tasks.
+pub(crate) fn chunk_len(n: usize, align: usize, min_chunk: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let target = n.div_ceil(4 * threads).max(min_chunk).max(1);
+    target.div_ceil(align) * align
+}
+
+/// Runs `f` on the data of `t` when it is a contiguous CPU tensor of element type `T`.
+pub(crate) fn with_cpu_slice<T: candle_core::WithDType, R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[T]) -> R,
+) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    let data = cpu.as_slice::<T>().ok()?;
+    Some(f(data.get(start..end)?))
+}
+
+/// Runs `f(data, offset, [stride0, stride1, stride2])` on a rank-4 CPU tensor of element
+/// type `T` whose last dimension is contiguous (a strided view such as a KV-cache prefix
+/// or a permuted projection).
+pub(crate) fn with_cpu_view<T: candle_core::WithDType, R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[T], usize, [usize; 3]) -> R,
+) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let s = layout.stride();
+    if s.len() != 4 || (s[3] != 1 && layout.dims()[3] > 1) {
+        return None;
+    }
+    let data = cpu.as_slice::<T>().ok()?;
+    Some(f(data, layout.start_offset(), [s[0], s[1], s[2]]))
+}

@@ -1,0 +1,280 @@
+//! The linear layer every part of the network uses: candle's product as the plain path,
+//! the CPU kernels ([`crate::kernels`]) as the fast one, and optional quantised weights.
+//!
+//! The fast path runs only where it computes the same thing within bf16 rounding: a CPU
+//! tensor that tracks no gradient (training keeps candle's differentiable product), with
+//! bf16 weights and bf16 activations, or quantised weights. Everything else (f32, GPU,
+//! autograd) goes through candle.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use half::bf16;
+
+use crate::kernels::gemm::matmul_bf16;
+use crate::kernels::quant::{QuantFormat, QuantMatrix};
+use crate::kernels::{self, with_cpu_slice};
+
+/// How a [`Linear`] computes its product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Whatever applies: the kernels where they can run, candle otherwise.
+    Auto,
+    /// candle's product (dequantised weights when quantised).
+    Candle,
+}
+
+/// The weight of a [`Linear`].
+#[derive(Debug, Clone)]
+enum Weight {
+    /// `(out, in)` as loaded.
+    Dense(Tensor),
+    /// Quantised on the CPU; the dense tensor is gone.
+    Quant(Arc<QuantMatrix>),
+}
+
+/// `y = x · Wᵀ + b` with `W` `(out_features, in_features)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Wraps a weight `(out, in)` and an optional bias `(out,)`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Dense(weight),
+            bias,
+        }
+    }
+
+    /// Loads `weight` (and `bias` when `bias`) of a `in_dim -> out_dim` layer.
+    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self::new(weight, bias))
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match &self.weight {
+            Weight::Dense(w) => (w.dims()[0], w.dims()[1]),
+            Weight::Quant(q) => (q.rows(), q.cols()),
+        }
+    }
+
+    /// The dense weight, `None` once quantised.
+    pub fn weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => Some(w),
+            Weight::Quant(_) => None,
+        }
+    }
+
+    /// The quantisation format, if quantised.
+    pub fn quant_format(&self) -> Option<QuantFormat> {
+        match &self.weight {
+            Weight::Dense(_) => None,
+            Weight::Quant(q) => Some(q.format()),
+        }
+    }
+
+    /// Bytes the weight holds in memory.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Weight::Quant(q) => q.size_bytes(),
+        }
+    }
+
+    /// Replaces a dense CPU weight by its quantised form (no-op when already quantised).
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        let Weight::Dense(w) = &self.weight else {
+            return Ok(());
+        };
+        if !w.device().is_cpu() {
+            candle_core::bail!("quantised weights run on the CPU only");
+        }
+        let (rows, cols) = w.dims2()?;
+        let w = w.contiguous()?;
+        let q = match w.dtype() {
+            DType::BF16 => with_cpu_slice::<bf16, _>(&w, |s| {
+                QuantMatrix::quantize_bf16(s, rows, cols, format)
+            }),
+            _ => {
+                let w = w.to_dtype(DType::F32)?;
+                with_cpu_slice::<f32, _>(&w, |s| QuantMatrix::quantize_f32(s, rows, cols, format))
+            }
+        };
+        let Some(q) = q else {
+            candle_core::bail!("weight is not readable CPU memory");
+        };
+        self.weight = Weight::Quant(Arc::new(q));
+        Ok(())
+    }
+
+    /// [`Module::forward`] along a chosen path (tests compare the two).
+    ///
+    /// # Shapes
+    /// `(..., in) -> (..., out)`
+    pub fn forward_with(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        if path == Path::Auto {
+            if let Some(y) = self.forward_kernels(x)? {
+                return Ok(y);
+            }
+        }
+        let w = match &self.weight {
+            Weight::Dense(w) => w.clone(),
+            Weight::Quant(q) => {
+                let (rows, cols) = (q.rows(), q.cols());
+                Tensor::from_vec(q.dequantize(), (rows, cols), x.device())?.to_dtype(x.dtype())?
+            }
+        };
+        let y = match x.rank() {
+            // (B, T, in) x (in, out), as candle_nn::Linear does it.
+            3 => {
+                let b = x.dim(0)?;
+                x.matmul(&w.broadcast_left(b)?.t()?)?
+            }
+            _ => x.broadcast_matmul(&w.t()?)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// The kernels' product, or `None` where they do not apply.
+    fn forward_kernels(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if !x.device().is_cpu() || x.track_op() || self.bias.as_ref().is_some_and(|b| b.track_op())
+        {
+            return Ok(None);
+        }
+        let (n, k) = self.shape();
+        let dims = x.dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("linear layer takes {k} input features, got shape {dims:?}");
+        }
+        let m = x.elem_count() / k.max(1);
+        let mut out = vec![0f32; m * n];
+        let done = match (&self.weight, x.dtype()) {
+            (Weight::Dense(w), DType::BF16) if w.dtype() == DType::BF16 && !w.track_op() => {
+                let (x, w) = (x.contiguous()?, w.contiguous()?);
+                with_cpu_slice::<bf16, _>(&x, |xs| {
+                    with_cpu_slice::<bf16, _>(&w, |ws| {
+                        matmul_bf16(xs, ws, m, n, k, &mut out, kernels::isa())
+                    })
+                })
+                .flatten()
+            }
+            (Weight::Quant(q), DType::BF16 | DType::F32) => {
+                let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+                with_cpu_slice::<f32, _>(&x32, |xs| q.matmul(xs, m, &mut out, kernels::isa()))
+            }
+            _ => None,
+        };
+        if done.is_none() {
+            return Ok(None);
+        }
+        if let Some(b) = &self.bias {
+            let b = b.to_dtype(DType::F32)?.contiguous()?;
+            with_cpu_slice::<f32, _>(&b, |bs| {
+                for row in out.chunks_exact_mut(n) {
+                    row.iter_mut().zip(bs).for_each(|(o, b)| *o += b);
+                }
+            });
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        let y = match x.dtype() {
+            DType::BF16 => Tensor::from_vec(
+                out.into_iter().map(bf16::from_f32).collect::<Vec<_>>(),
+                shape,
+                x.device(),
+            )?,
+            _ => Tensor::from_vec(out, shape, x.device())?,
+        };
+        Ok(Some(y))
+    }
+}
+
+impl Module for Linear {
+    /// # Shapes
+    /// `(..., in) -> (..., out)`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Path::Auto)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+                (h % 10007) as f32 / 5003.5 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        let d = (a - &b).unwrap().abs().unwrap().max(0).unwrap();
+        let s = b.abs().unwrap().max(0).unwrap();
+        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn bf16_kernels_match_candle_within_bf16_rounding() {
+        for &(lead, k, n, bias) in &[
+            (&[1usize, 1][..], 33usize, 7usize, true),
+            (&[2, 3], 64, 13, false),
+            (&[1, 67], 130, 29, true),
+            (&[5], 17, 3, true),
+        ] {
+            let w = rand(&[n, k], 1).to_dtype(DType::BF16).unwrap();
+            let b = bias.then(|| rand(&[n], 2).to_dtype(DType::BF16).unwrap());
+            let lin = Linear::new(w, b);
+            let mut shape = lead.to_vec();
+            shape.push(k);
+            let x = rand(&shape, 3).to_dtype(DType::BF16).unwrap();
+            let fast = lin.forward_with(&x, Path::Auto).unwrap();
+            let plain = lin.forward_with(&x, Path::Candle).unwrap();
+            assert_eq!(fast.dims(), plain.dims());
+            assert_eq!(fast.dtype(), DType::BF16);
+            let e = max_rel(&fast, &plain);
+            assert!(e < 1e-2, "shape {shape:?} -> {n}: relative error {e}");
+        }
+    }
+
+    #[test]
+    fn tracked_inputs_keep_the_differentiable_path() {
+        let w = rand(&[5, 8], 1).to_dtype(DType::BF16).unwrap();
+        let lin = Linear::new(w, None);
+        let x = Var::from_tensor(&rand(&[2, 8], 2).to_dtype(DType::BF16).unwrap()).unwrap();
+        assert!(lin.forward_kernels(x.as_tensor()).unwrap().is_none());
+        let y = lin.forward(x.as_tensor()).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn wrong_input_width_is_an_error() {
+        let lin = Linear::new(rand(&[5, 8], 1).to_dtype(DType::BF16).unwrap(), None);
+        let x = rand(&[2, 7], 2).to_dtype(DType::BF16).unwrap();
+        assert!(lin.forward(&x).is_err());
+    }
+}
