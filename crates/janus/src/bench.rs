@@ -184,8 +184,8 @@ pub fn run(
     params.validate_for(model)?;
     on_stage(Stage::WarmUp);
     let warm = BenchParams {
-        decode_tokens: WARMUP_COUNT.min(params.decode_tokens),
-        t2i_steps: WARMUP_COUNT.min(params.t2i_steps),
+        decode_tokens: WARMUP_COUNT,
+        t2i_steps: WARMUP_COUNT,
         ..*params
     };
     run_workload(model, pad_id, &warm, |_| {})?;
