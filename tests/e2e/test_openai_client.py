@@ -45,6 +45,13 @@ def test_models_list(client, model_id):
     assert model.owned_by
 
 
+def test_models_retrieve(client, model_id):
+    """`GET /v1/models/{id}` by the id (which holds slashes) and by the generic name."""
+    for name in (model_id, "janus", model_id.rstrip("/").rsplit("/", 1)[-1]):
+        model = client.models.retrieve(name)
+        assert model.id == model_id and model.object == "model", name
+
+
 def test_chat_with_image_streamed_equals_non_streamed(client, model_id):
     """Greedy decoding is deterministic: the streamed deltas concatenate to the
     non-streamed message, and both stop for the same reason."""
@@ -150,12 +157,39 @@ def test_image_generation_b64_json(client, model_id):
         extra_body={"seed": 7, "cfg_weight": 5.0, "temperature": 1.0},
     )
     assert len(resp.data) == 2
+    assert resp.model_extra["seed"] == 7
     pixels = []
     for item in resp.data:
         w, h, raw = decode_png(item.b64_json)
         assert (w, h) == (IMAGE_SIDE, IMAGE_SIDE)
         pixels.append(raw)
     assert pixels[0] != pixels[1], "the two images of one request should differ"
+
+
+def test_image_generation_reports_the_seed_it_chose(client, model_id):
+    """Without a seed the server picks one and reports it (extension field `seed`); asking
+    with that seed draws the same image again."""
+    kwargs = dict(model=model_id, prompt="A paper boat", n=1, response_format="b64_json")
+    first = client.images.generate(**kwargs)
+    seed = first.model_extra["seed"]
+    assert isinstance(seed, int)
+    again = client.images.generate(**kwargs, extra_body={"seed": seed})
+    assert again.model_extra["seed"] == seed
+    assert again.data[0].b64_json == first.data[0].b64_json
+
+
+def test_image_urls_behind_a_tls_proxy(client, model_id):
+    """A reverse proxy's X-Forwarded-Proto / X-Forwarded-Host make the image URLs point
+    at the proxy, not at the loopback address it forwards to."""
+    resp = client.images.generate(
+        model=model_id,
+        prompt="A lighthouse",
+        response_format="url",
+        extra_headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "janus.example.org"},
+    )
+    parts = urlsplit(resp.data[0].url)
+    assert (parts.scheme, parts.netloc) == ("https", "janus.example.org"), resp.data[0].url
+    assert parts.path.startswith("/v1/files/images/")
 
 
 def test_image_generation_url_matches_b64_for_same_seed(client, model_id):
@@ -183,12 +217,12 @@ def test_image_generation_url_matches_b64_for_same_seed(client, model_id):
 
 
 def test_image_generation_stream_extension(server, model_id):
-    """`"stream": true` on /v1/images/generations: progress events up to 576/576, then the
-    result, then [DONE]."""
+    """`"stream": true` on /v1/images/generations: progress events up to 576/576 (and any
+    partial images: on the tiny model they would come after the result, so the server skips
+    them once it has timed its decoder), then the result, then [DONE]."""
+    body = {"model": model_id, "prompt": "A blue bird", "n": 1, "size": "384x384", "seed": 3}
     conn, resp = post_stream(
-        server.url,
-        "/v1/images/generations",
-        {"model": model_id, "prompt": "A blue bird", "n": 1, "size": "384x384", "seed": 3, "stream": True},
+        server.url, "/v1/images/generations", {**body, "stream": True, "partial_images": 2}
     )
     try:
         assert resp.status == 200
@@ -199,8 +233,9 @@ def test_image_generation_stream_extension(server, model_id):
             if event["type"] == "progress":
                 assert event["total"] == 576
                 steps.append(event["step"])
-            elif event["type"] == "preview":
-                png_info(base64.b64decode(event["b64_png"]))
+            elif event["type"] == "partial_image":
+                assert event["partial_image_index"] == previews and event["step"] < 576
+                assert decode_png(event["data"][0]["b64_json"])[:2] == (IMAGE_SIDE, IMAGE_SIDE)
                 previews += 1
             elif event["type"] == "result":
                 results.append(event)
@@ -208,9 +243,10 @@ def test_image_generation_stream_extension(server, model_id):
                 raise AssertionError(f"unknown event {event}")
         assert steps and steps == sorted(steps) and steps[-1] == 576, steps[-5:]
         assert len(steps) > 1, "progress came in one event"
-        assert len(results) == 1
+        assert len(results) == 1 and results[0]["seed"] == 3
         assert len(results[0]["data"]) == 1
         assert decode_png(results[0]["data"][0]["b64_json"])[:2] == (IMAGE_SIDE, IMAGE_SIDE)
+        assert previews <= 2
     finally:
         conn.close()
 
@@ -270,10 +306,27 @@ def test_bad_request_empty_messages(client, model_id):
 
 
 def test_not_found(client):
-    """An unknown model id or route: 404 with OpenAI's not-found error."""
+    """An unknown model id: 404 with OpenAI's body for a model it does not have."""
     with pytest.raises(openai.NotFoundError) as e:
         client.models.retrieve("no-such-model")
-    assert_openai_error(e.value, 404, "not_found_error")
+    assert assert_openai_error(e.value, 404, "invalid_request_error")["code"] == "model_not_found"
+
+
+def test_model_not_served(client):
+    """A request naming another model is refused (404 `model_not_found`, param `model`)
+    rather than answered by this one."""
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    err = assert_openai_error(e.value, 404, "invalid_request_error")
+    assert (err["code"], err["param"]) == ("model_not_found", "model")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.images.generate(model="dall-e-3", prompt="x")
+    assert assert_openai_error(e.value, 404, "invalid_request_error")["code"] == "model_not_found"
+    # The generic name is accepted.
+    resp = client.chat.completions.create(
+        model="janus", messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0
+    )
+    assert resp.choices[0].finish_reason in ("stop", "length")
 
 
 def test_not_found_route(server):

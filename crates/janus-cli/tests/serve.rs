@@ -34,7 +34,8 @@ fn entries(dir: &Path) -> Vec<String> {
 fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_janus"))
-        .args(["-q", "serve", "--port", "0", "--dtype", "f32", "--model"])
+        .args(["-q", "serve", "--port", "0", "--dtype", "f32"])
+        .args(["--public-url", "https://janus.example.org/j/", "--model"])
         .arg(model("tiny-pro"))
         .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
@@ -84,12 +85,12 @@ fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
         .unwrap()
         .into_json()
         .unwrap();
+    // File URLs carry the public address; the path is served here.
     let url = images["data"][0]["url"].as_str().unwrap();
-    assert!(
-        url.starts_with(&format!("{base}/v1/files/images/")),
-        "{url}"
-    );
-    let png = ureq::get(url).call().unwrap();
+    let path = url.strip_prefix("https://janus.example.org/j").unwrap();
+    assert!(path.starts_with("/v1/files/images/"), "{url}");
+    assert!(images["seed"] == 1, "{images}");
+    let png = ureq::get(&format!("{base}{path}")).call().unwrap();
     assert_eq!(png.content_type(), "image/png");
     let mut bytes = Vec::new();
     png.into_reader().read_to_end(&mut bytes).unwrap();
@@ -128,4 +129,12 @@ fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "exit {status:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(entries(tmp.path()), Vec::<String>::new());
+}
+
+#[test]
+fn serve_refuses_a_bad_public_url() {
+    for bad in ["janus.example.org", "ftp://x", "https://", "https://h/?q=1"] {
+        let out = janus(&["serve", "--port", "0", "--public-url", bad]);
+        assert_clean_error(&out, &["--public-url"]);
+    }
 }

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
-    /// Ignored (one model is served); echoed back as the served model's id.
+    /// The served model's id or one of its names ([`crate::models`]); answered with the
+    /// served id.
     #[serde(default)]
     pub model: Option<String>,
     /// The conversation.
@@ -229,7 +230,7 @@ pub struct Delta {
 pub struct ImageRequest {
     /// What to draw.
     pub prompt: String,
-    /// Ignored (one model is served).
+    /// The served model's id or one of its names ([`crate::models`]).
     #[serde(default)]
     pub model: Option<String>,
     /// Images to draw, 1 to 16 (default 1).
@@ -244,6 +245,11 @@ pub struct ImageRequest {
     /// Extension: answer with server-sent progress events and then the result.
     #[serde(default)]
     pub stream: Option<bool>,
+    /// With `stream`: partial images to send while sampling, 0 to 3 (default 0), as
+    /// OpenAI's parameter of that name; fewer arrive when the finished images would come
+    /// first.
+    #[serde(default)]
+    pub partial_images: Option<u64>,
     /// Extension: seed (default: a random one).
     #[serde(default)]
     pub seed: Option<u64>,
@@ -273,4 +279,7 @@ pub struct ImagesResponse {
     pub created: u64,
     /// One entry per image.
     pub data: Vec<ImageData>,
+    /// Extension: the seed the images were drawn with (the request's, or the random one
+    /// chosen when it gave none), so a result can be drawn again.
+    pub seed: u64,
 }

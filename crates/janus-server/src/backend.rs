@@ -7,7 +7,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use janus::engine::{self, BatchItem, GenerateOutput};
+use janus::engine::{self, BatchItem, BatchProgress, GenerateOutput};
 use janus::pipeline::{Pipeline, UnderstandOptions, UnderstandResult};
 use janus::processor::{JanusTokenizer, Message};
 
@@ -26,8 +26,9 @@ pub struct ModelFacts {
     pub gen_image_size: usize,
 }
 
-/// The model operations the worker thread runs.
-pub trait Backend: Send + 'static {
+/// The model operations the model and decode threads run (both at once: the decode
+/// thread decodes one batch's codes while the model thread samples the next).
+pub trait Backend: Send + Sync + 'static {
     /// Facts the request handlers check requests against.
     fn facts(&self) -> ModelFacts;
 
@@ -39,12 +40,13 @@ pub trait Backend: Send + 'static {
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> janus::Result<UnderstandResult>;
 
-    /// Samples the codes of every item. `on_step(done, total)` runs after each step and
-    /// says, per item, whether to keep going; each output equals what the item alone gives.
+    /// Samples the codes of every item. `on_step` runs after each step with the progress
+    /// and the codes so far, and says, per item, whether to keep going; each output equals
+    /// what the item alone gives.
     fn generate_codes(
         &self,
         items: &[BatchItem],
-        on_step: &mut dyn FnMut(usize, usize) -> Vec<bool>,
+        on_step: &mut dyn FnMut(&BatchProgress) -> Vec<bool>,
     ) -> janus::Result<Vec<GenerateOutput>>;
 
     /// Refuses a batch of `images` images whose longest prompt is `prompt_len` tokens when
@@ -79,9 +81,9 @@ impl Backend for Pipeline {
     fn generate_codes(
         &self,
         items: &[BatchItem],
-        on_step: &mut dyn FnMut(usize, usize) -> Vec<bool>,
+        on_step: &mut dyn FnMut(&BatchProgress) -> Vec<bool>,
     ) -> janus::Result<Vec<GenerateOutput>> {
-        engine::generate_codes_batch(&self.model, items, on_step)
+        engine::generate_codes_batch_with(&self.model, items, on_step)
     }
 
     fn check_generate_memory(&self, prompt_len: usize, images: usize) -> janus::Result<()> {
@@ -94,7 +96,7 @@ impl Backend for Pipeline {
 }
 
 /// A model shared with other owners (tests load the fixture model once).
-impl<B: Backend + Sync> Backend for Arc<B> {
+impl<B: Backend> Backend for Arc<B> {
     fn facts(&self) -> ModelFacts {
         (**self).facts()
     }
@@ -109,7 +111,7 @@ impl<B: Backend + Sync> Backend for Arc<B> {
     fn generate_codes(
         &self,
         items: &[BatchItem],
-        on_step: &mut dyn FnMut(usize, usize) -> Vec<bool>,
+        on_step: &mut dyn FnMut(&BatchProgress) -> Vec<bool>,
     ) -> janus::Result<Vec<GenerateOutput>> {
         (**self).generate_codes(items, on_step)
     }

@@ -38,6 +38,7 @@ pub(crate) async fn completions(
 ) -> Result<Response> {
     let created = unix_now();
     let id = format!("chatcmpl-{:032x}", rand::random::<u128>());
+    state.check_model(req.model.as_deref())?;
     if let Some(n) = req.n.filter(|&n| n != 1) {
         return Err(ServerError::invalid(
             "n",

@@ -27,6 +27,14 @@ pub enum ServerError {
     /// No such route or file.
     #[error("{0}")]
     NotFound(String),
+    /// The request names a model this server does not serve.
+    #[error("{message}")]
+    ModelNotFound {
+        /// Which name was asked for and which are served.
+        message: String,
+        /// `model` when the name came from a request body.
+        param: Option<String>,
+    },
     /// The route exists but not for this method.
     #[error("method {method} is not allowed for {path}")]
     MethodNotAllowed {
@@ -82,7 +90,7 @@ impl ServerError {
         match self {
             ServerError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ServerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ServerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServerError::NotFound(_) | ServerError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
             ServerError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ServerError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServerError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -94,6 +102,10 @@ impl ServerError {
 
     /// OpenAI's error `type`.
     fn kind(&self) -> &'static str {
+        if let ServerError::ModelNotFound { .. } = self {
+            // What OpenAI answers for a model it does not have (with status 404).
+            return "invalid_request_error";
+        }
         match self.status() {
             StatusCode::UNAUTHORIZED => "authentication_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
@@ -109,6 +121,7 @@ impl ServerError {
             ServerError::InvalidRequest { code, .. } => *code,
             ServerError::Unauthorized(_) => Some("invalid_api_key"),
             ServerError::NotFound(_) => Some("not_found"),
+            ServerError::ModelNotFound { .. } => Some("model_not_found"),
             ServerError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ServerError::PayloadTooLarge { .. } => Some("payload_too_large"),
             ServerError::QueueFull { .. } => Some("queue_full"),
@@ -120,7 +133,8 @@ impl ServerError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            ServerError::InvalidRequest { param, .. } => param.as_deref(),
+            ServerError::InvalidRequest { param, .. }
+            | ServerError::ModelNotFound { param, .. } => param.as_deref(),
             _ => None,
         }
     }
@@ -185,6 +199,16 @@ mod tests {
         let e = ServerError::Model(janus::Error::Model("NaN".into()));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(e.body()["error"]["type"], "server_error");
+        let e = ServerError::ModelNotFound {
+            message: "no".into(),
+            param: Some("model".into()),
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            e.body(),
+            serde_json::json!({"error": {"message": "no", "type": "invalid_request_error",
+                "param": "model", "code": "model_not_found"}})
+        );
         let e = ServerError::QueueFull { max: 2 };
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.body()["error"]["code"], "queue_full");

@@ -24,6 +24,9 @@ use crate::routes::ApiJson;
 use crate::worker::{CancelOnDrop, ImageEvent, ImageJob, Job, MAX_BATCH_IMAGES};
 use crate::{unix_now, AppState};
 
+/// Most partial images a streamed request may ask for (OpenAI's limit).
+pub const MAX_PARTIAL_IMAGES: usize = 3;
+
 /// How the images are returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
@@ -36,7 +39,7 @@ struct Output {
     prompt: String,
     params: GenerateParams,
     format: Format,
-    /// `http://host` from the request, for absolute file URLs.
+    /// The server's address as the client sees it ([`public_base`]), for file URLs.
     base_url: String,
     created: u64,
 }
@@ -48,6 +51,7 @@ pub(crate) async fn generations(
     ApiJson(req): ApiJson<ImageRequest>,
 ) -> Result<Response> {
     let created = unix_now();
+    state.check_model(req.model.as_deref())?;
     let n = req.n.unwrap_or(1);
     if !(1..=MAX_BATCH_IMAGES as u64).contains(&n) {
         return Err(ServerError::invalid(
@@ -90,6 +94,23 @@ pub(crate) async fn generations(
     if req.prompt.trim().is_empty() {
         return Err(ServerError::invalid("prompt", "prompt must not be empty"));
     }
+    let stream = req.stream.unwrap_or(false);
+    let partial_images = match req.partial_images.unwrap_or(0) {
+        0 => 0,
+        k if k > MAX_PARTIAL_IMAGES as u64 => {
+            return Err(ServerError::invalid(
+                "partial_images",
+                format!("partial_images must be between 0 and {MAX_PARTIAL_IMAGES}, got {k}"),
+            ))
+        }
+        _ if !stream => {
+            return Err(ServerError::invalid(
+                "partial_images",
+                "partial_images needs \"stream\": true (previews arrive as events)",
+            ))
+        }
+        k => k as usize,
+    };
     let params = GenerateParams {
         parallel: n as usize,
         cfg_weight,
@@ -130,15 +151,12 @@ pub(crate) async fn generations(
             uncond_ids,
             params: params.clone(),
         },
+        partial_images,
         events: tx,
         cancel: cancel.clone(),
     }))?;
     let guard = CancelOnDrop(cancel);
-    let base_url = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| format!("http://{h}"))
-        .unwrap_or_default();
+    let base_url = public_base(state.opts.public_url.as_deref(), &headers);
     let out = Output {
         prompt: req.prompt,
         params,
@@ -146,7 +164,7 @@ pub(crate) async fn generations(
         base_url,
         created,
     };
-    if req.stream.unwrap_or(false) {
+    if stream {
         Ok(stream_images(state, out, rx, guard))
     } else {
         whole_images(state, out, rx, guard).await
@@ -162,20 +180,27 @@ async fn whole_images(
 ) -> Result<Response> {
     while let Some(ev) = rx.recv().await {
         match ev {
-            ImageEvent::Progress { .. } => {}
+            ImageEvent::Progress { .. } | ImageEvent::Partial { .. } => {}
             ImageEvent::Failed(e) => return Err(e),
             ImageEvent::Done(images) => {
-                let created = out.created;
+                let (created, seed) = (out.created, out.params.seed);
                 let data = encode(state, out, images).await?;
-                return Ok(Json(ImagesResponse { created, data }).into_response());
+                return Ok(Json(ImagesResponse {
+                    created,
+                    data,
+                    seed,
+                })
+                .into_response());
             }
         }
     }
     Err(ServerError::ShuttingDown)
 }
 
-/// Streams `{"type":"progress","step","total"}` events (at most 20 a second), then
-/// `{"type":"result","created","data"}` (or `{"type":"error","error"}`), then `[DONE]`.
+/// Streams `{"type":"progress","step","total"}` events (at most 20 a second) and any
+/// `{"type":"partial_image","partial_image_index","step","total","data"}` previews, then
+/// `{"type":"result","created","data","seed"}` (or `{"type":"error","error"}`), then
+/// `[DONE]`.
 /// Dropping the stream (the client left) cancels the job.
 fn stream_images(
     state: Arc<AppState>,
@@ -192,12 +217,22 @@ fn stream_images(
                     yield Ok::<_, Infallible>(json_event(&json!({"type": "progress", "step": step, "total": total})));
                     continue;
                 }
+                Some(ImageEvent::Partial { index, step, total, images }) => {
+                    // A preview that cannot be encoded is skipped: the result still comes.
+                    if let Ok(data) = encode_previews(images).await {
+                        yield Ok(json_event(&json!({
+                            "type": "partial_image", "partial_image_index": index,
+                            "step": step, "total": total, "data": data,
+                        })));
+                    }
+                    continue;
+                }
                 Some(ImageEvent::Done(images)) => {
                     let Some(out) = out.take() else { break };
-                    let created = out.created;
+                    let (created, seed) = (out.created, out.params.seed);
                     match encode(state.clone(), out, images).await {
                         Ok(data) => {
-                            yield Ok(json_event(&json!({"type": "result", "created": created, "data": data})));
+                            yield Ok(json_event(&json!({"type": "result", "created": created, "data": data, "seed": seed})));
                             break;
                         }
                         Err(e) => e,
@@ -259,6 +294,60 @@ async fn encode(
     .map_err(|e| ServerError::Internal(format!("encoding task failed: {e}")))?
 }
 
+/// Previews as plain base64 PNGs (no metadata: they are not the result).
+async fn encode_previews(images: Vec<image::RgbImage>) -> Result<Vec<ImageData>> {
+    tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .map(|img| {
+                Ok(ImageData {
+                    b64_json: Some(
+                        base64::engine::general_purpose::STANDARD.encode(encode_png(img, &[])?),
+                    ),
+                    url: None,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ServerError::Internal(format!("encoding task failed: {e}")))?
+}
+
+/// The server's address as the client sees it, for absolute file URLs: `--public-url`
+/// when set; else the scheme and host a reverse proxy reports in `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (the first of several values), each falling back to `http` and the
+/// `Host` header; empty (relative URLs) without a host. Forwarded values that are not a
+/// plain scheme or host are ignored. A client can only point its own URLs elsewhere with
+/// these headers, so they need no trust list.
+fn public_base(public_url: Option<&str>, headers: &HeaderMap) -> String {
+    if let Some(url) = public_url {
+        return url.trim_end_matches('/').to_string();
+    }
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = first("x-forwarded-proto")
+        .map(str::to_ascii_lowercase)
+        .filter(|p| p == "http" || p == "https")
+        .unwrap_or_else(|| "http".into());
+    let plain_host = |h: &&str| {
+        h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+    };
+    match first("x-forwarded-host")
+        .filter(plain_host)
+        .or_else(|| first(header::HOST.as_str()).filter(plain_host))
+    {
+        Some(host) => format!("{scheme}://{host}"),
+        None => String::new(),
+    }
+}
+
 /// `GET /v1/files/images/{name}`.
 pub(crate) async fn file(
     State(state): State<Arc<AppState>>,
@@ -267,5 +356,47 @@ pub(crate) async fn file(
     match state.files.get(&name) {
         Some(bytes) => Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response()),
         None => Err(ServerError::NotFound(format!("no image {name:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn public_base_url() {
+        let direct = headers(&[("host", "127.0.0.1:8080")]);
+        assert_eq!(public_base(None, &direct), "http://127.0.0.1:8080");
+        assert_eq!(public_base(None, &HeaderMap::new()), "");
+        let proxied = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-proto", "https, http"),
+            ("x-forwarded-host", "janus.example.org, proxy.internal"),
+        ]);
+        assert_eq!(public_base(None, &proxied), "https://janus.example.org");
+        // TLS terminated in front, Host passed through.
+        let tls = headers(&[
+            ("host", "janus.example.org"),
+            ("x-forwarded-proto", "HTTPS"),
+        ]);
+        assert_eq!(public_base(None, &tls), "https://janus.example.org");
+        // Nonsense is ignored.
+        let odd = headers(&[
+            ("host", "h:1"),
+            ("x-forwarded-proto", "javascript"),
+            ("x-forwarded-host", "evil/path"),
+        ]);
+        assert_eq!(public_base(None, &odd), "http://h:1");
+        let set = Some("https://example.org/janus/");
+        assert_eq!(public_base(set, &proxied), "https://example.org/janus");
     }
 }

@@ -4,7 +4,8 @@
 //! - the model runs on its own thread ([`worker`]) that owns it behind the small
 //!   [`Backend`] trait; requests reach it through a bounded [`worker::Queue`] and hear back
 //!   through a channel per request;
-//! - image requests waiting together are run as one CFG batch;
+//! - image requests waiting together are run as one CFG batch, and their codes are
+//!   VQ-decoded on a second thread ([`decode`]) while the model thread goes on;
 //! - a client that disconnects cancels its job (a flag set when the request future or its
 //!   event stream is dropped, checked in every step callback);
 //! - one error enum ([`ServerError`]) and one place that maps it to HTTP statuses;
@@ -14,10 +15,12 @@ pub mod api;
 pub mod backend;
 mod chat;
 pub mod conversation;
+pub mod decode;
 pub mod error;
 pub mod files;
 mod images;
 pub mod metrics;
+pub mod models;
 mod routes;
 pub mod stop;
 pub mod web;
@@ -34,6 +37,7 @@ use axum::Router;
 pub use backend::{Backend, ModelFacts};
 pub use error::ServerError;
 
+use decode::DecodeQueue;
 use files::ImageFiles;
 use metrics::Metrics;
 use worker::Queue;
@@ -55,11 +59,15 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// After a shutdown signal, how long running work may take before it is cancelled.
     pub shutdown_grace: Duration,
+    /// The server's public address (`https://janus.example.org`, optionally with a path)
+    /// for the URLs of generated images; `None` takes it from each request's
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host` / `Host` headers.
+    pub public_url: Option<String>,
 }
 
 impl ServerOptions {
     /// Defaults for `model_id`: queue of 16, 32 MiB bodies, 30 s grace, no key, no remote
-    /// images.
+    /// images, image URLs from the request headers.
     pub fn new(model_id: impl Into<String>) -> Self {
         let model_id = model_id.into();
         Self {
@@ -70,6 +78,7 @@ impl ServerOptions {
             allow_remote_images: false,
             max_body_bytes: 32 << 20,
             shutdown_grace: Duration::from_secs(30),
+            public_url: None,
         }
     }
 }
@@ -92,10 +101,11 @@ pub struct Server {
     state: Arc<AppState>,
     abort: Arc<AtomicBool>,
     worker: Option<JoinHandle<()>>,
+    decoder: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Starts the model thread with `backend` and creates the image directory.
+    /// Starts the model and decode threads with `backend` and creates the image directory.
     pub fn start(backend: impl Backend, opts: ServerOptions) -> Result<Self, ServerError> {
         if opts.max_queue == 0 {
             return Err(ServerError::Internal(
@@ -109,11 +119,28 @@ impl Server {
             ServerError::Internal(format!("cannot create the image directory: {e}"))
         })?;
         let abort = Arc::new(AtomicBool::new(false));
+        let backend = Arc::new(backend);
+        let decode = Arc::new(DecodeQueue::new());
+        let decoder = {
+            let (backend, decode) = (backend.clone(), decode.clone());
+            let (metrics, abort) = (metrics.clone(), abort.clone());
+            std::thread::Builder::new()
+                .name("janus-decode".into())
+                .spawn(move || decode::run(backend, decode, metrics, abort))
+                .map_err(|e| {
+                    ServerError::Internal(format!("cannot start the decode thread: {e}"))
+                })?
+        };
         let worker = {
             let (queue, metrics, abort) = (queue.clone(), metrics.clone(), abort.clone());
             std::thread::Builder::new()
                 .name("janus-model".into())
-                .spawn(move || worker::run(backend, queue, metrics, abort))
+                .spawn(move || {
+                    // When the model thread ends nothing more will be sampled: the decoder
+                    // ends once it is done.
+                    let _close = decode::CloseOnDrop(decode.clone());
+                    worker::run(backend, queue, decode, metrics, abort);
+                })
                 .map_err(|e| ServerError::Internal(format!("cannot start the model thread: {e}")))?
         };
         let state = Arc::new(AppState {
@@ -128,6 +155,7 @@ impl Server {
             state,
             abort,
             worker: Some(worker),
+            decoder: Some(decoder),
         })
     }
 
@@ -170,7 +198,8 @@ impl Server {
         result
     }
 
-    /// Cancels all work, stops the model thread and removes the image directory.
+    /// Cancels all work, stops the model and decode threads and removes the image
+    /// directory.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -178,9 +207,13 @@ impl Server {
     fn shutdown(&mut self) {
         self.abort.store(true, Ordering::Relaxed);
         self.state.queue.close();
-        if let Some(w) = self.worker.take() {
-            if w.join().is_err() {
-                tracing::error!("the model thread panicked");
+        // The model thread ends first, then closes the decode queue, which ends the decoder.
+        for (name, thread) in [
+            ("model", self.worker.take()),
+            ("decode", self.decoder.take()),
+        ] {
+            if thread.is_some_and(|t| t.join().is_err()) {
+                tracing::error!("the {name} thread panicked");
             }
         }
         self.state.files.remove();

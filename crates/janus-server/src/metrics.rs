@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The two kinds of model work.
@@ -84,6 +84,9 @@ pub struct Metrics {
     image_rate: F64Counter,
     image_batches: AtomicU64,
     images: AtomicU64,
+    decode_queue: AtomicI64,
+    vq_images: AtomicU64,
+    vq_seconds: F64Counter,
 }
 
 impl Metrics {
@@ -125,6 +128,23 @@ impl Metrics {
         if seconds > 0.0 && steps > 0 {
             self.image_rate.set(steps as f64 / seconds);
         }
+    }
+
+    /// Adds `images` (negative: takes them away) to the images waiting for the VQ decoder.
+    pub fn decode_queue(&self, images: i64) {
+        self.decode_queue.fetch_add(images, Ordering::Relaxed);
+    }
+
+    /// Records one VQ decoder run: images decoded and its seconds.
+    pub fn vq_decode(&self, images: usize, seconds: f64) {
+        self.vq_images.fetch_add(images as u64, Ordering::Relaxed);
+        self.vq_seconds.add(seconds);
+    }
+
+    /// Mean seconds the VQ decoder has taken per image; `None` before its first run.
+    pub fn vq_seconds_per_image(&self) -> Option<f64> {
+        let n = self.vq_images.load(Ordering::Relaxed);
+        (n > 0).then(|| self.vq_seconds.get() / n as f64)
     }
 
     /// Generated text tokens so far.
@@ -238,6 +258,24 @@ impl Metrics {
                 "Sampling steps per second of the last text-to-image batch.",
                 self.image_rate.get().to_string(),
             ),
+            (
+                "janus_decode_queue_images",
+                "gauge",
+                "Sampled images waiting for the VQ decoder.",
+                self.decode_queue.load(Ordering::Relaxed).max(0).to_string(),
+            ),
+            (
+                "janus_vq_decoded_images_total",
+                "counter",
+                "Images decoded from their codes by the VQ decoder.",
+                load(&self.vq_images),
+            ),
+            (
+                "janus_vq_decode_seconds_total",
+                "counter",
+                "Seconds spent in the VQ decoder.",
+                self.vq_seconds.get().to_string(),
+            ),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
@@ -270,6 +308,11 @@ mod tests {
         m.job(JobKind::Chat, JobOutcome::Cancelled);
         m.text(10, 4, 0.5);
         m.image_batch(2, 576, 1152, 2.0);
+        m.decode_queue(3);
+        m.decode_queue(-1);
+        assert_eq!(m.vq_seconds_per_image(), None);
+        m.vq_decode(2, 0.5);
+        assert_eq!(m.vq_seconds_per_image(), Some(0.25));
         let t = m.render(3, 16);
         assert!(t.contains("janus_http_requests_total{route=\"/v1/models\",status=\"200\"} 2\n"));
         assert!(t.contains("janus_http_requests_total{route=\"a\\\"b\",status=\"404\"} 1\n"));
@@ -280,5 +323,8 @@ mod tests {
         assert!(
             t.contains("# TYPE janus_image_tokens_total counter\njanus_image_tokens_total 1152\n")
         );
+        assert!(t.contains("janus_decode_queue_images 2\n"));
+        assert!(t.contains("janus_vq_decoded_images_total 2\n"));
+        assert!(t.contains("janus_vq_decode_seconds_total 0.5\n"));
     }
 }

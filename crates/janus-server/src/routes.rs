@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::error::{Result, ServerError};
-use crate::{chat, images, web, AppState};
+use crate::{chat, images, models, web, AppState};
 
 /// All routes. The API routes (and `/metrics`) need the API key when one is set;
 /// `/health`, the web page and generated files (unguessable names) do not.
@@ -22,7 +22,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/images/generations", post(images::generations))
-        .route("/v1/models", get(models))
+        .route("/v1/models", get(models::list))
+        // Ids may hold slashes (`deepseek-ai/Janus-Pro-1B`).
+        .route("/v1/models/{*id}", get(models::retrieve))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
@@ -110,18 +112,6 @@ async fn count_requests(State(state): State<Arc<AppState>>, req: Request, next: 
     let resp = next.run(req).await;
     state.metrics.request(&route, resp.status().as_u16());
     resp
-}
-
-async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.opts.model_id,
-            "object": "model",
-            "created": state.started,
-            "owned_by": "janus",
-        }],
-    }))
 }
 
 async fn health() -> Json<serde_json::Value> {

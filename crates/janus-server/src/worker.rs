@@ -1,12 +1,13 @@
 //! The model thread and the bounded queue in front of it.
 //!
-//! One `std::thread` owns the model and runs one job at a time. Requests reach it as
-//! [`Job`]s through a [`Queue`] of at most `--max-queue` waiting jobs, and hear back through
-//! a channel per job. When the thread picks an image job it also takes the image jobs
-//! waiting behind it, up to [`MAX_BATCH_IMAGES`] images that fit in memory, and runs them as
-//! one CFG batch. Every callback checks whether the job's client is still there (its
-//! channel is open and its cancel flag unset) and whether the server is aborting, and stops
-//! the job when not.
+//! One `std::thread` runs the model one job at a time. Requests reach it as [`Job`]s
+//! through a [`Queue`] of at most `--max-queue` waiting jobs, and hear back through a
+//! channel per job. When the thread picks an image job it also takes the image jobs
+//! waiting behind it, up to [`MAX_BATCH_IMAGES`] images that fit in memory, and samples
+//! them as one CFG batch; it then hands the codes to the decode stage ([`crate::decode`])
+//! and goes back to the queue. Every callback checks whether the job's client is still
+//! there (its channel is open and its cancel flag unset) and whether the server is
+//! aborting, and stops the job when not.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -15,12 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use janus::engine::{BatchItem, Finish};
+use janus::engine::{BatchItem, BatchProgress, Finish};
 use janus::pipeline::UnderstandOptions;
 use janus::processor::Message;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::Backend;
+use crate::decode::{fill_partial_grid, DecodeJob, DecodeQueue, Preview};
 use crate::error::ServerError;
 use crate::metrics::{JobKind, JobOutcome, Metrics};
 use crate::stop::StopFilter;
@@ -83,6 +85,9 @@ pub enum ChatEvent {
 pub struct ImageJob {
     /// Prompt rows and parameters.
     pub item: BatchItem,
+    /// Partial images to send while sampling (0: none), at evenly spaced steps, each only
+    /// when it would arrive before the finished images ([`preview_worth_it`]).
+    pub partial_images: usize,
     /// Where progress and the images go.
     pub events: UnboundedSender<ImageEvent>,
     /// Set when the client has gone.
@@ -98,6 +103,18 @@ pub enum ImageEvent {
         step: usize,
         /// Steps in all.
         total: usize,
+    },
+    /// A preview: the request's images decoded from the codes drawn by `step`, the rest
+    /// filled in.
+    Partial {
+        /// 0 for the first preview, then 1, ...
+        index: usize,
+        /// Steps done when it was taken.
+        step: usize,
+        /// Steps in all.
+        total: usize,
+        /// One image per image of the request.
+        images: Vec<image::RgbImage>,
     },
     /// The decoded images.
     Done(Vec<image::RgbImage>),
@@ -140,7 +157,8 @@ impl Job {
 }
 
 impl ImageJob {
-    fn is_abandoned(&self) -> bool {
+    /// Whether nobody waits for the images any more.
+    pub(crate) fn is_abandoned(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.events.is_closed()
     }
 }
@@ -251,12 +269,20 @@ impl Queue {
     }
 }
 
-/// Runs jobs until the queue is closed and empty. `abort` stops the running job and fails
-/// the waiting ones (the shutdown grace period is over).
-pub fn run<B: Backend>(backend: B, queue: Arc<Queue>, metrics: Arc<Metrics>, abort: CancelFlag) {
+/// Runs jobs until the queue is closed and empty, handing sampled images to `decode`
+/// (closed at the end, which lets the decode stage finish). `abort` stops the running job
+/// and fails the waiting ones (the shutdown grace period is over).
+pub fn run<B: Backend>(
+    backend: Arc<B>,
+    queue: Arc<Queue>,
+    decode: Arc<DecodeQueue>,
+    metrics: Arc<Metrics>,
+    abort: CancelFlag,
+) {
     let w = Worker {
         backend,
         queue,
+        decode,
         metrics,
         abort,
     };
@@ -281,8 +307,9 @@ pub fn run<B: Backend>(backend: B, queue: Arc<Queue>, metrics: Arc<Metrics>, abo
 }
 
 struct Worker<B> {
-    backend: B,
+    backend: Arc<B>,
     queue: Arc<Queue>,
+    decode: Arc<DecodeQueue>,
     metrics: Arc<Metrics>,
     abort: CancelFlag,
 }
@@ -401,29 +428,39 @@ impl<B: Backend> Worker<B> {
         let items: Vec<BatchItem> = batch.iter().map(|j| j.item.clone()).collect();
         let mut live = vec![true; batch.len()];
         let mut last_sent: Vec<Option<Instant>> = vec![None; batch.len()];
+        let mut previews_sent = vec![0; batch.len()];
         let (mut steps, mut codes) = (0, 0);
         let t0 = Instant::now();
         let result = catch_panic(|| {
-            self.backend.generate_codes(&items, &mut |done, total| {
-                steps = done;
-                let aborting = self.aborting();
-                for (i, job) in batch.iter().enumerate() {
-                    if !live[i] {
-                        continue;
+            self.backend
+                .generate_codes(&items, &mut |p: &BatchProgress| {
+                    let (done, total) = (p.done, p.total);
+                    steps = done;
+                    let aborting = self.aborting();
+                    for (i, job) in batch.iter().enumerate() {
+                        if !live[i] {
+                            continue;
+                        }
+                        if aborting || job.is_abandoned() {
+                            live[i] = false;
+                            continue;
+                        }
+                        codes += job.item.params.parallel;
+                        let due = last_sent[i].is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
+                        if due || done == total {
+                            let _ = job.events.send(ImageEvent::Progress { step: done, total });
+                            last_sent[i] = Some(Instant::now());
+                        }
+                        let k = previews_sent[i];
+                        if k < job.partial_images
+                            && done >= preview_step(k, job.partial_images, total)
+                        {
+                            previews_sent[i] += 1;
+                            self.preview(job, k, p, i, t0.elapsed().as_secs_f64());
+                        }
                     }
-                    if aborting || job.is_abandoned() {
-                        live[i] = false;
-                        continue;
-                    }
-                    codes += job.item.params.parallel;
-                    let due = last_sent[i].is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
-                    if due || done == total {
-                        let _ = job.events.send(ImageEvent::Progress { step: done, total });
-                        last_sent[i] = Some(Instant::now());
-                    }
-                }
-                live.clone()
-            })
+                    live.clone()
+                })
         });
         self.metrics
             .image_batch(images, steps, codes, t0.elapsed().as_secs_f64());
@@ -439,6 +476,7 @@ impl<B: Backend> Worker<B> {
             }
             Err(e) => return self.fail_all(batch, &e),
         };
+        let mut sampled = Vec::with_capacity(batch.len());
         for ((job, out), live) in batch.into_iter().zip(outputs).zip(live) {
             if !live || out.finish == Finish::Cancelled {
                 self.metrics.job(JobKind::Image, JobOutcome::Cancelled);
@@ -449,17 +487,40 @@ impl<B: Backend> Worker<B> {
                 }
                 continue;
             }
-            match catch_panic(|| self.backend.decode_images(&out.codes)) {
-                Ok(imgs) => {
-                    self.metrics.job(JobKind::Image, JobOutcome::Completed);
-                    let _ = job.events.send(ImageEvent::Done(imgs));
-                }
-                Err(e) => {
-                    self.metrics.job(JobKind::Image, JobOutcome::Failed);
-                    let _ = job.events.send(ImageEvent::Failed(e));
-                }
-            }
+            self.metrics.decode_queue(out.codes.len() as i64);
+            sampled.push(DecodeJob {
+                job,
+                codes: out.codes,
+            });
         }
+        if !sampled.is_empty() {
+            // Waits while the decoder is DECODE_BACKLOG batches behind.
+            self.decode.push_batch(sampled);
+        }
+    }
+
+    /// Hands preview `index` of item `i` to the decoder, if it would arrive before the
+    /// finished images ([`preview_worth_it`]).
+    fn preview(&self, job: &ImageJob, index: usize, p: &BatchProgress, i: usize, elapsed: f64) {
+        let grid = (p.total as f64).sqrt().round() as usize;
+        let drawn = &p.codes[i];
+        if grid * grid != p.total || drawn.iter().any(|c| c.len() != p.done) {
+            return;
+        }
+        let per_image = self.metrics.vq_seconds_per_image();
+        let decode_s = per_image.map(|s| s * drawn.len() as f64);
+        let remaining_s = elapsed / p.done as f64 * (p.total - p.done) as f64;
+        if !preview_worth_it(decode_s, remaining_s) {
+            return;
+        }
+        self.decode.push_preview(Preview {
+            events: job.events.clone(),
+            cancel: job.cancel.clone(),
+            index,
+            step: p.done,
+            total: p.total,
+            codes: drawn.iter().map(|c| fill_partial_grid(c, grid)).collect(),
+        });
     }
 
     fn fail_all(&self, batch: Vec<ImageJob>, e: &ServerError) {
@@ -472,9 +533,23 @@ impl<B: Backend> Worker<B> {
     }
 }
 
+/// The step at which partial image `k` of `count` is taken: evenly spaced, the last one
+/// before the end (3 of 576: steps 144, 288, 432).
+pub fn preview_step(k: usize, count: usize, total: usize) -> usize {
+    total * (k + 1) / (count + 1)
+}
+
+/// Whether a preview that takes `decode_s` seconds to decode (`None`: not measured yet)
+/// is worth decoding when sampling needs `remaining_s` more: only if it arrives before
+/// the finished images would. On a small model sampling is quick and the VQ decoder slow,
+/// so previews would only delay the result; on a large one sampling takes minutes.
+pub fn preview_worth_it(decode_s: Option<f64>, remaining_s: f64) -> bool {
+    decode_s.is_none_or(|d| d < remaining_s)
+}
+
 /// Runs model code, turning its errors and panics into [`ServerError`]s so one bad job
-/// cannot take the model thread down.
-fn catch_panic<T>(f: impl FnOnce() -> janus::Result<T>) -> Result<T, ServerError> {
+/// cannot take the model (or decode) thread down.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> janus::Result<T>) -> Result<T, ServerError> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r.map_err(ServerError::from),
         Err(p) => {
@@ -502,6 +577,7 @@ mod queue_tests {
                 uncond_ids: vec![tag],
                 params: GenerateParams::default(),
             },
+            partial_images: 0,
             events: tx,
             cancel: CancelFlag::default(),
         });
@@ -539,6 +615,16 @@ mod queue_tests {
         assert_eq!(taken, vec![1, 2]);
         let left: Vec<JobKind> = q.lock().jobs.iter().map(Job::kind).collect();
         assert_eq!(left, vec![JobKind::Chat, JobKind::Image]);
+    }
+
+    #[test]
+    fn previews_are_evenly_spaced_and_only_when_they_come_first() {
+        let steps: Vec<usize> = (0..3).map(|k| preview_step(k, 3, 576)).collect();
+        assert_eq!(steps, [144, 288, 432]);
+        assert_eq!(preview_step(0, 1, 576), 288);
+        assert!(preview_worth_it(None, 0.1));
+        assert!(preview_worth_it(Some(2.0), 30.0));
+        assert!(!preview_worth_it(Some(2.0), 0.5));
     }
 
     /// An abandoned chat does not hold the images behind it back.

@@ -204,6 +204,40 @@ fn reference_images(prompt: &str, n: usize, seed: u64) -> Vec<image::RgbImage> {
         .images
 }
 
+/// The response reports the seed it was drawn with: the request's, or the random one
+/// chosen, which draws the same images again.
+#[tokio::test]
+async fn images_report_their_seed() {
+    let (_server, router) = server();
+    let (status, v) = send_json(
+        &router,
+        post("/v1/images/generations", &image_body("a seed", 1)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["seed"], 3);
+    let body = json!({"prompt": "a seed", "temperature": 1});
+    let (status, first) = send_json(&router, post("/v1/images/generations", &body)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let seed = first["seed"].as_u64().expect("a seed in the response");
+    let mut again = body.clone();
+    again["seed"] = json!(seed);
+    let (_, second) = send_json(&router, post("/v1/images/generations", &again)).await;
+    assert_eq!(second["seed"], seed);
+    assert_eq!(first["data"][0]["b64_json"], second["data"][0]["b64_json"]);
+    // The streamed result carries it too.
+    let mut streamed = again.clone();
+    streamed["stream"] = json!(true);
+    let (_, _, bytes) = send(&router, post("/v1/images/generations", &streamed)).await;
+    let result: Value = sse_data(&bytes)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|e| e["type"] == "result")
+        .unwrap();
+    assert_eq!(result["seed"], seed);
+    assert_eq!(result["data"][0]["b64_json"], first["data"][0]["b64_json"]);
+}
+
 fn image_body(prompt: &str, n: usize) -> Value {
     json!({"prompt": prompt, "n": n, "size": "384x384", "seed": 3, "temperature": 0, "cfg_weight": 5})
 }
@@ -281,6 +315,121 @@ async fn images_by_url() {
     assert_eq!(v["error"]["code"], "not_found");
     server.stop();
     assert!(!dir.exists());
+}
+
+/// The events of a streamed image request, `[DONE]` checked and left off.
+async fn image_events(router: &axum::Router, body: &Value) -> Vec<Value> {
+    let (status, _, bytes) = send(router, post("/v1/images/generations", body)).await;
+    assert_eq!(status, StatusCode::OK);
+    let data = sse_data(&bytes);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// `partial_images` with `stream`: while sampling is slow, a preview decoded from the codes
+/// drawn so far (the rest filled in from the rows above) arrives before the result.
+#[tokio::test]
+async fn streamed_partial_images() {
+    // 5 ms a step: sampling takes seconds, far longer than a preview's decode.
+    let model = TestModel {
+        delay: Duration::from_millis(5),
+        ..TestModel::plain()
+    };
+    let (_server, router) = server_with(model, ServerOptions::new("tiny-pro"));
+    let prompt = "a mountain lake";
+    let mut body = image_body(prompt, 2);
+    body["stream"] = json!(true);
+    body["partial_images"] = json!(1);
+    let events = image_events(&router, &body).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let first = kinds.iter().position(|k| *k == "partial_image");
+    let result = kinds.iter().position(|k| *k == "result");
+    assert!(first.is_some() && first < result, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "partial_image").count(), 1);
+    let partial = &events[first.unwrap()];
+    assert_eq!(partial["partial_image_index"], 0);
+    assert_eq!(partial["step"], 288);
+    assert_eq!(partial["total"], 576);
+    // Each preview is the decode of that image's first 288 codes, filled in.
+    let (cond, uncond) = janus::processor::prepare_generation(&pipe().tokenizer, prompt).unwrap();
+    let params = GenerateParams {
+        parallel: 2,
+        cfg_weight: 5.0,
+        temperature: 0.0,
+        seed: 3,
+    };
+    let out = janus::engine::generate_codes(&pipe().model, &cond, &uncond, &params, |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let filled: Vec<Vec<u32>> = out
+        .codes
+        .iter()
+        .map(|c| janus_server::decode::fill_partial_grid(&c[..288], 24))
+        .collect();
+    let want = pipe().decode_images(&filled).unwrap();
+    let data = partial["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for (d, w) in data.iter().zip(&want) {
+        assert!(decode_b64_png(d["b64_json"].as_str().unwrap()) == *w);
+    }
+    let finished = &events[result.unwrap()];
+    let got = decode_b64_png(finished["data"][1]["b64_json"].as_str().unwrap());
+    assert!(got == pipe().decode_images(&out.codes[1..]).unwrap()[0]);
+}
+
+/// On a fast model previews are skipped once the decoder's speed is known: they would
+/// only arrive after the result.
+#[tokio::test]
+async fn partial_images_are_skipped_when_they_would_come_last() {
+    let (_server, router) = server();
+    let (status, _) = send_json(&router, post("/v1/images/generations", &image_body("x", 1))).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut body = image_body("a quick one", 1);
+    body["stream"] = json!(true);
+    body["partial_images"] = json!(3);
+    let events = image_events(&router, &body).await;
+    assert!(events.iter().all(|e| e["type"] != "partial_image"));
+    assert_eq!(events.last().unwrap()["type"], "result");
+}
+
+/// Behind a TLS proxy the file URLs use the scheme and host it forwards, or
+/// `--public-url` when set.
+#[tokio::test]
+async fn image_urls_behind_a_proxy() {
+    let url_for = |router: axum::Router, headers: Vec<(&'static str, &'static str)>| async move {
+        let mut body = image_body("a proxy", 1);
+        body["response_format"] = json!("url");
+        let mut req = Request::post("/v1/images/generations");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let (status, v) = send_json(&router, req.body(Body::from(body.to_string())).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v["data"][0]["url"].as_str().unwrap().to_string()
+    };
+    let (_server, router) = server();
+    let forwarded = vec![
+        ("host", "127.0.0.1:8080"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "janus.example.org"),
+    ];
+    let url = url_for(router.clone(), forwarded.clone()).await;
+    assert!(
+        url.starts_with("https://janus.example.org/v1/files/images/"),
+        "{url}"
+    );
+    let mut opts = ServerOptions::new("tiny-pro");
+    opts.public_url = Some("https://example.org/janus/".into());
+    let (_server, router) = server_with(TestModel::plain(), opts);
+    let url = url_for(router.clone(), forwarded).await;
+    let path = url.strip_prefix("https://example.org/janus").unwrap();
+    assert!(path.starts_with("/v1/files/images/"), "{url}");
+    let (status, _, _) = send(&router, get(path)).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -380,6 +529,44 @@ async fn models_health_and_metrics() {
         .to_str()
         .unwrap()
         .starts_with("text/html"));
+}
+
+/// The model answers to its id, the id's last component and `janus` (any case), in
+/// requests and in `GET /v1/models/{id}`; the answer always carries the served id.
+#[tokio::test]
+async fn the_model_answers_to_its_names() {
+    let (_server, router) = server_with(
+        TestModel::plain(),
+        ServerOptions::new("fixtures/models/tiny-pro"),
+    );
+    for id in [
+        "fixtures/models/tiny-pro",
+        "fixtures%2Fmodels%2Ftiny-pro",
+        "tiny-pro",
+        "TINY-PRO",
+        "janus",
+    ] {
+        let (status, v) = send_json(&router, get(&format!("/v1/models/{id}"))).await;
+        assert_eq!(status, StatusCode::OK, "{id}: {v}");
+        assert_eq!(v["id"], "fixtures/models/tiny-pro");
+        assert_eq!(v["object"], "model");
+        assert!(v["created"].as_u64().unwrap() > 0);
+    }
+    for name in [json!("Janus"), json!("tiny-pro"), json!(null)] {
+        let mut body = chat_body(1);
+        body["model"] = name.clone();
+        let (status, v) = send_json(&router, post("/v1/chat/completions", &body)).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {v}");
+        assert_eq!(v["model"], "fixtures/models/tiny-pro");
+    }
+    let (status, v) = send_json(&router, get("/v1/models/models/tiny-pro")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    // OpenAI's shape for a model it does not have.
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("fixtures/models/tiny-pro"));
 }
 
 /// Asserts an OpenAI-shaped error with this status, param and code.
@@ -544,6 +731,53 @@ async fn every_bad_request_gets_an_openai_error() {
             json!(null),
             json!("method_not_allowed"),
         ),
+        (
+            "chat with a model not served",
+            post(
+                "/v1/chat/completions",
+                &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            StatusCode::NOT_FOUND,
+            json!("model"),
+            json!("model_not_found"),
+        ),
+        (
+            "images with a model not served",
+            post(
+                "/v1/images/generations",
+                &json!({"model": "dall-e-3", "prompt": "x"}),
+            ),
+            StatusCode::NOT_FOUND,
+            json!("model"),
+            json!("model_not_found"),
+        ),
+        (
+            "partial_images without stream",
+            post(
+                "/v1/images/generations",
+                &json!({"prompt": "x", "partial_images": 1}),
+            ),
+            StatusCode::BAD_REQUEST,
+            json!("partial_images"),
+            json!(null),
+        ),
+        (
+            "too many partial_images",
+            post(
+                "/v1/images/generations",
+                &json!({"prompt": "x", "partial_images": 4, "stream": true}),
+            ),
+            StatusCode::BAD_REQUEST,
+            json!("partial_images"),
+            json!(null),
+        ),
+        (
+            "a model not served",
+            get("/v1/models/gpt-4o"),
+            StatusCode::NOT_FOUND,
+            json!(null),
+            json!("model_not_found"),
+        ),
     ];
     for (what, req, status, param, code) in cases {
         let (got, v) = send_json(&router, req).await;
@@ -703,6 +937,46 @@ async fn waiting_image_requests_run_as_one_batch_with_the_same_results() {
             "batched images for {prompt:?} differ from alone"
         );
     }
+}
+
+/// The model thread goes on while images decode: with the first request's VQ decoding
+/// held, a chat is answered and a second image request is sampled; both image requests
+/// then get their images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoding_does_not_hold_up_the_model_thread() {
+    let gate = Gate::closed();
+    let model = TestModel {
+        decode_gate: Some(gate.clone()),
+        ..TestModel::plain()
+    };
+    let (_server, router) = server_with(model, ServerOptions::new("tiny-pro"));
+    let first = tokio::spawn(send_json_owned(router.clone(), image_body("a cat", 1)));
+    wait_until("the first decode to start", || gate.entered() == 1).await;
+    let (status, v) = send_json(&router, post("/v1/chat/completions", &chat_body(2))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let second = tokio::spawn(send_json_owned(router.clone(), image_body("a dog", 2)));
+    wait_for_metric(&router, "janus_decode_queue_images", |v| v == 2.0).await;
+    assert_eq!(
+        metric(&router, "janus_image_batches_total").await,
+        Some(2.0)
+    );
+    assert!(
+        !first.is_finished(),
+        "the first request ended before its decode"
+    );
+    gate.open();
+    let (s1, v1) = first.await.unwrap();
+    let (s2, v2) = second.await.unwrap();
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{v1} {v2}");
+    assert_eq!(v2["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        metric(&router, "janus_vq_decoded_images_total").await,
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&router, "janus_decode_queue_images").await,
+        Some(0.0)
+    );
 }
 
 /// A test model slow enough (2 ms a token or step) for a client to leave mid-job.

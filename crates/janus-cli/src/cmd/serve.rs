@@ -37,12 +37,27 @@ pub struct ServeArgs {
     /// cancelled.
     #[arg(long, default_value_t = 30)]
     shutdown_grace: u64,
+    /// The server's address as clients see it (`https://janus.example.org`, optionally with
+    /// a path), for the URLs of generated images; default: from each request's
+    /// X-Forwarded-Proto / X-Forwarded-Host / Host headers.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
 }
 
 /// Runs `janus serve` until SIGTERM or SIGINT.
 pub fn run(a: ServeArgs, progress: &Progress) -> Result<()> {
     if a.max_queue == 0 {
         anyhow::bail!("--max-queue must be at least 1");
+    }
+    if let Some(url) = &a.public_url {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/') || r.contains(['?', '#'])) {
+            anyhow::bail!(
+                "--public-url must be an http:// or https:// URL with a host (and no query), got {url:?}"
+            );
+        }
     }
     let pipe = a.model.load(progress)?;
     let opts = ServerOptions {
@@ -53,6 +68,7 @@ pub fn run(a: ServeArgs, progress: &Progress) -> Result<()> {
         allow_remote_images: a.allow_remote_images,
         max_body_bytes: a.max_body_mib.saturating_mul(1 << 20),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
+        public_url: a.public_url,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

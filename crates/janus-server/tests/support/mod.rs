@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use base64::Engine as _;
 use candle_core::{DType, Device};
-use janus::engine::{BatchItem, GenerateOutput};
+use janus::engine::{BatchItem, BatchProgress, GenerateOutput};
 use janus::pipeline::{DTypeChoice, Pipeline, UnderstandOptions, UnderstandResult};
 use janus::processor::Message;
 use janus_server::{Backend, ModelFacts, Server, ServerOptions};
@@ -75,10 +75,13 @@ impl Gate {
     }
 }
 
-/// The fixture pipeline, optionally behind a gate and slowed down per token / step.
+/// The fixture pipeline, optionally behind gates and slowed down per token / step.
 pub struct TestModel {
     pub pipe: Arc<Pipeline>,
+    /// Holds chats and sampling back.
     pub gate: Option<Arc<Gate>>,
+    /// Holds VQ decoding back.
+    pub decode_gate: Option<Arc<Gate>>,
     pub delay: Duration,
 }
 
@@ -87,6 +90,7 @@ impl TestModel {
         Self {
             pipe: pipe(),
             gate: None,
+            decode_gate: None,
             delay: Duration::ZERO,
         }
     }
@@ -116,15 +120,15 @@ impl Backend for TestModel {
     fn generate_codes(
         &self,
         items: &[BatchItem],
-        on_step: &mut dyn FnMut(usize, usize) -> Vec<bool>,
+        on_step: &mut dyn FnMut(&BatchProgress) -> Vec<bool>,
     ) -> janus::Result<Vec<GenerateOutput>> {
         if let Some(g) = &self.gate {
             g.wait();
         }
         let delay = self.delay;
-        self.pipe.generate_codes(items, &mut |d, t| {
+        self.pipe.generate_codes(items, &mut |p: &BatchProgress| {
             std::thread::sleep(delay);
-            on_step(d, t)
+            on_step(p)
         })
     }
 
@@ -133,6 +137,9 @@ impl Backend for TestModel {
     }
 
     fn decode_images(&self, codes: &[Vec<u32>]) -> janus::Result<Vec<image::RgbImage>> {
+        if let Some(g) = &self.decode_gate {
+            g.wait();
+        }
         Backend::decode_images(&*self.pipe, codes)
     }
 }

@@ -250,6 +250,27 @@ pub fn generate_codes_batch(
     items: &[BatchItem],
     mut on_step: impl FnMut(usize, usize) -> Vec<bool>,
 ) -> Result<Vec<GenerateOutput>> {
+    generate_codes_batch_with(model, items, |p| on_step(p.done, p.total))
+}
+
+/// Where a batch stands after a step: what [`generate_codes_batch_with`]'s callback sees.
+#[derive(Debug)]
+pub struct BatchProgress<'a> {
+    /// Steps done (codes drawn per image).
+    pub done: usize,
+    /// Steps in all (codes per image).
+    pub total: usize,
+    /// Per item and image, the codes drawn so far, row-major over the code grid (a
+    /// cancelled item's stop growing). For previews of the partial images.
+    pub codes: &'a [Vec<Vec<u32>>],
+}
+
+/// [`generate_codes_batch`] with a callback that also sees the codes drawn so far.
+pub fn generate_codes_batch_with(
+    model: &Janus,
+    items: &[BatchItem],
+    mut on_step: impl FnMut(&BatchProgress) -> Vec<bool>,
+) -> Result<Vec<GenerateOutput>> {
     let cfg = model.config();
     let n_codes = cfg.gen_image_tokens();
     if items.is_empty() {
@@ -351,7 +372,11 @@ pub fn generate_codes_batch(
                 next[base[k] + p + i] = code;
             }
         }
-        let keep = on_step(step + 1, n_codes);
+        let keep = on_step(&BatchProgress {
+            done: step + 1,
+            total: n_codes,
+            codes: &codes,
+        });
         for (k, alive) in live.iter_mut().enumerate() {
             *alive &= keep.get(k).copied().unwrap_or(true);
         }

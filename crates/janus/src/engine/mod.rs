@@ -9,7 +9,8 @@ pub mod understand;
 
 pub use generate::{
     decode_codes, estimate_generate_bytes, estimate_generate_memory, generate_codes,
-    generate_codes_batch, to_rgb8, BatchItem, GenerateOutput, GenerateParams, MemoryEstimate,
+    generate_codes_batch, generate_codes_batch_with, to_rgb8, BatchItem, BatchProgress,
+    GenerateOutput, GenerateParams, MemoryEstimate,
 };
 pub use sampling::{Sampler, SamplingParams};
 pub use understand::{understand, Finish, UnderstandInput, UnderstandOutput, UnderstandParams};
