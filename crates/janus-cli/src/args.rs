@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use janus::hub::{self, FileProgress, HubOptions, ModelRef};
+use janus::kernels::quant::QuantFormat;
 use janus::pipeline::{DTypeChoice, Pipeline};
 
 use crate::progress::{Bar, Progress};
@@ -24,9 +25,15 @@ pub struct ModelArgs {
     /// Use only the Hugging Face cache, without network access (as HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
-    /// Compute dtype: auto (f32 when it fits in half the RAM, else bf16), f32, bf16, f16.
+    /// Compute dtype: auto (bf16 on CPUs with AVX2 or AVX-512 BF16; elsewhere f32 when it
+    /// fits in half the RAM, else bf16), f32, bf16, f16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// Weight-only quantisation of the LLM and generation head, converted at load: q8
+    /// (8-bit blocks, ~half the memory of bf16) or q4 (4-bit, ~a quarter); none keeps
+    /// the checkpoint's precision. CPU only.
+    #[arg(long, default_value = "none")]
+    pub quant: String,
 }
 
 impl ModelArgs {
@@ -82,12 +89,24 @@ impl ModelArgs {
         }
     }
 
+    /// The `--quant` choice (`None` for none).
+    pub fn quant_format(&self) -> Result<Option<QuantFormat>> {
+        match self.quant.as_str() {
+            "none" => Ok(None),
+            q => match q.parse::<QuantFormat>() {
+                Ok(f) => Ok(Some(f)),
+                Err(_) => bail!("unsupported --quant {q:?} (use none, q8 or q4)"),
+            },
+        }
+    }
+
     /// Resolves and loads the model.
     pub fn load(&self, progress: &Progress) -> Result<Pipeline> {
         let dtype: DTypeChoice = self.dtype.parse()?;
+        let quant = self.quant_format()?;
         let dir = self.resolve(progress)?;
         let spinner = progress.spinner(&format!("loading {}", self.model_id()));
-        let pipe = Pipeline::load(&dir, dtype, &Device::Cpu)?;
+        let pipe = Pipeline::load_quantized(&dir, dtype, quant, &Device::Cpu)?;
         spinner.finish();
         Ok(pipe)
     }

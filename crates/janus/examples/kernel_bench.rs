@@ -1,6 +1,8 @@
 //! Throughput of the CPU kernels at Janus-Pro-1B's shapes, per instruction-set level.
 //!
-//! `cargo run --release -p janus --example kernel_bench` (threads: RAYON_NUM_THREADS).
+//! `cargo run --release -p janus --example kernel_bench [NAME-FILTER]` (threads:
+//! RAYON_NUM_THREADS). Under `perf stat -e cycles` with one thread this gives flops per
+//! cycle, which other load on the machine does not disturb much.
 
 use std::time::Instant;
 
@@ -22,8 +24,9 @@ fn main() {
         ("prefill up_proj", 616, 5632, 2048),
         ("siglip fc1", 576, 4096, 1024),
     ];
+    let filter = std::env::args().nth(1).unwrap_or_default();
     for isa in Isa::available().into_iter().rev() {
-        for &(name, m, n, k) in &shapes {
+        for &(name, m, n, k) in shapes.iter().filter(|s| s.0.contains(&filter)) {
             let x = values(m * k);
             let w = values(n * k);
             let mut out = vec![0.0f32; m * n];

@@ -6,7 +6,8 @@
 //! 3. `pytorch_model.bin.index.json` + the shards it names (Janus-Pro-7B);
 //! 4. `pytorch_model.bin` (PyTorch zip pickle; Janus-Pro-1B).
 //!
-//! safetensors files are memory-mapped (only the requested tensor is copied out); PyTorch
+//! safetensors files are memory-mapped (only the requested tensor is copied out, and its
+//! mapped pages are released right after, so loading never holds two copies); PyTorch
 //! files are read lazily through candle's pickle reader, one tensor at a time. Opening a
 //! store reads every file's header, so a corrupt or truncated file fails at open, naming it.
 
@@ -248,7 +249,13 @@ impl TensorStore {
             return Err(fail(format!("unsupported dtype {}", entry.dtype_name)));
         }
         let tensor = match &self.inner.readers[entry.file] {
-            Reader::Safetensors(st) => st.load(name, device).map_err(|e| fail(e.to_string()))?,
+            Reader::Safetensors(st) => {
+                let t = st.load(name, device).map_err(|e| fail(e.to_string()))?;
+                if let Ok(view) = st.get(name) {
+                    release_mapped(view.data());
+                }
+                t
+            }
             Reader::Pth(pth) => pth
                 .get(name)
                 .map_err(|e| fail(e.to_string()))?
@@ -264,6 +271,27 @@ impl TensorStore {
             )));
         }
         Ok(tensor)
+    }
+}
+
+/// Drops the mapped pages of `data` (a tensor just copied out of a memory-mapped file)
+/// from this process's resident set. The copy is the one the model keeps; without this
+/// the touched file pages stay mapped until the store is dropped, and peak memory during
+/// loading is twice the checkpoint. The page cache keeps the file, so nothing is re-read
+/// from disk if the tensor is loaded again.
+fn release_mapped(data: &[u8]) {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+        let start = (data.as_ptr() as usize).div_ceil(page) * page;
+        let end = (data.as_ptr() as usize + data.len()) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside a read-only file mapping that stays mapped;
+            // MADV_DONTNEED only drops its pages from the page tables (they are reloaded
+            // from the file if read again), so no data is lost and no pointer dangles.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
     }
 }
 
