@@ -22,6 +22,8 @@ const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const argScreenshot = process.argv.indexOf("--screenshot");
 const SCREENSHOT =
   argScreenshot > 0 ? resolve(process.argv[argScreenshot + 1]) : resolve(ROOT, "docs/screenshots/web.png");
+// The partial-image preview, next to the page screenshot (web.png -> web-preview.png).
+const PREVIEW_SCREENSHOT = SCREENSHOT.replace(/(\.png)?$/, "-preview.png");
 const TIMEOUT_MS = 120_000;
 
 function check(cond, message) {
@@ -190,6 +192,13 @@ async function run(url) {
     await page.fill("#gen-temperature", "1");
     const started = Date.now();
     await page.click("#gen-submit");
+    if (!process.env.JANUS_URL) {
+      // The preview stays until the finished images arrive (seconds on this model).
+      await page.waitForSelector("#gen-previews .preview img[src^='data:image/png']");
+      mkdirSync(dirname(PREVIEW_SCREENSHOT), { recursive: true });
+      await page.locator("#gen-status").screenshot({ path: PREVIEW_SCREENSHOT });
+      log(`preview screenshot: ${PREVIEW_SCREENSHOT}`);
+    }
     await page.waitForFunction(() => document.querySelectorAll("#gallery img").length === 2);
     const secs = ((Date.now() - started) / 1000).toFixed(1);
     const bar = await page.evaluate(() => {
@@ -202,13 +211,21 @@ async function run(url) {
     const between = steps.filter((s) => s > 0 && s < 576);
     check(between.length > 0, `no intermediate progress (saw ${steps.slice(0, 10)})`);
     const genBody = JSON.parse(requests.find((r) => r.url === `${origin}/v1/images/generations`).body);
-    check(genBody.n === 2 && genBody.seed === 42 && genBody.stream === true, `request ${JSON.stringify(genBody)}`);
+    check(
+      genBody.n === 2 && genBody.seed === 42 && genBody.stream === true && genBody.partial_images === 2,
+      `request ${JSON.stringify(genBody)}`,
+    );
     const sizes = await page.evaluate(() =>
       Array.from(document.querySelectorAll("#gallery img")).map((i) => [i.naturalWidth, i.naturalHeight]),
     );
     check(sizes.every(([w, h]) => w === 384 && h === 384), `gallery image sizes ${JSON.stringify(sizes)}`);
     const previews = await page.evaluate(() => window.__previews);
     log(`generated 2 images in ${secs} s; ${steps.length} progress updates, ${previews} preview images`);
+    if (!process.env.JANUS_URL) {
+      // On a fresh server the decoder's speed is not known yet, so the first preview is
+      // sent (later ones are skipped on this fast model): one frame per image.
+      check(previews === 2, `expected 2 preview frames, saw ${previews}`);
+    }
 
     // ---- screenshot
     await page.waitForSelector("#gen-submit:not([disabled])");

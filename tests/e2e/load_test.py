@@ -3,13 +3,14 @@
 1. Mixed load: N concurrent requests (chat with and without an image, streamed and not;
    image generation with n = 1..2, some streamed through the `"stream": true` extension),
    all started at once. Every one must succeed and be well formed.
-2. Batching: K single-image requests sent concurrently (the server may run them as one
-   CFG batch) against the same K sent one at a time; images/s of both and their ratio.
+2. Batching: K single-image requests waiting together (the server runs them as one CFG
+   batch) against the same K sent one at a time; images/s of both and their ratio, over
+   several rounds in alternating order.
 
 It starts its own server on the tiny fixture model (or uses --url), never waits longer than
 its deadline, stops the server with SIGTERM and exits non-zero on any failure.
 
-    python tests/e2e/load_test.py [--quick] [--json results.json]
+    python tests/e2e/load_test.py [--quick] [--k K] [--rounds R] [--skip-mixed] [--json results.json]
 """
 
 from __future__ import annotations
@@ -163,27 +164,42 @@ def wait_until(cond, what: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def batching(load: Load, k: int, deadline_s: float) -> dict:
-    """K single-image requests one at a time, then the same K waiting together.
+def delta(name: str, a: dict, b: dict) -> float:
+    return b.get(name, 0.0) - a.get(name, 0.0)
 
-    On an idle server the first of K simultaneous requests would start alone before the
-    others arrive, so a blocker job (a streamed n=16 request) holds the model while the K
-    requests queue up; then its stream is closed, which cancels it, and the clock starts:
-    the server can take all K as one CFG batch. Distinct seeds, the same prompt.
-    """
 
-    def one(i: int) -> str:
-        return load.images(i, 1, False)
+def server_rates(a: dict, b: dict) -> dict:
+    """What the server's metrics say about the work between two snapshots: batches, the
+    sampling loop's own images/s (janus_image_seconds_total times sampling only) and the VQ
+    decoder's seconds per image."""
+    sampling_s = delta("janus_image_seconds_total", a, b)
+    vq_images = delta("janus_vq_decoded_images_total", a, b)
+    return {
+        "batches": delta("janus_image_batches_total", a, b),
+        "sampling_images_per_s": delta("janus_images_total", a, b) / sampling_s if sampling_s > 0 else float("nan"),
+        "vq_s_per_image": delta("janus_vq_decode_seconds_total", a, b) / vq_images if vq_images else float("nan"),
+    }
 
+
+def one_at_a_time(load: Load, seeds: list[int]) -> dict:
+    """The requests sent one after another, each after the previous answer."""
     before = metrics(load.url)
     t0 = time.perf_counter()
-    for i in range(k):
-        r = timed(one, 500 + i)
+    for seed in seeds:
+        r = timed(lambda i: load.images(i, 1, False), seed)
         if not r["ok"]:
             raise AssertionError(f"sequential image request failed: {r['what']}")
-    sequential_s = time.perf_counter() - t0
-    seq_after = metrics(load.url)
+    wall = time.perf_counter() - t0
+    return {"s": wall, "images_per_s": len(seeds) / wall, **server_rates(before, metrics(load.url))}
 
+
+def together(load: Load, seeds: list[int], deadline_s: float) -> dict:
+    """The same requests waiting together. On an idle server the first of K simultaneous
+    requests would start alone before the others arrive, so a blocker job (a streamed
+    n=16 request) holds the model while the K requests queue up; then its stream is
+    closed, which cancels it, and the clock starts: the server can take all K as one CFG
+    batch."""
+    k = len(seeds)
     cancelled = 'janus_jobs_total{kind="image",outcome="cancelled"}'
     blocker_conn, blocker = post_stream(
         load.url,
@@ -195,7 +211,7 @@ def batching(load: Load, k: int, deadline_s: float) -> dict:
         if blocker.status != 200:
             raise AssertionError(f"blocker request: status {blocker.status}")
         next(sse_events(blocker))  # the blocker is on the model
-        futures = [pool.submit(timed, one, 600 + i) for i in range(k)]
+        futures = [pool.submit(timed, lambda i: load.images(i, 1, False), seed) for seed in seeds]
         wait_until(lambda: metrics(load.url).get("janus_queue_depth", 0) >= k, f"{k} queued requests")
         base = metrics(load.url).get(cancelled, 0)
         blocker_conn.close()
@@ -206,34 +222,44 @@ def batching(load: Load, k: int, deadline_s: float) -> dict:
         _, not_done = wait(futures, timeout=deadline_s)
         if not_done:
             raise TimeoutError(f"{len(not_done)} image requests still running after {deadline_s:.0f} s")
-        concurrent_s = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
     finally:
         blocker_conn.close()
         pool.shutdown(wait=False, cancel_futures=True)
-    after = metrics(load.url)
     failed = [f.result() for f in futures if not f.result()["ok"]]
     if failed:
         raise AssertionError(f"concurrent image requests failed: {failed}")
+    return {"s": wall, "images_per_s": k / wall, **server_rates(mid, metrics(load.url))}
 
-    def delta(name: str, a: dict, b: dict) -> float:
-        return b.get(name, 0.0) - a.get(name, 0.0)
 
-    def sampling_rate(a: dict, b: dict) -> float:
-        # janus_image_seconds_total times the sampling loop only (not VQ decoding or PNG).
-        secs = delta("janus_image_seconds_total", a, b)
-        return delta("janus_images_total", a, b) / secs if secs > 0 else float("nan")
-
+def batching(load: Load, k: int, rounds: int, deadline_s: float) -> dict:
+    """K single-image requests (distinct seeds, the same prompt) one at a time, then the same
+    K waiting together; `rounds` times, in the order AB BA AB ... so that a drift in the
+    machine's load (the client shares its cores) does not favour either side."""
+    per_round = []
+    for r in range(rounds):
+        seeds = [500 + 100 * r + i for i in range(k)]
+        if r % 2 == 0:
+            seq = one_at_a_time(load, seeds)
+            tog = together(load, seeds, deadline_s)
+        else:
+            tog = together(load, seeds, deadline_s)
+            seq = one_at_a_time(load, seeds)
+        per_round.append({"one_at_a_time": seq, "together": tog, "speedup": seq["s"] / tog["s"]})
+        print(
+            f"  round {r + 1}: one at a time {seq['s']:.1f} s ({seq['images_per_s']:.3f} images/s, "
+            f"{seq['batches']:.0f} batches), together {tog['s']:.1f} s ({tog['images_per_s']:.3f} images/s, "
+            f"{tog['batches']:.0f} batches): {per_round[-1]['speedup']:.2f}x; sampling loop "
+            f"{seq['sampling_images_per_s']:.2f} vs {tog['sampling_images_per_s']:.2f} images/s; "
+            f"VQ {seq['vq_s_per_image']:.2f} vs {tog['vq_s_per_image']:.2f} s/image",
+            flush=True,
+        )
     return {
         "k": k,
-        "sequential_s": sequential_s,
-        "concurrent_s": concurrent_s,
-        "sequential_images_per_s": k / sequential_s,
-        "concurrent_images_per_s": k / concurrent_s,
-        "speedup": sequential_s / concurrent_s,
-        "sequential_batches": delta("janus_image_batches_total", before, seq_after),
-        "concurrent_batches": delta("janus_image_batches_total", mid, after),
-        "sequential_sampling_images_per_s": sampling_rate(before, seq_after),
-        "concurrent_sampling_images_per_s": sampling_rate(mid, after),
+        "rounds": per_round,
+        "median_speedup": statistics.median(r["speedup"] for r in per_round),
+        "sequential_s": sum(r["one_at_a_time"]["s"] for r in per_round),
+        "concurrent_s": sum(r["together"]["s"] for r in per_round),
     }
 
 
@@ -247,12 +273,15 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="CI size: 12 mixed requests, K=2")
     ap.add_argument("--requests", type=int, help="mixed requests (default 32, 12 with --quick)")
     ap.add_argument("--k", type=int, help="images in the batching comparison (default 4, 2 with --quick)")
+    ap.add_argument("--rounds", type=int, help="rounds of the batching comparison (default 3, 1 with --quick)")
+    ap.add_argument("--skip-mixed", action="store_true", help="only the batching comparison")
     ap.add_argument("--url", help="use a running server instead of starting one")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--deadline", type=float, default=400.0, help="seconds each phase may take")
     args = ap.parse_args()
     n_requests = args.requests or (12 if args.quick else 32)
     k = args.k or (2 if args.quick else 4)
+    args.rounds = args.rounds or (1 if args.quick else 3)
 
     if args.url:
         try:
@@ -285,39 +314,51 @@ def measure(url: str, args: argparse.Namespace, n_requests: int, k: int) -> int:
     with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as r:
         model = json.load(r)["data"][0]["id"]
     load = Load(url, model)
+    # The client shares the machine with the server: other work on it moves the numbers.
+    load_before = os.getloadavg()
+    print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
 
-    print(f"mixed load: {n_requests} concurrent requests", flush=True)
-    results, wall = run_concurrently(mixed_jobs(load, n_requests), args.deadline)
-    failed = [r for r in results if not r["ok"]]
-    lat = [r["s"] for r in results]
-    by_kind: dict[str, list[float]] = {}
-    for r in results:
-        if r["ok"]:
-            by_kind.setdefault(r["what"], []).append(r["s"])
-    for kind, secs in sorted(by_kind.items()):
-        print(f"  {kind:<22} x{len(secs):<3} mean {statistics.mean(secs):6.2f} s  max {max(secs):6.2f} s")
-    print(
-        f"  all: wall {wall:.1f} s, latency p50 {percentile(lat, 50):.2f} s, "
-        f"p95 {percentile(lat, 95):.2f} s, max {max(lat):.2f} s; {len(failed)} failed"
-    )
-    for r in failed:
-        print(f"  FAILED request {r['i']}: {r['what']}", file=sys.stderr)
+    failed: list[dict] = []
+    mixed = None
+    if not args.skip_mixed:
+        print(f"mixed load: {n_requests} concurrent requests", flush=True)
+        before = metrics(url)
+        results, wall = run_concurrently(mixed_jobs(load, n_requests), args.deadline)
+        failed = [r for r in results if not r["ok"]]
+        lat = [r["s"] for r in results]
+        by_kind: dict[str, list[float]] = {}
+        for r in results:
+            if r["ok"]:
+                by_kind.setdefault(r["what"], []).append(r["s"])
+        for kind, secs in sorted(by_kind.items()):
+            print(f"  {kind:<22} x{len(secs):<3} mean {statistics.mean(secs):6.2f} s  max {max(secs):6.2f} s")
+        print(
+            f"  all: wall {wall:.1f} s, latency p50 {percentile(lat, 50):.2f} s, "
+            f"p95 {percentile(lat, 95):.2f} s, max {max(lat):.2f} s; {len(failed)} failed"
+        )
+        for r in failed:
+            print(f"  FAILED request {r['i']}: {r['what']}", file=sys.stderr)
+        mixed = {
+            "requests": n_requests,
+            "failed": len(failed),
+            "wall_s": wall,
+            "p50_s": percentile(lat, 50),
+            "p95_s": percentile(lat, 95),
+            "max_s": max(lat),
+            "by_kind": {
+                kind: {"count": len(s), "mean_s": statistics.mean(s), "max_s": max(s)} for kind, s in by_kind.items()
+            },
+            "server": server_rates(before, metrics(url)),
+        }
 
-    print(f"batching: {k} single-image requests, one at a time vs waiting together", flush=True)
-    b = batching(load, k, args.deadline)
     print(
-        f"  one at a time: {b['sequential_s']:.1f} s = {b['sequential_images_per_s']:.3f} images/s "
-        f"({b['sequential_batches']:.0f} batches)"
+        f"batching: {k} single-image requests, one at a time vs waiting together, {args.rounds} round(s)",
+        flush=True,
     )
+    b = batching(load, k, args.rounds, args.deadline)
     print(
-        f"  together:      {b['concurrent_s']:.1f} s = {b['concurrent_images_per_s']:.3f} images/s "
-        f"({b['concurrent_batches']:.0f} batches)"
-    )
-    print(f"  ratio (together / one at a time): {b['speedup']:.2f}x")
-    print(
-        f"  sampling loop only (server metrics): one at a time "
-        f"{b['sequential_sampling_images_per_s']:.2f} images/s, together "
-        f"{b['concurrent_sampling_images_per_s']:.2f} images/s"
+        f"  in all: one at a time {b['sequential_s']:.1f} s, together {b['concurrent_s']:.1f} s; "
+        f"ratio {b['sequential_s'] / b['concurrent_s']:.2f}x (median of rounds {b['median_speedup']:.2f}x)"
     )
     final = metrics(url)
 
@@ -325,23 +366,16 @@ def measure(url: str, args: argparse.Namespace, n_requests: int, k: int) -> int:
         summary = {
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "load_average_before_after": [load_before, os.getloadavg()],
+            "binary": str(os.environ.get("JANUS_BIN", "target/debug/janus")),
             "command": " ".join(["python", "tests/e2e/load_test.py", *sys.argv[1:]]),
             "model": "fixtures/models/tiny-pro (tiny random test model)",
-            "mixed": {
-                "requests": n_requests,
-                "failed": len(failed),
-                "wall_s": wall,
-                "p50_s": percentile(lat, 50),
-                "p95_s": percentile(lat, 95),
-                "max_s": max(lat),
-                "by_kind": {
-                    kind: {"count": len(s), "mean_s": statistics.mean(s), "max_s": max(s)}
-                    for kind, s in by_kind.items()
-                },
-            },
+            "mixed": mixed,
             "batching": b,
             "server_metrics": {
-                name: v for name, v in final.items() if name.startswith(("janus_image", "janus_text", "janus_jobs"))
+                name: v
+                for name, v in final.items()
+                if name.startswith(("janus_image", "janus_text", "janus_jobs", "janus_vq"))
             },
         }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

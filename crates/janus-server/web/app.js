@@ -440,17 +440,31 @@ function setProgress(step, total) {
     step >= total ? "Decoding the image…" : `Drawing: token ${step} of ${total}`;
 }
 
-function showPreview(b64, index) {
+/**
+ * Shows a partial image: image `index` decoded from the codes drawn by `step` of `total`
+ * (the server fills the rest from the rows above). The rows not drawn yet are veiled.
+ */
+function showPreview(b64, index, step, total) {
   const box = $("gen-previews");
   const i = Number.isInteger(index) ? index : 0;
-  let img = box.querySelector(`img[data-index="${i}"]`);
-  if (!img) {
-    img = document.createElement("img");
-    img.dataset.index = String(i);
-    img.alt = `Preview of image ${i + 1}`;
-    box.append(img);
+  let frame = box.querySelector(`[data-index="${i}"]`);
+  if (!frame) {
+    frame = document.createElement("div");
+    frame.className = "preview";
+    frame.dataset.index = String(i);
+    const img = document.createElement("img");
+    const veil = document.createElement("div");
+    veil.className = "veil";
+    frame.append(img, veil);
+    box.append(frame);
   }
+  const done = total ? Math.min(1, step / total) : 1;
+  const img = frame.querySelector("img");
   img.src = `data:image/png;base64,${b64}`;
+  img.alt = `Preview of image ${i + 1}, ${Math.round(done * 100)}% drawn`;
+  // Whole code rows drawn (24 of them for 576 codes) stay clear.
+  const rows = Math.sqrt(total || 1);
+  frame.querySelector(".veil").style.top = `${(Math.floor(done * rows) / rows) * 100}%`;
 }
 
 function addToGallery(item, meta, index) {
@@ -517,6 +531,9 @@ async function generate() {
     cfg_weight: meta.cfg_weight,
     temperature: meta.temperature,
     stream: true,
+    // Previews of the images while they are drawn; the server sends them only when they
+    // would arrive before the finished images (not on small, fast models).
+    partial_images: 2,
   };
   if (meta.seed != null) body.seed = meta.seed;
 
@@ -544,7 +561,11 @@ async function generate() {
         const err = streamError(event);
         if (err) throw err;
         if (event.type === "progress") setProgress(event.step, event.total || IMAGE_TOKENS);
-        else if (event.type === "preview" && event.b64_png) showPreview(event.b64_png, event.index);
+        else if (event.type === "partial_image") {
+          (event.data || []).forEach((item, i) => {
+            if (item.b64_json) showPreview(item.b64_json, i, event.step, event.total);
+          });
+        }
         else if (event.type === "result") {
           images = event.data || [];
           if (event.seed != null && meta.seed == null) meta.seed = event.seed;
