@@ -46,6 +46,7 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
     let header = [
         ("model", a.model.model_id()),
         ("dtype", pipe.model.dtype().as_str().to_string()),
+        ("quant", a.model.quant.clone()),
         ("threads", candle_core::utils::get_num_threads().to_string()),
         ("load", format!("{load_s:.2} s")),
         (
