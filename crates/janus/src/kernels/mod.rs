@@ -13,6 +13,7 @@
 //! kernels and candle never run two pools against each other.
 
 pub mod attention;
+pub mod conv;
 pub mod gemm;
 pub mod quant;
 
@@ -89,7 +90,10 @@ pub fn isa() -> Isa {
             }
         };
         if wanted > best {
-            tracing::warn!("JANUS_KERNELS={want}: this CPU lacks it; using {}", best.name());
+            tracing::warn!(
+                "JANUS_KERNELS={want}: this CPU lacks it; using {}",
+                best.name()
+            );
             best
         } else {
             wanted

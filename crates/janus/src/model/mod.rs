@@ -9,6 +9,7 @@
 //! Modules are built from canonical (original-layout) tensor names; the weights module
 //! maps other layouts onto them.
 
+pub mod conv;
 pub mod linear;
 pub mod llama;
 pub mod mlp;
@@ -47,10 +48,14 @@ pub struct Janus {
     cfg: JanusConfig,
 }
 
-/// The VQ model's VarBuilder: candle's CPU convolutions have no bf16 kernel, so on CPU a
-/// bf16 model keeps its (small, ~70M-parameter) VQ model in f32.
+/// The VQ model's VarBuilder: candle's CPU convolutions have no bf16 kernel, so on a CPU
+/// without ours ([`crate::kernels::conv`], AVX2 or better) a bf16 model keeps its (small,
+/// ~70M-parameter) VQ model in f32.
 fn vq_vb(vb: VarBuilder) -> VarBuilder {
-    if vb.dtype() == DType::BF16 && vb.device().is_cpu() {
+    if vb.dtype() == DType::BF16
+        && vb.device().is_cpu()
+        && crate::kernels::isa() == crate::kernels::Isa::Plain
+    {
         vb.set_dtype(DType::F32)
     } else {
         vb

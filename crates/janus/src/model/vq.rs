@@ -6,7 +6,9 @@
 //! training statistic and is not loaded.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
+
+use super::conv::Conv2d;
 
 use super::ops::softmax_last;
 use crate::config::VqConfig;
@@ -22,12 +24,7 @@ fn conv(
     pad: usize,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: pad,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(cin, cout, k, cfg, vb)
+    Conv2d::load(cin, cout, k, stride, pad, vb)
 }
 
 fn norm(c: usize, vb: VarBuilder) -> Result<GroupNorm> {

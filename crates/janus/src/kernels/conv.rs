@@ -1,0 +1,227 @@
+//! 2-D convolution on bf16 tensors as im2col + the bf16 matmul tiles (the VQ decoder's
+//! convolutions, where candle's CPU path has no bf16 kernel and is slow in f32).
+//!
+//! The input is first copied to a zero-padded channels-last image, so one output pixel's
+//! patch is `k·k` contiguous runs of `cin` values; weights are kept as
+//! `(cout, kh, kw, cin)` rows to match. Each task builds the patches of a block of output
+//! pixels and computes `weights · patchesᵀ`, which lands directly in NCHW order.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::gemm::matmul_bf16_serial;
+use super::Isa;
+
+/// Output pixels per task.
+const PIXEL_BLOCK: usize = 128;
+
+/// Shape of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvDims {
+    /// Batch.
+    pub b: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Input height and width.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Square kernel size.
+    pub k: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+}
+
+impl ConvDims {
+    /// Output height and width.
+    pub fn out_hw(&self) -> (usize, usize) {
+        let ho = (self.h + 2 * self.pad).saturating_sub(self.k) / self.stride + 1;
+        let wo = (self.w + 2 * self.pad).saturating_sub(self.k) / self.stride + 1;
+        (ho, wo)
+    }
+}
+
+/// `out (B, cout, ho, wo) = conv(x (B, cin, h, w), weight (cout, k, k, cin)) + bias`.
+///
+/// # Panics
+/// If a slice is shorter than its shape or the kernel is larger than the padded input.
+pub fn conv2d_bf16(
+    x: &[bf16],
+    weight: &[bf16],
+    bias: Option<&[f32]>,
+    d: ConvDims,
+    out: &mut [bf16],
+    isa: Isa,
+) {
+    let (hp, wp) = (d.h + 2 * d.pad, d.w + 2 * d.pad);
+    assert!(d.k >= 1 && d.stride >= 1 && hp >= d.k && wp >= d.k);
+    let (ho, wo) = d.out_hw();
+    let kk = d.k * d.k * d.cin;
+    assert!(x.len() >= d.b * d.cin * d.h * d.w && weight.len() >= d.cout * kk);
+    assert!(out.len() >= d.b * d.cout * ho * wo);
+    assert!(bias.is_none_or(|b| b.len() >= d.cout));
+    let pixels = ho * wo;
+    for bi in 0..d.b {
+        // Channels-last, zero-padded copy of this image: (hp, wp, cin).
+        let mut xp = vec![bf16::ZERO; hp * wp * d.cin];
+        let img = &x[bi * d.cin * d.h * d.w..][..d.cin * d.h * d.w];
+        xp.par_chunks_mut(wp * d.cin)
+            .enumerate()
+            .skip(d.pad)
+            .take(d.h)
+            .for_each(|(yp, row)| {
+                let y = yp - d.pad;
+                for c in 0..d.cin {
+                    let src = &img[(c * d.h + y) * d.w..][..d.w];
+                    for (xx, v) in src.iter().enumerate() {
+                        row[(xx + d.pad) * d.cin + c] = *v;
+                    }
+                }
+            });
+        let out_img = OutPtr(out[bi * d.cout * pixels..].as_mut_ptr());
+        let blocks = pixels.div_ceil(PIXEL_BLOCK);
+        (0..blocks).into_par_iter().for_each(|blk| {
+            let p0 = blk * PIXEL_BLOCK;
+            let np = PIXEL_BLOCK.min(pixels - p0);
+            let mut patches = vec![bf16::ZERO; np * kk];
+            for (q, patch) in patches.chunks_exact_mut(kk).enumerate() {
+                let (oy, ox) = ((p0 + q) / wo, (p0 + q) % wo);
+                for ky in 0..d.k {
+                    let row = (oy * d.stride + ky) * wp + ox * d.stride;
+                    let src = &xp[row * d.cin..][..d.k * d.cin];
+                    patch[ky * d.k * d.cin..][..d.k * d.cin].copy_from_slice(src);
+                }
+            }
+            let mut acc = vec![0f32; d.cout * np];
+            matmul_bf16_serial(weight, kk, &patches, kk, d.cout, np, kk, &mut acc, np, isa);
+            for co in 0..d.cout {
+                let b = bias.map_or(0.0, |b| b[co]);
+                for q in 0..np {
+                    // SAFETY: (co, p0 + q) lies inside this image's output (asserted); the
+                    // blocks write disjoint pixel ranges.
+                    unsafe {
+                        *out_img.get().add(co * pixels + p0 + q) =
+                            bf16::from_f32(acc[co * np + q] + b)
+                    };
+                }
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut bf16);
+// SAFETY: tasks write disjoint elements; the buffer outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut bf16 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::tests::values;
+
+    /// Direct convolution from the definition (f64), weight `(cout, k, k, cin)`.
+    fn reference(x: &[bf16], wt: &[bf16], bias: &[f32], d: ConvDims) -> Vec<f32> {
+        let (ho, wo) = d.out_hw();
+        let mut out = vec![0f32; d.b * d.cout * ho * wo];
+        for b in 0..d.b {
+            for co in 0..d.cout {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut s = bias[co] as f64;
+                        for ky in 0..d.k {
+                            for kx in 0..d.k {
+                                let iy = (oy * d.stride + ky) as isize - d.pad as isize;
+                                let ix = (ox * d.stride + kx) as isize - d.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= d.h as isize || ix >= d.w as isize {
+                                    continue;
+                                }
+                                for c in 0..d.cin {
+                                    let xv = x
+                                        [((b * d.cin + c) * d.h + iy as usize) * d.w + ix as usize];
+                                    let wv = wt[((co * d.k + ky) * d.k + kx) * d.cin + c];
+                                    s += xv.to_f64() * wv.to_f64();
+                                }
+                            }
+                        }
+                        out[((b * d.cout + co) * ho + oy) * wo + ox] = s as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_level_matches_a_direct_convolution() {
+        let cases = [
+            ConvDims {
+                b: 1,
+                cin: 3,
+                h: 5,
+                w: 7,
+                cout: 4,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            },
+            ConvDims {
+                b: 2,
+                cin: 17,
+                h: 9,
+                w: 6,
+                cout: 5,
+                k: 3,
+                stride: 2,
+                pad: 0,
+            },
+            ConvDims {
+                b: 1,
+                cin: 33,
+                h: 13,
+                w: 11,
+                cout: 7,
+                k: 1,
+                stride: 1,
+                pad: 0,
+            },
+            ConvDims {
+                b: 1,
+                cin: 8,
+                h: 12,
+                w: 12,
+                cout: 3,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            },
+        ];
+        for d in cases {
+            let (ho, wo) = d.out_hw();
+            let x = values(d.b * d.cin * d.h * d.w, 5);
+            let wt = values(d.cout * d.k * d.k * d.cin, 6);
+            let bias: Vec<f32> = (0..d.cout).map(|i| i as f32 * 0.25 - 0.5).collect();
+            let want = reference(&x, &wt, &bias, d);
+            for isa in Isa::available() {
+                let mut got = vec![bf16::from_f32(f32::NAN); d.b * d.cout * ho * wo];
+                conv2d_bf16(&x, &wt, Some(&bias), d, &mut got, isa);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let g = g.to_f32();
+                    assert!(
+                        (g - w).abs() <= 8e-3 * w.abs() + 1e-3 * (d.cin * d.k * d.k) as f32,
+                        "{isa:?} {d:?} at {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The VQ model's 2-D convolution: candle's `conv2d` as the plain path, the im2col kernel
+//! ([`crate::kernels::conv`]) for bf16 on the CPU (candle has no CPU bf16 convolution).
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use half::bf16;
+
+use crate::kernels::conv::{conv2d_bf16, ConvDims};
+use crate::kernels::{self, with_cpu_slice};
+
+/// A square-kernel convolution with bias, `weight` `(cout, cin, k, k)` in the checkpoint.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Weight,
+    bias: Tensor,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    /// As loaded, `(cout, cin, k, k)`: trainable weights and devices without the kernel.
+    Original(Tensor),
+    /// Reordered once to `(cout, k, k, cin)` for the kernel (CPU bf16 inference); the
+    /// plain path permutes it back.
+    ChannelsLast(Tensor),
+}
+
+impl Conv2d {
+    /// Loads `weight` and `bias` of a `cin -> cout`, `k x k` convolution.
+    pub fn load(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let w = vb.get((cout, cin, k, k), "weight")?;
+        let bias = vb.get(cout, "bias")?;
+        let weight = if w.device().is_cpu() && w.dtype() == DType::BF16 && !w.track_op() {
+            Weight::ChannelsLast(w.permute((0, 2, 3, 1))?.contiguous()?)
+        } else {
+            Weight::Original(w)
+        };
+        Ok(Self {
+            weight,
+            bias,
+            k,
+            stride,
+            pad,
+        })
+    }
+
+    fn forward_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Weight::ChannelsLast(w) = &self.weight else {
+            return Ok(None);
+        };
+        if !x.device().is_cpu() || x.dtype() != DType::BF16 || x.track_op() {
+            return Ok(None);
+        }
+        let (b, cin, h, wd) = x.dims4()?;
+        let cout = w.dim(0)?;
+        if w.dim(3)? != cin {
+            candle_core::bail!(
+                "convolution takes {} channels, got {:?}",
+                w.dim(3)?,
+                x.dims()
+            );
+        }
+        let d = ConvDims {
+            b,
+            cin,
+            h,
+            w: wd,
+            cout,
+            k: self.k,
+            stride: self.stride,
+            pad: self.pad,
+        };
+        if h + 2 * self.pad < self.k || wd + 2 * self.pad < self.k {
+            candle_core::bail!(
+                "{}x{} input is smaller than the {}x{} kernel",
+                h,
+                wd,
+                self.k,
+                self.k
+            );
+        }
+        let (ho, wo) = d.out_hw();
+        let x = x.contiguous()?;
+        let bias = self.bias.to_dtype(DType::F32)?.contiguous()?;
+        let mut out = vec![bf16::ZERO; b * cout * ho * wo];
+        let done = with_cpu_slice::<bf16, _>(&x, |xs| {
+            with_cpu_slice::<bf16, _>(w, |ws| {
+                with_cpu_slice::<f32, _>(&bias, |bs| {
+                    conv2d_bf16(xs, ws, Some(bs), d, &mut out, kernels::isa())
+                })
+            })
+        })
+        .flatten()
+        .flatten();
+        if done.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::from_vec(out, (b, cout, ho, wo), x.device())?))
+    }
+}
+
+impl Module for Conv2d {
+    /// # Shapes
+    /// `(B, cin, H, W) -> (B, cout, Ho, Wo)`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_kernel(x)? {
+            return Ok(y);
+        }
+        let w = match &self.weight {
+            Weight::Original(w) => w.clone(),
+            Weight::ChannelsLast(w) => w.permute((0, 3, 1, 2))?.contiguous()?,
+        };
+        let y = x.conv2d(&w, self.pad, self.stride, 1, 1)?;
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+}
