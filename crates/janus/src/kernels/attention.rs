@@ -86,7 +86,7 @@ pub fn attention_bf16(
     out: &mut [bf16],
     isa: Isa,
 ) {
-    assert!(d.h_kv > 0 && d.h % d.h_kv == 0);
+    assert!(d.h_kv > 0 && d.h.is_multiple_of(d.h_kv));
     assert!(out.len() >= d.b * d.tq * d.h * d.dh);
     if d.b == 0 || d.tq == 0 || d.h == 0 {
         return;
@@ -138,7 +138,16 @@ pub fn attention_bf16(
         }
         let mut acc = vec![0f32; rows * d.dh];
         let vs = v.row(b, h / rep, 0);
-        weighted_sum(&scores, rows, keys, &v.data[vs..], v.strides[2], d.dh, &mut acc, isa);
+        weighted_sum(
+            &scores,
+            rows,
+            keys,
+            &v.data[vs..],
+            v.strides[2],
+            d.dh,
+            &mut acc,
+            isa,
+        );
         for r in 0..rows {
             let o = ((b * d.tq + i0 + r) * d.h + h) * d.dh;
             for (c, a) in acc[r * d.dh..(r + 1) * d.dh].iter().enumerate() {
@@ -209,7 +218,7 @@ fn weighted_sum(
     assert!(v.len() >= (keys - 1) * ldv + dh);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 | Isa::Avx2 if dh % 16 == 0 => {
+        Isa::Avx512Bf16 | Isa::Avx2 if dh.is_multiple_of(16) => {
             // SAFETY: bounds asserted above; the CPU supports AVX2 (both levels imply it).
             unsafe { simd::weighted_sum_avx2(p, rows, keys, v, ldv, dh, acc) }
         }
@@ -222,7 +231,9 @@ fn weighted_sum(
                         continue;
                     }
                     let vr = &v[j * ldv..j * ldv + dh];
-                    a.iter_mut().zip(vr).for_each(|(a, v)| *a += pj * v.to_f32());
+                    a.iter_mut()
+                        .zip(vr)
+                        .for_each(|(a, v)| *a += pj * v.to_f32());
                 }
             }
         }
@@ -407,8 +418,11 @@ mod tests {
                     let mut s: Vec<f64> = (0..d.tk)
                         .map(|j| {
                             let kj = &k[((b * d.h_kv + hk) * cap + j) * d.dh..][..d.dh];
-                            let dot: f64 =
-                                qi.iter().zip(kj).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+                            let dot: f64 = qi
+                                .iter()
+                                .zip(kj)
+                                .map(|(a, b)| a.to_f64() * b.to_f64())
+                                .sum();
                             dot / (d.dh as f64).sqrt()
                         })
                         .collect();
@@ -426,7 +440,9 @@ mod tests {
                     let sum: f64 = e.iter().sum();
                     for c in 0..d.dh {
                         let o: f64 = (0..d.tk)
-                            .map(|j| e[j] / sum * v[((b * d.h_kv + hk) * cap + j) * d.dh + c].to_f64())
+                            .map(|j| {
+                                e[j] / sum * v[((b * d.h_kv + hk) * cap + j) * d.dh + c].to_f64()
+                            })
                             .sum();
                         out[((b * d.tq + i) * d.h + h) * d.dh + c] = o as f32;
                     }
@@ -439,11 +455,61 @@ mod tests {
     #[test]
     fn every_level_matches_the_definition() {
         let cases = [
-            (Dims { b: 1, h: 2, h_kv: 2, tq: 1, tk: 5, dh: 16 }, 0usize),
-            (Dims { b: 2, h: 4, h_kv: 2, tq: 7, tk: 7, dh: 32 }, 1),
-            (Dims { b: 1, h: 3, h_kv: 3, tq: 70, tk: 73, dh: 8 }, 1),
-            (Dims { b: 2, h: 2, h_kv: 1, tq: 3, tk: 11, dh: 48 }, 2),
-            (Dims { b: 1, h: 1, h_kv: 1, tq: 66, tk: 66, dh: 128 }, 0),
+            (
+                Dims {
+                    b: 1,
+                    h: 2,
+                    h_kv: 2,
+                    tq: 1,
+                    tk: 5,
+                    dh: 16,
+                },
+                0usize,
+            ),
+            (
+                Dims {
+                    b: 2,
+                    h: 4,
+                    h_kv: 2,
+                    tq: 7,
+                    tk: 7,
+                    dh: 32,
+                },
+                1,
+            ),
+            (
+                Dims {
+                    b: 1,
+                    h: 3,
+                    h_kv: 3,
+                    tq: 70,
+                    tk: 73,
+                    dh: 8,
+                },
+                1,
+            ),
+            (
+                Dims {
+                    b: 2,
+                    h: 2,
+                    h_kv: 1,
+                    tq: 3,
+                    tk: 11,
+                    dh: 48,
+                },
+                2,
+            ),
+            (
+                Dims {
+                    b: 1,
+                    h: 1,
+                    h_kv: 1,
+                    tq: 66,
+                    tk: 66,
+                    dh: 128,
+                },
+                0,
+            ),
         ];
         for (d, kind) in cases {
             let cap = d.tk + 3;
@@ -451,12 +517,23 @@ mod tests {
             let k = values(d.b * d.h_kv * cap * d.dh, 12);
             let v = values(d.b * d.h_kv * cap * d.dh, 13);
             let add: Vec<f32> = (0..d.b * d.tq * d.tk)
-                .map(|i| if i % 5 == 1 { f32::NEG_INFINITY } else { (i % 3) as f32 * 0.5 })
+                .map(|i| {
+                    if i % 5 == 1 {
+                        f32::NEG_INFINITY
+                    } else {
+                        (i % 3) as f32 * 0.5
+                    }
+                })
                 .collect();
             let mask = match kind {
                 0 => Mask::None,
-                1 => Mask::Causal { offset: d.tk - d.tq },
-                _ => Mask::Additive { data: &add, batch_stride: d.tq * d.tk },
+                1 => Mask::Causal {
+                    offset: d.tk - d.tq,
+                },
+                _ => Mask::Additive {
+                    data: &add,
+                    batch_stride: d.tq * d.tk,
+                },
             };
             let want = reference(d, mask, &q, &k, &v);
             for isa in Isa::available() {

@@ -231,6 +231,7 @@ macro_rules! dispatch_tile {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over register tiles read clearest
 mod avx512 {
     use std::arch::x86_64::*;
 
@@ -314,6 +315,7 @@ mod avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over register tiles read clearest
 mod avx2 {
     use std::arch::x86_64::*;
 

@@ -14,6 +14,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod fused;
 pub mod gemm;
 pub mod quant;
 

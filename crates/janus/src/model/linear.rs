@@ -104,9 +104,9 @@ impl Linear {
         let (rows, cols) = w.dims2()?;
         let w = w.contiguous()?;
         let q = match w.dtype() {
-            DType::BF16 => with_cpu_slice::<bf16, _>(&w, |s| {
-                QuantMatrix::quantize_bf16(s, rows, cols, format)
-            }),
+            DType::BF16 => {
+                with_cpu_slice::<bf16, _>(&w, |s| QuantMatrix::quantize_bf16(s, rows, cols, format))
+            }
             _ => {
                 let w = w.to_dtype(DType::F32)?;
                 with_cpu_slice::<f32, _>(&w, |s| QuantMatrix::quantize_f32(s, rows, cols, format))
@@ -222,7 +222,9 @@ mod tests {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n as u64)
             .map(|i| {
-                let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+                let h = (i ^ seed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(17);
                 (h % 10007) as f32 / 5003.5 - 1.0
             })
             .collect();

@@ -9,7 +9,9 @@ use candle_nn::{Embedding, VarBuilder};
 use super::linear::Linear;
 use super::ops::{attention_heads_merged, AttnMask, RmsNorm};
 use crate::config::TextConfig;
+use crate::kernels::fused::rope_bf16;
 use crate::kernels::quant::QuantFormat;
+use crate::kernels::with_cpu_slice;
 
 /// Preallocated key/value storage for every layer, owned by the caller.
 ///
@@ -114,6 +116,41 @@ impl Rope {
         })
     }
 
+    /// Rotates `x` given as `(B, T, H, Dh)` and returns it as `(B, H, T, Dh)`: the fused
+    /// kernel for bf16 CPU tensors without gradient, [`Self::apply`] otherwise.
+    fn apply_bthd(&self, x: &Tensor, pos: &Positions) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::BF16 && !x.track_op() {
+            let (b, t, h, dh) = x.dims4()?;
+            let rows: Vec<usize> = match pos {
+                Positions::Shared(offset) => (0..b).flat_map(|_| *offset..*offset + t).collect(),
+                Positions::PerRow(ids) => ids
+                    .flatten_all()?
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|p| p as usize)
+                    .collect(),
+            };
+            if rows.iter().any(|&p| p >= self.cos.dim(0).unwrap_or(0)) {
+                candle_core::bail!("RoPE position beyond the table");
+            }
+            let x = x.contiguous()?;
+            let mut out = vec![half::bf16::ZERO; b * t * h * dh];
+            let done = with_cpu_slice::<half::bf16, _>(&x, |xs| {
+                with_cpu_slice::<f32, _>(&self.cos, |cos| {
+                    with_cpu_slice::<f32, _>(&self.sin, |sin| {
+                        rope_bf16(xs, b, t, h, dh, &rows, cos, sin, &mut out)
+                    })
+                })
+            })
+            .flatten()
+            .flatten();
+            if done.is_some() {
+                return Tensor::from_vec(out, (b, h, t, dh), x.device());
+            }
+        }
+        self.apply(&x.transpose(1, 2)?.contiguous()?, pos)
+    }
+
     /// Rotates `x` `(B, H, T, Dh)` (rotate_half form) at the given positions.
     fn apply(&self, x: &Tensor, pos: &Positions) -> Result<Tensor> {
         let (b, _h, t, dh) = x.dims4()?;
@@ -197,17 +234,11 @@ impl SelfAttention {
         let k = self.k_proj.forward(x)?;
         let v = self.v_proj.forward(x)?;
         // (B, T, H*Dh) -> (B, H, T, Dh)
-        let q = q
-            .reshape((b, t, self.n_heads, self.head_dim))?
-            .transpose(1, 2)?;
-        let k = k
-            .reshape((b, t, self.n_kv, self.head_dim))?
-            .transpose(1, 2)?;
+        let q = rope.apply_bthd(&q.reshape((b, t, self.n_heads, self.head_dim))?, pos)?;
+        let k = rope.apply_bthd(&k.reshape((b, t, self.n_kv, self.head_dim))?, pos)?;
         let v = v
             .reshape((b, t, self.n_kv, self.head_dim))?
             .transpose(1, 2)?;
-        let q = rope.apply(&q.contiguous()?, pos)?;
-        let k = rope.apply(&k.contiguous()?, pos)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?,
             None => (k, v.contiguous()?),
@@ -485,4 +516,99 @@ fn padded_positions_and_mask(
         Positions::PerRow(Tensor::from_vec(pos, (b, t), device)?),
         Some(Tensor::from_vec(mask, (b, 1, t, total), device)?),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_bf16(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let h = (i ^ seed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(23);
+                (h % 10007) as f32 / 2501.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::BF16))
+            .unwrap()
+    }
+
+    fn cfg(dh: usize) -> TextConfig {
+        TextConfig {
+            hidden_size: 3 * dh,
+            intermediate_size: 8,
+            num_hidden_layers: 1,
+            num_attention_heads: 3,
+            num_key_value_heads: 3,
+            head_dim: dh,
+            vocab_size: 16,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_position_embeddings: 64,
+            attention_bias: false,
+            mlp_bias: false,
+            tie_word_embeddings: false,
+        }
+    }
+
+    #[test]
+    fn fused_rope_equals_the_candle_chain_bit_for_bit() {
+        for dh in [2, 6, 34] {
+            let rope = Rope::new(&cfg(dh), &Device::Cpu).unwrap();
+            let x = rand_bf16(&[2, 5, 3, dh], dh as u64); // (B, T, H, Dh)
+            let ids = Tensor::from_vec(
+                vec![0u32, 0, 1, 2, 3, 7, 8, 9, 10, 11],
+                (2, 5),
+                &Device::Cpu,
+            )
+            .unwrap();
+            for pos in [Positions::Shared(9), Positions::PerRow(ids)] {
+                let fused = rope.apply_bthd(&x, &pos).unwrap();
+                let plain = rope
+                    .apply(&x.transpose(1, 2).unwrap().contiguous().unwrap(), &pos)
+                    .unwrap();
+                assert_eq!(fused.dims(), plain.dims());
+                let (a, b) = (
+                    fused
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<half::bf16>()
+                        .unwrap(),
+                    plain
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<half::bf16>()
+                        .unwrap(),
+                );
+                assert_eq!(a, b, "dh {dh}, {pos:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_rms_norm_equals_the_candle_chain_bit_for_bit() {
+        for d in [1, 7, 33, 130] {
+            let norm = RmsNorm::from_weight(rand_bf16(&[d], 5), 1e-6);
+            let x = rand_bf16(&[2, 3, d], d as u64);
+            let fused = norm.forward(&x).unwrap();
+            let plain = norm.forward_plain(&x).unwrap();
+            let (a, b) = (
+                fused
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<half::bf16>()
+                    .unwrap(),
+                plain
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<half::bf16>()
+                    .unwrap(),
+            );
+            assert_eq!(a, b, "width {d}");
+        }
+    }
 }

@@ -20,13 +20,15 @@ pub struct MlpProjector {
 impl MlpProjector {
     /// Builds from `<prefix>.layers.{0,2,..}`.
     pub fn new(cfg: &MlpConfig, vb: VarBuilder) -> Result<Self> {
-        let mut layers = vec![Linear::load(cfg.input_dim,
+        let mut layers = vec![Linear::load(
+            cfg.input_dim,
             cfg.n_embed,
             true,
             vb.pp("layers.0"),
         )?];
         for i in 1..cfg.depth {
-            layers.push(Linear::load(cfg.n_embed,
+            layers.push(Linear::load(
+                cfg.n_embed,
                 cfg.n_embed,
                 true,
                 vb.pp(format!("layers.{}", 2 * i)),
@@ -59,12 +61,14 @@ impl GenHead {
     /// Builds from `gen_head.*`.
     pub fn new(cfg: &GenHeadConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            output_mlp_projector: Linear::load(cfg.n_embed,
+            output_mlp_projector: Linear::load(
+                cfg.n_embed,
                 cfg.image_token_embed,
                 true,
                 vb.pp("output_mlp_projector"),
             )?,
-            vision_head: Linear::load(cfg.image_token_embed,
+            vision_head: Linear::load(
+                cfg.image_token_embed,
                 cfg.image_token_size,
                 true,
                 vb.pp("vision_head"),

@@ -79,10 +79,56 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// The fused kernel for bf16 CPU tensors without gradient (same roundings).
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        use crate::kernels::{fused::rms_norm_bf16, with_cpu_slice};
+        use half::bf16;
+        let w = &self.weight;
+        if !x.device().is_cpu()
+            || x.dtype() != DType::BF16
+            || w.dtype() != DType::BF16
+            || x.track_op()
+            || w.track_op()
+        {
+            return Ok(None);
+        }
+        let d = w.elem_count();
+        if x.dim(D::Minus1)? != d {
+            candle_core::bail!("RMSNorm of width {d} over shape {:?}", x.dims());
+        }
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let mut out = vec![bf16::ZERO; x.elem_count()];
+        let done = with_cpu_slice::<bf16, _>(&x, |xs| {
+            with_cpu_slice::<bf16, _>(&w, |ws| rms_norm_bf16(xs, ws, d, self.eps as f32, &mut out))
+        })
+        .flatten();
+        match done {
+            Some(()) => Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?)),
+            None => Ok(None),
+        }
+    }
+}
+
 impl Module for RmsNorm {
     /// # Shapes
     /// `(..., C) -> (..., C)`
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.forward_fused(x)? {
+            Some(y) => Ok(y),
+            None => self.forward_plain(x),
+        }
+    }
+}
+
+impl RmsNorm {
+    /// Wraps a weight (tests and callers that build norms by hand).
+    pub fn from_weight(weight: Tensor, eps: f64) -> Self {
+        Self { weight, eps }
+    }
+
+    /// The differentiable chain of candle ops.
+    pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = to_f32_internal(x)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -247,8 +293,14 @@ fn attention_kernel(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask) -> Resul
                             })
                         })
                     }
-                    (None, AttnMask::Causal { offset, .. }) => Some(run(Mask::Causal { offset })),
-                    (None, _) => Some(run(Mask::None)),
+                    (None, AttnMask::Causal { offset, .. }) => {
+                        run(Mask::Causal { offset });
+                        Some(())
+                    }
+                    (None, _) => {
+                        run(Mask::None);
+                        Some(())
+                    }
                 }
             })
         })
