@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use half::bf16;
-use janus::kernels::{gemm::matmul_bf16, Isa};
+use janus::kernels::{gemm::matmul_bf16, packed::PackedBf16, Isa};
 
 fn values(len: usize) -> Vec<bf16> {
     (0..len)
@@ -25,25 +25,37 @@ fn main() {
         ("siglip fc1", 576, 4096, 1024),
     ];
     let filter = std::env::args().nth(1).unwrap_or_default();
-    for isa in Isa::available().into_iter().rev() {
+    // The best level only, unless JANUS_BENCH_ALL is set (the plain level is slow).
+    let levels = match std::env::var_os("JANUS_BENCH_ALL") {
+        Some(_) => Isa::available(),
+        None => vec![janus::kernels::isa()],
+    };
+    for isa in levels.into_iter().rev() {
         for &(name, m, n, k) in shapes.iter().filter(|s| s.0.contains(&filter)) {
             let x = values(m * k);
             let w = values(n * k);
             let mut out = vec![0.0f32; m * n];
-            matmul_bf16(&x, &w, m, n, k, &mut out, isa);
+            let packed = PackedBf16::pack(&w, n, k);
             let reps = (2e10 / (2.0 * (m * n * k) as f64)).clamp(2.0, 200.0) as usize;
-            let t = Instant::now();
-            for _ in 0..reps {
-                matmul_bf16(&x, &w, m, n, k, &mut out, isa);
+            for layout in ["rows", "packed"] {
+                let mut run = || match layout {
+                    "rows" => matmul_bf16(&x, &w, m, n, k, &mut out, isa),
+                    _ => packed.matmul(&x, m, &mut out, isa),
+                };
+                run();
+                let t = Instant::now();
+                for _ in 0..reps {
+                    run();
+                }
+                let s = t.elapsed().as_secs_f64() / reps as f64;
+                println!(
+                    "{:>6} {layout:<6} {name:<18} {m}x{n}x{k}: {:8.3} ms {:7.1} GFLOP/s {:6.1} GB/s weights",
+                    isa.name(),
+                    s * 1e3,
+                    2.0 * (m * n * k) as f64 / s / 1e9,
+                    (n * k * 2) as f64 / s / 1e9
+                );
             }
-            let s = t.elapsed().as_secs_f64() / reps as f64;
-            println!(
-                "{:>6} {name:<18} {m}x{n}x{k}: {:8.3} ms  {:7.1} GFLOP/s  {:6.1} GB/s weights",
-                isa.name(),
-                s * 1e3,
-                2.0 * (m * n * k) as f64 / s / 1e9,
-                (n * k * 2) as f64 / s / 1e9
-            );
         }
     }
 }

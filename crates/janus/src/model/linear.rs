@@ -13,6 +13,7 @@ use candle_nn::VarBuilder;
 use half::bf16;
 
 use crate::kernels::gemm::matmul_bf16;
+use crate::kernels::packed::PackedBf16;
 use crate::kernels::quant::{QuantFormat, QuantMatrix};
 use crate::kernels::{self, with_cpu_slice};
 
@@ -30,6 +31,8 @@ pub enum Path {
 enum Weight {
     /// `(out, in)` as loaded.
     Dense(Tensor),
+    /// Packed for the AVX-512 BF16 kernel (CPU bf16 inference); the dense tensor is gone.
+    Packed(Arc<PackedBf16>),
     /// Quantised on the CPU; the dense tensor is gone.
     Quant(Arc<QuantMatrix>),
 }
@@ -42,8 +45,27 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Wraps a weight `(out, in)` and an optional bias `(out,)`.
+    /// Wraps a weight `(out, in)` and an optional bias `(out,)`. On a CPU with AVX-512
+    /// BF16, a bf16 weight that tracks no gradient is packed for the kernel (the layout
+    /// change costs one pass over the weight, once).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        let packable = weight.device().is_cpu()
+            && weight.dtype() == DType::BF16
+            && weight.rank() == 2
+            && !weight.track_op()
+            && kernels::isa() == kernels::Isa::Avx512Bf16;
+        if packable {
+            if let Ok((n, k)) = weight.dims2() {
+                if let Ok(w) = weight.contiguous() {
+                    if let Some(p) = with_cpu_slice::<bf16, _>(&w, |s| PackedBf16::pack(s, n, k)) {
+                        return Self {
+                            weight: Weight::Packed(Arc::new(p)),
+                            bias,
+                        };
+                    }
+                }
+            }
+        }
         Self {
             weight: Weight::Dense(weight),
             bias,
@@ -65,23 +87,16 @@ impl Linear {
     pub fn shape(&self) -> (usize, usize) {
         match &self.weight {
             Weight::Dense(w) => (w.dims()[0], w.dims()[1]),
+            Weight::Packed(p) => (p.rows(), p.cols()),
             Weight::Quant(q) => (q.rows(), q.cols()),
-        }
-    }
-
-    /// The dense weight, `None` once quantised.
-    pub fn weight(&self) -> Option<&Tensor> {
-        match &self.weight {
-            Weight::Dense(w) => Some(w),
-            Weight::Quant(_) => None,
         }
     }
 
     /// The quantisation format, if quantised.
     pub fn quant_format(&self) -> Option<QuantFormat> {
         match &self.weight {
-            Weight::Dense(_) => None,
             Weight::Quant(q) => Some(q.format()),
+            _ => None,
         }
     }
 
@@ -89,12 +104,18 @@ impl Linear {
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
             Weight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Weight::Packed(p) => p.size_bytes(),
             Weight::Quant(q) => q.size_bytes(),
         }
     }
 
     /// Replaces a dense CPU weight by its quantised form (no-op when already quantised).
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        if let Weight::Packed(p) = &self.weight {
+            let q = QuantMatrix::quantize_bf16(&p.unpack(), p.rows(), p.cols(), format);
+            self.weight = Weight::Quant(Arc::new(q));
+            return Ok(());
+        }
         let Weight::Dense(w) = &self.weight else {
             return Ok(());
         };
@@ -131,6 +152,7 @@ impl Linear {
         }
         let w = match &self.weight {
             Weight::Dense(w) => w.clone(),
+            Weight::Packed(p) => Tensor::from_vec(p.unpack(), (p.rows(), p.cols()), x.device())?,
             Weight::Quant(q) => {
                 let (rows, cols) = (q.rows(), q.cols());
                 Tensor::from_vec(q.dequantize(), (rows, cols), x.device())?.to_dtype(x.dtype())?
@@ -172,6 +194,10 @@ impl Linear {
                     })
                 })
                 .flatten()
+            }
+            (Weight::Packed(p), DType::BF16) => {
+                let x = x.contiguous()?;
+                with_cpu_slice::<bf16, _>(&x, |xs| p.matmul(xs, m, &mut out, kernels::isa()))
             }
             (Weight::Quant(q), DType::BF16 | DType::F32) => {
                 let x32 = x.to_dtype(DType::F32)?.contiguous()?;

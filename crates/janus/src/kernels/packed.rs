@@ -1,0 +1,342 @@
+//! bf16 weights packed for outer-product matrix products, the linear layers' kernel.
+//!
+//! A weight `(n, k)` is stored as panels of 16 rows; within a panel, for each pair of
+//! columns `(2c, 2c+1)`, the 16 rows' pairs sit side by side: 64 bytes, exactly one
+//! `VDPBF16PS` operand. The kernel broadcasts one activation pair per row of x and
+//! multiplies it into 16 outputs at once, so outputs never need a horizontal sum and the
+//! weights stream sequentially, panel by panel. Rows past `n` and the odd column of an odd
+//! `k` are zeros.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::{chunk_len, Isa};
+
+/// Rows per panel (one 512-bit vector of f32 outputs).
+pub const PANEL: usize = 16;
+/// Columns of one k block for products with many rows (x tile in L1, panels in L2).
+const K_BLOCK: usize = 256;
+/// Panels per task at least (so a task's panel slice of a k block stays in L2).
+const MIN_PANELS: usize = 4;
+
+/// A `(n, k)` bf16 matrix in panel order.
+#[derive(Debug, Clone)]
+pub struct PackedBf16 {
+    n: usize,
+    k: usize,
+    /// Column pairs per row (`k` rounded up to even, halved).
+    pairs: usize,
+    data: Vec<bf16>,
+}
+
+impl PackedBf16 {
+    /// Packs a row-major `(n, k)` matrix.
+    ///
+    /// # Panics
+    /// If `w` is shorter than `n * k`.
+    pub fn pack(w: &[bf16], n: usize, k: usize) -> Self {
+        assert!(w.len() >= n * k);
+        let pairs = k.div_ceil(2);
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![bf16::ZERO; panels * pairs * 2 * PANEL];
+        data.par_chunks_mut(pairs * 2 * PANEL)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for r in 0..PANEL.min(n - p * PANEL) {
+                    let row = &w[(p * PANEL + r) * k..][..k];
+                    for (c, v) in row.iter().enumerate() {
+                        panel[(c / 2) * 2 * PANEL + 2 * r + c % 2] = *v;
+                    }
+                }
+            });
+        Self { n, k, pairs, data }
+    }
+
+    /// The row-major `(n, k)` matrix back.
+    pub fn unpack(&self) -> Vec<bf16> {
+        let mut w = vec![bf16::ZERO; self.n * self.k];
+        for (i, row) in w.chunks_exact_mut(self.k.max(1)).enumerate().take(self.n) {
+            let panel = &self.data[(i / PANEL) * self.pairs * 2 * PANEL..];
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = panel[(c / 2) * 2 * PANEL + 2 * (i % PANEL) + c % 2];
+            }
+        }
+        w
+    }
+
+    /// Rows (output features).
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Columns (input features).
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held.
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+
+    /// `out[i, j] = Σ_c x[i, c] · W[j, c]` for `x` `(m, k)` row-major, `out` `(m, n)`.
+    ///
+    /// # Panics
+    /// If `x` or `out` is shorter than its shape.
+    pub fn matmul(&self, x: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
+        let (n, k) = (self.n, self.k);
+        assert!(x.len() >= m * k && out.len() >= m * n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        // Activations with an even row length, so every column pair is one u32.
+        let padded;
+        let (xs, ldx) = if k % 2 == 1 {
+            let mut p = vec![bf16::ZERO; m * (k + 1)];
+            for (dst, src) in p.chunks_exact_mut(k + 1).zip(x.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            padded = p;
+            (&padded[..], k + 1)
+        } else {
+            (x, k)
+        };
+        let panels = n.div_ceil(PANEL);
+        let per_task = if m * n * k >= 1 << 18 {
+            chunk_len(panels, 1, MIN_PANELS)
+        } else {
+            panels
+        };
+        let kb = if m <= 4 { self.pairs } else { K_BLOCK / 2 };
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let task = |t: usize| {
+            let p0 = t * per_task;
+            let p1 = (p0 + per_task).min(panels);
+            for c0 in (0..self.pairs).step_by(kb) {
+                let c1 = (c0 + kb).min(self.pairs);
+                let mr = max_rows(isa);
+                for i in (0..m).step_by(mr) {
+                    let rows = mr.min(m - i);
+                    let mut p = p0;
+                    while p < p1 {
+                        let np = (p1 - p).min(2);
+                        // SAFETY: rows i..i+rows < m, panels p..p+np < panels, pairs
+                        // c0..c1 <= pairs; x rows hold 2 * pairs values (padded above);
+                        // tasks own disjoint panels, hence disjoint output columns.
+                        unsafe {
+                            self.block(isa, xs, ldx, i, rows, p, np, c0, c1, out_ptr.get(), n)
+                        };
+                        p += np;
+                    }
+                }
+            }
+        };
+        let tasks = panels.div_ceil(per_task);
+        if tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            task(0);
+        }
+    }
+
+    /// Rows `i..i+rows` of x times panels `p..p+np` over column pairs `c0..c1`, added to
+    /// `out` unless `c0 == 0`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block(
+        &self,
+        isa: Isa,
+        x: &[bf16],
+        ldx: usize,
+        i: usize,
+        rows: usize,
+        p: usize,
+        np: usize,
+        c0: usize,
+        c1: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let panel_len = self.pairs * 2 * PANEL;
+        let w = self.data.as_ptr().add(p * panel_len + c0 * 2 * PANEL);
+        let xr = x.as_ptr().add(i * ldx + 2 * c0);
+        let cols = (self.n - p * PANEL).min(np * PANEL);
+        let o = out.add(i * ldo + p * PANEL);
+        let args = Block {
+            x: xr,
+            ldx,
+            w,
+            panel_len,
+            pairs: c1 - c0,
+            out: o,
+            ldo,
+            cols,
+            accumulate: c0 > 0,
+        };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => avx512::block(rows, np, &args),
+            _ => plain_block(rows, np, &args),
+        }
+    }
+}
+
+/// Rows of x per kernel call at this level.
+fn max_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512Bf16 => 8,
+        _ => 4,
+    }
+}
+
+/// One kernel call's operands.
+struct Block {
+    x: *const bf16,
+    ldx: usize,
+    w: *const bf16,
+    panel_len: usize,
+    pairs: usize,
+    out: *mut f32,
+    ldo: usize,
+    /// Valid output columns (the last panel may be partial).
+    cols: usize,
+    accumulate: bool,
+}
+
+/// The reference (and the AVX2 level, which has no bf16 dot instruction: the widened
+/// products of this loop vectorise well enough there).
+unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
+    for r in 0..rows {
+        let mut acc = [0f32; 2 * PANEL];
+        for (q, accq) in acc.chunks_exact_mut(PANEL).enumerate().take(np) {
+            let w = a.w.add(q * a.panel_len);
+            for c in 0..a.pairs {
+                let x0 = (*a.x.add(r * a.ldx + 2 * c)).to_f32();
+                let x1 = (*a.x.add(r * a.ldx + 2 * c + 1)).to_f32();
+                let wp = w.add(c * 2 * PANEL);
+                for (j, s) in accq.iter_mut().enumerate() {
+                    *s += x0 * (*wp.add(2 * j)).to_f32() + x1 * (*wp.add(2 * j + 1)).to_f32();
+                }
+            }
+        }
+        for (j, v) in acc.iter().enumerate().take(a.cols) {
+            let o = a.out.add(r * a.ldo + j);
+            *o = if a.accumulate { *o + v } else { *v };
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint columns; the buffer outlives the parallel loop.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over register tiles read clearest
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Block, PANEL};
+
+    /// # Safety
+    /// `rows <= 8`, `np` in 1..=2, operands as [`Block`] describes; AVX-512 BF16 present.
+    pub(super) unsafe fn block(rows: usize, np: usize, a: &Block) {
+        macro_rules! go {
+            ($($r:literal),*) => {
+                match (rows, np) {
+                    $(($r, 1) => kernel::<$r, 1>(a), ($r, 2) => kernel::<$r, 2>(a),)*
+                    _ => unreachable!("no {rows}x{np} block"),
+                }
+            };
+        }
+        go!(1, 2, 3, 4, 5, 6, 7, 8)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        for c in 0..a.pairs {
+            let mut wv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); P];
+            for (q, v) in wv.iter_mut().enumerate() {
+                *v = std::mem::transmute(_mm512_loadu_si512(
+                    a.w.add(q * a.panel_len + c * 2 * PANEL) as *const _,
+                ));
+            }
+            for r in 0..R {
+                let pair = (a.x.add(r * a.ldx + 2 * c) as *const i32).read_unaligned();
+                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                for q in 0..P {
+                    acc[r][q] = _mm512_dpbf16_ps(acc[r][q], xv, wv[q]);
+                }
+            }
+        }
+        for r in 0..R {
+            for q in 0..P {
+                let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
+                if valid == 0 {
+                    continue;
+                }
+                let mask: __mmask16 = if valid == PANEL {
+                    !0
+                } else {
+                    (1u16 << valid) - 1
+                };
+                let o = a.out.add(r * a.ldo + q * PANEL);
+                let v = if a.accumulate {
+                    _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, o))
+                } else {
+                    acc[r][q]
+                };
+                _mm512_mask_storeu_ps(o, mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::{matmul_bf16, tests::values};
+
+    #[test]
+    fn pack_unpack_round_trips() {
+        for &(n, k) in &[(1, 1), (5, 3), (16, 8), (17, 33), (40, 2)] {
+            let w = values(n * k, 9);
+            assert_eq!(PackedBf16::pack(&w, n, k).unpack(), w, "{n}x{k}");
+        }
+    }
+
+    #[test]
+    fn every_level_matches_the_plain_product() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 17, 33),
+            (2, 40, 64),
+            (3, 31, 7),
+            (8, 16, 258),
+            (9, 50, 513),
+            (67, 70, 300),
+        ] {
+            let x = values(m * k, 21);
+            let w = values(n * k, 22);
+            let mut want = vec![0.0; m * n];
+            matmul_bf16(&x, &w, m, n, k, &mut want, Isa::Plain);
+            let packed = PackedBf16::pack(&w, n, k);
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; m * n];
+                packed.matmul(&x, m, &mut got, isa);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * k as f32 + 1e-5,
+                        "{isa:?} {m}x{n}x{k} at {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
