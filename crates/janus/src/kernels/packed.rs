@@ -263,7 +263,7 @@ mod avx512 {
         for c in 0..a.pairs {
             let mut wv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); P];
             for (q, v) in wv.iter_mut().enumerate() {
-                *v = std::mem::transmute(_mm512_loadu_si512(
+                *v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
                     a.w.add(q * a.panel_len + c * 2 * PANEL) as *const _,
                 ));
             }
