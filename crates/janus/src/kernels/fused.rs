@@ -67,3 +67,75 @@ pub fn rope_bf16(
             }
         });
 }
+
+/// Elements per vectorised chunk of the activation functions.
+const CHUNK: usize = 512;
+
+/// `out = round(round(silu(g)) · u)`: SwiGLU's `silu(gate) * up` in bf16, with the
+/// exponential vectorised.
+pub fn silu_mul_bf16(g: &[bf16], u: &[bf16], out: &mut [bf16], isa: super::Isa) {
+    assert!(g.len() == u.len() && out.len() == g.len());
+    let run = |((gc, uc), oc): ((&[bf16], &[bf16]), &mut [bf16])| {
+        let mut e = [0f32; CHUNK];
+        let e = &mut e[..gc.len()];
+        for (e, g) in e.iter_mut().zip(gc) {
+            *e = -g.to_f32();
+        }
+        super::attention::exp_in_place(e, isa);
+        for ((o, (g, u)), e) in oc.iter_mut().zip(gc.iter().zip(uc)).zip(e.iter()) {
+            let s = bf16::from_f32(g.to_f32() / (1.0 + e));
+            *o = bf16::from_f32(s.to_f32() * u.to_f32());
+        }
+    };
+    let it = g
+        .par_chunks(CHUNK)
+        .zip(u.par_chunks(CHUNK))
+        .zip(out.par_chunks_mut(CHUNK));
+    it.for_each(run);
+}
+
+/// Exact (erf) GELU in bf16: `round(0.5 x (1 + erf(x/√2)))` with erf from the Chebyshev
+/// fit of Numerical Recipes' `erfcc` (relative error < 1.2e-7) and a vectorised
+/// exponential.
+pub fn gelu_erf_bf16(x: &[bf16], out: &mut [bf16], isa: super::Isa) {
+    assert!(out.len() == x.len());
+    const C: [f32; 10] = [
+        -1.265_512_2,
+        1.000_023_7,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_204,
+        1.488_515_9,
+        -0.822_152_2,
+        0.170_872_77,
+    ];
+    let run = |(xc, oc): (&[bf16], &mut [bf16])| {
+        let mut e = [0f32; CHUNK];
+        let e = &mut e[..xc.len()];
+        // erfc(z) = t · exp(-z² + poly(t)), t = 1 / (1 + z/2), z = |x| / sqrt(2)
+        for (e, x) in e.iter_mut().zip(xc) {
+            let z = (x.to_f32() * std::f32::consts::FRAC_1_SQRT_2).abs();
+            let t = 1.0 / (1.0 + 0.5 * z);
+            let mut p = C[9];
+            for &c in C[..9].iter().rev() {
+                p = p * t + c;
+            }
+            *e = -z * z + p;
+        }
+        super::attention::exp_in_place(e, isa);
+        for ((o, x), e) in oc.iter_mut().zip(xc).zip(e.iter()) {
+            let x = x.to_f32();
+            let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
+            let erf_abs = 1.0 - e / (1.0 + 0.5 * z);
+            let erf = if x < 0.0 { -erf_abs } else { erf_abs };
+            // PyTorch's form and f32 roundings, `0.5 x (1 + erf(x/√2))`, so the far negative
+            // tail flushes to zero exactly where the reference's does.
+            *o = bf16::from_f32(0.5 * x * (1.0 + erf));
+        }
+    };
+    x.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .for_each(run);
+}

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::linear::Linear;
-use super::ops::{attention_heads_merged, AttnMask, RmsNorm};
+use super::ops::{attention_heads_merged, silu_mul, AttnMask, RmsNorm};
 use crate::config::TextConfig;
 use crate::kernels::fused::rope_bf16;
 use crate::kernels::quant::QuantFormat;
@@ -269,8 +269,8 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x)?.silu()?;
-        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+        let h = silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        self.down_proj.forward(&h)
     }
 }
 

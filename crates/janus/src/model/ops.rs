@@ -137,9 +137,41 @@ impl RmsNorm {
     }
 }
 
-/// Exact (erf) GELU, as `torch.nn.GELU()` / ACT2FN["gelu"].
+/// Exact (erf) GELU, as `torch.nn.GELU()` / ACT2FN["gelu"]; the vectorised kernel for bf16
+/// CPU tensors without gradient (candle's evaluates erf one element at a time).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    use crate::kernels::{fused::gelu_erf_bf16, isa, with_cpu_slice};
+    if x.device().is_cpu() && x.dtype() == DType::BF16 && !x.track_op() {
+        let x = x.contiguous()?;
+        let mut out = vec![half::bf16::ZERO; x.elem_count()];
+        if with_cpu_slice::<half::bf16, _>(&x, |xs| gelu_erf_bf16(xs, &mut out, isa())).is_some() {
+            return Tensor::from_vec(out, x.dims(), x.device());
+        }
+    }
     x.gelu_erf()
+}
+
+/// `silu(gate) * up` (SwiGLU); one vectorised pass for bf16 CPU tensors without gradient.
+///
+/// # Shapes
+/// gate and up `(..., F)` -> `(..., F)`
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    use crate::kernels::{fused::silu_mul_bf16, isa, with_cpu_slice};
+    let fast = [gate, up]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op());
+    if fast && gate.dims() == up.dims() {
+        let (g, u) = (gate.contiguous()?, up.contiguous()?);
+        let mut out = vec![half::bf16::ZERO; g.elem_count()];
+        let done = with_cpu_slice::<half::bf16, _>(&g, |gs| {
+            with_cpu_slice::<half::bf16, _>(&u, |us| silu_mul_bf16(gs, us, &mut out, isa()))
+        })
+        .flatten();
+        if done.is_some() {
+            return Tensor::from_vec(out, g.dims(), g.device());
+        }
+    }
+    gate.silu()? * up
 }
 
 /// Scaled dot-product attention with an optional additive mask.
@@ -312,4 +344,55 @@ fn attention_kernel(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask) -> Resul
         return Ok(None);
     }
     Ok(Some(Tensor::from_vec(out, (b, tq, h * dh), q.device())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn rand_bf16(n: usize, seed: u64, scale: f32) -> Tensor {
+        let v: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let h = (i ^ seed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(29);
+                ((h % 20001) as f32 / 10000.0 - 1.0) * scale
+            })
+            .collect();
+        Tensor::from_vec(v, (n,), &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::BF16))
+            .unwrap()
+    }
+
+    /// Largest difference in units of 2^-8 of the larger magnitude; one bf16 rounding step
+    /// is 1 to 2 such units depending on the mantissa.
+    fn max_ulps(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        let b = b.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / (x.abs().max(y.abs()) * 2f32.powi(-8)).max(1e-30))
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn vectorised_gelu_and_swiglu_are_f32_results_rounded_once() {
+        for n in [1, 7, 513, 1500] {
+            let x = rand_bf16(n, 1, 6.0);
+            let u = rand_bf16(n, 2, 3.0);
+            let g = gelu(&x).unwrap();
+            // The reference rounds once, after computing in f32 (as PyTorch does for bf16).
+            let xf = x.to_dtype(DType::F32).unwrap();
+            let want = xf.gelu_erf().unwrap().to_dtype(DType::BF16).unwrap();
+            let e = max_ulps(&g, &want);
+            assert!(e <= 2.0, "gelu n={n}: {e} units");
+            let s = silu_mul(&x, &u).unwrap();
+            let silu = xf.silu().unwrap().to_dtype(DType::BF16).unwrap();
+            let want = (silu * &u).unwrap();
+            let e = max_ulps(&s, &want);
+            assert!(e <= 2.0, "silu_mul n={n}: {e} units");
+        }
+    }
 }
