@@ -50,6 +50,49 @@ impl Module for LayerNorm {
     /// # Shapes
     /// `(..., C) -> (..., C)`
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.forward_fused(x)? {
+            Some(y) => Ok(y),
+            None => self.forward_plain(x),
+        }
+    }
+}
+
+impl LayerNorm {
+    /// The fused kernel for bf16 CPU tensors without gradient (same roundings).
+    fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        use crate::kernels::{fused::layer_norm_bf16, with_cpu_slice};
+        use half::bf16;
+        let (w, b) = (&self.weight, &self.bias);
+        let all = [x, w, b];
+        if all
+            .iter()
+            .any(|t| !t.device().is_cpu() || t.dtype() != DType::BF16 || t.track_op())
+        {
+            return Ok(None);
+        }
+        let d = w.elem_count();
+        if x.dim(D::Minus1)? != d || b.elem_count() != d {
+            candle_core::bail!("LayerNorm of width {d} over shape {:?}", x.dims());
+        }
+        let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+        let mut out = vec![bf16::ZERO; x.elem_count()];
+        let done = with_cpu_slice::<bf16, _>(&x, |xs| {
+            with_cpu_slice::<bf16, _>(&w, |ws| {
+                with_cpu_slice::<bf16, _>(&b, |bs| {
+                    layer_norm_bf16(xs, ws, bs, d, self.eps as f32, &mut out)
+                })
+            })
+        })
+        .flatten()
+        .flatten();
+        match done {
+            Some(()) => Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The differentiable chain of candle ops.
+    pub fn forward_plain(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = to_f32_internal(x)?;
         let mean = xf.mean_keepdim(D::Minus1)?;
@@ -375,6 +418,25 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x - y).abs() / (x.abs().max(y.abs()) * 2f32.powi(-8)).max(1e-30))
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn fused_layer_norm_equals_the_candle_chain_bit_for_bit() {
+        for d in [1, 7, 64, 129] {
+            let norm = LayerNorm {
+                weight: rand_bf16(d, 3, 2.0),
+                bias: rand_bf16(d, 4, 1.0),
+                eps: 1e-6,
+            };
+            let x = rand_bf16(5 * d, 5, 4.0).reshape((5, d)).unwrap();
+            let fused = norm.forward(&x).unwrap().flatten_all().unwrap();
+            let plain = norm.forward_plain(&x).unwrap().flatten_all().unwrap();
+            assert_eq!(
+                fused.to_vec1::<half::bf16>().unwrap(),
+                plain.to_vec1::<half::bf16>().unwrap(),
+                "width {d}"
+            );
+        }
     }
 
     #[test]

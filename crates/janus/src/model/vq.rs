@@ -6,7 +6,7 @@
 //! training statistic and is not loaded.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::conv::Conv2d;
 
@@ -28,7 +28,82 @@ fn conv(
 }
 
 fn norm(c: usize, vb: VarBuilder) -> Result<GroupNorm> {
-    candle_nn::group_norm(GROUPS, c, NORM_EPS, vb)
+    GroupNorm::new(c, vb)
+}
+
+/// GroupNorm (32 groups) with the SiLU that usually follows it fused in: the kernel for
+/// bf16 CPU tensors without gradient, candle's `GroupNorm` then `silu` otherwise.
+#[derive(Debug, Clone)]
+struct GroupNorm {
+    inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl GroupNorm {
+    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        let (weight, bias) = (vb.get(c, "weight")?, vb.get(c, "bias")?);
+        let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), c, GROUPS, NORM_EPS)?;
+        Ok(Self {
+            inner,
+            weight,
+            bias,
+        })
+    }
+
+    /// # Shapes
+    /// `(B, C, H, W) -> (B, C, H, W)`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, false)
+    }
+
+    /// GroupNorm then SiLU.
+    fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        use crate::kernels::{fused::group_norm_bf16, isa, with_cpu_slice};
+        let all = [x, &self.weight, &self.bias];
+        let fast = all
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op());
+        if fast && x.rank() == 4 {
+            let (_, c, h, w) = x.dims4()?;
+            if c != self.weight.elem_count() || c % GROUPS != 0 {
+                candle_core::bail!(
+                    "GroupNorm of {} channels over {:?}",
+                    self.weight.elem_count(),
+                    x.dims()
+                );
+            }
+            let (xc, wc, bc) = (
+                x.contiguous()?,
+                self.weight.contiguous()?,
+                self.bias.contiguous()?,
+            );
+            let mut out = vec![half::bf16::ZERO; xc.elem_count()];
+            let done = with_cpu_slice::<half::bf16, _>(&xc, |xs| {
+                with_cpu_slice::<half::bf16, _>(&wc, |ws| {
+                    with_cpu_slice::<half::bf16, _>(&bc, |bs| {
+                        let eps = NORM_EPS as f32;
+                        group_norm_bf16(xs, c, h * w, GROUPS, ws, bs, eps, silu, &mut out, isa())
+                    })
+                })
+            })
+            .flatten()
+            .flatten();
+            if done.is_some() {
+                return Tensor::from_vec(out, xc.dims(), xc.device());
+            }
+        }
+        let y = self.inner.forward(x)?;
+        if silu {
+            y.silu()
+        } else {
+            Ok(y)
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,8 +133,8 @@ impl ResnetBlock {
 
 impl Module for ResnetBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let x = match &self.nin_shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -226,7 +301,7 @@ impl Encoder {
             h = level.forward(&h, false)?;
         }
         let h = mid_forward(&self.mid, &h)?;
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -289,7 +364,7 @@ impl Decoder {
         for level in &self.levels {
             h = level.forward(&h, true)?;
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
