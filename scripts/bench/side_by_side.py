@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""PyTorch and `janus bench` side by side on the same checkpoint and workload.
+
+Runs scripts/bench/torch_bench.py, then `janus bench --json` once per `--quant` (one
+process after the other, never two at once), reads the JSON object each prints as its
+last stdout line, and prints a table: per stage the PyTorch number, the janus number and
+their ratio, with the machine, the date and the exact commands. Ratios read "how many times
+better janus is": torch/janus for times, janus/torch for decode tokens per second; for the
+peak resident memory janus/torch (below 1 = janus uses less), and each side's peak divided
+by the size of the checkpoint's weight files.
+
+The workload itself (token ids, stages, warm-up) is defined in torch_bench.py's docstring
+and docs/benchmarks.md; both programs implement it identically.
+
+Usage:
+  python scripts/bench/side_by_side.py --model /work/bench-models/janus-pro-1b --markdown
+  python scripts/bench/side_by_side.py --model fixtures/models/tiny-janus --quant none --quant q8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from weight_files import weight_files
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ["siglip_s", "prefill_tokens", "prefill_s", "decode_tok_s", "t2i_step_s", "vq_decode_s", "peak_rss_mb"]
+# CPU features that decide which kernels PyTorch and candle can use.
+NOTABLE_FLAGS = "avx2 fma f16c avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_int8".split()
+
+
+LEGEND = (
+    "ratio: how many times faster janus is (PyTorch time / janus time; janus tokens/s / PyTorch tokens/s); "
+    "for peak RSS, janus / PyTorch (below 1: janus uses less memory)."
+)
+
+
+def run_json(cmd: list[str]) -> dict:
+    """Runs `cmd` (stderr passes through) and parses the last line of its stdout."""
+    print(f"$ {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"command failed with exit status {out.returncode}: {shlex.join(cmd)}")
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise SystemExit(f"no output from: {shlex.join(cmd)}")
+    result = json.loads(lines[-1])
+    if sorted(result) != sorted(KEYS):
+        raise SystemExit(f"unexpected keys {sorted(result)} from: {shlex.join(cmd)}")
+    return result
+
+
+def machine() -> dict:
+    """CPU model, notable flags, cores and memory of this machine (Linux)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
+    flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    mem_kb = next(
+        int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
+    )
+    return {
+        "cpu": f"{model} ({platform.machine()})",
+        "flags": " ".join(f for f in NOTABLE_FLAGS if f in flags) or "none of " + " ".join(NOTABLE_FLAGS),
+        "cores": str(len(os.sched_getaffinity(0))),
+        "memory": f"{mem_kb / 2**20:.1f} GiB",
+    }
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews the timings."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def versions(python: str, janus: str) -> dict:
+    """Versions of torch/transformers (as installed for `python`), janus and the checkout."""
+    probe = "import importlib.metadata as m; print(m.version('torch'), m.version('transformers'))"
+    torch_v, tf_v = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    janus_v = subprocess.run([janus, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    return {"pytorch": f"torch {torch_v}, transformers {tf_v}", "janus": janus_v, "commit": commit or "unknown"}
+
+
+def fmt(value: float) -> str:
+    """Three significant digits, no exponent for ordinary sizes."""
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def table(torch_r: dict, janus_rs: dict[str, dict], checkpoint_mb: float, parallel: int) -> list[list[str]]:
+    """Rows of the comparison: a header, then one row per stage."""
+    header = ["stage", "PyTorch"]
+    for q in janus_rs:
+        header += [f"janus ({q})", "ratio"]
+    stages = [
+        ("siglip_s", "SigLIP + aligner, 1 image (s)", "time"),
+        ("prefill_s", f"prefill, {torch_r['prefill_tokens']} tokens (s)", "time"),
+        ("decode_tok_s", "decode (tokens/s)", "rate"),
+        ("t2i_step_s", f"text-to-image step, {2 * parallel} rows (ms)", "time"),
+        ("vq_decode_s", "VQ decode, 1 image (s)", "time"),
+        ("peak_rss_mb", "peak RSS (MiB)", "memory"),
+    ]
+    rows = [header]
+    for key, label, kind in stages:
+        scale = 1000 if key == "t2i_step_s" else 1
+        row = [label, fmt(torch_r[key] * scale)]
+        for r in janus_rs.values():
+            ratio = {"time": torch_r[key] / r[key], "rate": r[key] / torch_r[key], "memory": r[key] / torch_r[key]}[
+                kind
+            ]
+            ratio = f"{ratio:.2f}x"
+            row += [fmt(r[key] * scale), ratio]
+        rows.append(row)
+    row = ["peak RSS / checkpoint size", f"{torch_r['peak_rss_mb'] / checkpoint_mb:.2f}"]
+    for r in janus_rs.values():
+        row += [f"{r['peak_rss_mb'] / checkpoint_mb:.2f}", ""]
+    rows.append(row)
+    return rows
+
+
+def render(rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, type=Path, help="original-layout checkpoint directory")
+    ap.add_argument("--janus", default=str(ROOT / "target" / "release" / "janus"), help="the janus binary")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for torch_bench.py (default: this one)")
+    ap.add_argument("--dtype", default="bf16", help="janus --dtype (PyTorch always runs the checkpoint's bf16)")
+    ap.add_argument(
+        "--quant",
+        action="append",
+        choices=["none", "q8", "q4"],
+        help="janus quantisation; repeat to run janus once per value (default: none)",
+    )
+    ap.add_argument("--t2i-steps", type=int, default=32)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--parallel", type=int, default=1)
+    ap.add_argument("--threads", type=int, help="threads for both sides (default: all cores)")
+    ap.add_argument("--markdown", action="store_true", help="print a section ready for docs/benchmarks.md")
+    args = ap.parse_args()
+    quants = list(dict.fromkeys(args.quant or ["none"]))
+    model = str(args.model.resolve())
+    workload = f"--t2i-steps {args.t2i_steps} --decode-tokens {args.decode_tokens} --parallel {args.parallel}".split()
+    threads = ["--threads", str(args.threads)] if args.threads else []
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = load_average()
+    info = {**machine(), **versions(args.python, args.janus)}
+    torch_cmd = [
+        args.python,
+        str(ROOT / "scripts" / "bench" / "torch_bench.py"),
+        "--model",
+        model,
+        *workload,
+        *threads,
+        "--json",
+    ]
+    commands = [torch_cmd]
+    torch_r = run_json(torch_cmd)
+    janus_rs = {}
+    for q in quants:
+        quant = ["--quant", q] if q != "none" else []
+        cmd = [args.janus, *threads, "bench", "--model", model, "--dtype", args.dtype, *quant, *workload, "--json"]
+        commands.append(cmd)
+        janus_rs[f"{args.dtype}{'' if q == 'none' else ' ' + q}"] = run_json(cmd)
+    for r in janus_rs.values():
+        if r["prefill_tokens"] != torch_r["prefill_tokens"]:
+            raise SystemExit(
+                f"prefill lengths differ: PyTorch {torch_r['prefill_tokens']}, janus {r['prefill_tokens']}"
+            )
+    files = weight_files(args.model)
+    checkpoint_mb = sum(f.stat().st_size for f in files) / 2**20
+
+    info = {
+        "date": started,
+        **info,
+        "checkpoint": f"{model} ({', '.join(f.name for f in files)}, {checkpoint_mb:.0f} MiB)",
+        "threads": args.threads or f"all ({info['cores']})",
+        "load average": f"{load_before} before, {load_average()} after the runs (1, 5, 15 min)",
+    }
+    rows = table(torch_r, janus_rs, checkpoint_mb, args.parallel)
+    if args.markdown:
+        print("| | |\n|---|---|")
+        for k, v in info.items():
+            print(f"| {k} | {v} |")
+        print("\nCommands, run one after the other:\n\n```sh")
+        for cmd in commands:
+            print(shlex.join(cmd))
+        print("```\n")
+    else:
+        for k, v in info.items():
+            print(f"{k:13} {v}")
+        for cmd in commands:
+            print(f"$ {shlex.join(cmd)}")
+        print()
+    print(render(rows, args.markdown))
+    print(f"\n{LEGEND}")
+
+
+if __name__ == "__main__":
+    main()
