@@ -32,7 +32,7 @@ pub struct ModelArgs {
     /// Weight-only quantisation of the LLM and generation head, converted at load: q8
     /// (8-bit blocks, ~half the memory of bf16) or q4 (4-bit, ~a quarter); none keeps
     /// the checkpoint's precision. CPU only.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "none", value_parser = ["none", "q8", "q4"])]
     pub quant: String,
 }
 

@@ -237,6 +237,7 @@ fn bad_generation_settings() {
         (vec!["--temperature", "-0.5"], vec!["temperature", "-0.5"]),
         (vec!["--temperature", "NaN"], vec!["temperature", "NaN"]),
         (vec!["--temperature", "inf"], vec!["temperature", "inf"]),
+        (vec!["--quant", "q5"], vec!["--quant", "q5"]),
     ] {
         let mut all = vec!["--prompt", "x"];
         all.extend_from_slice(&args);
