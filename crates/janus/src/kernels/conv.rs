@@ -10,7 +10,17 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::gemm::matmul_bf16_serial;
+use super::packed::PackedBf16;
 use super::Isa;
+
+/// Convolution weights `(cout, k·k·cin)` in `(ky, kx, c)` column order.
+#[derive(Debug, Clone, Copy)]
+pub enum ConvWeight<'a> {
+    /// Row-major.
+    Rows(&'a [bf16]),
+    /// Packed for the AVX-512 BF16 kernel (see [`PackedBf16`]).
+    Packed(&'a PackedBf16),
+}
 
 /// Output pixels per task.
 const PIXEL_BLOCK: usize = 128;
@@ -51,7 +61,7 @@ impl ConvDims {
 /// If a slice is shorter than its shape or the kernel is larger than the padded input.
 pub fn conv2d_bf16(
     x: &[bf16],
-    weight: &[bf16],
+    weight: ConvWeight,
     bias: Option<&[f32]>,
     d: ConvDims,
     out: &mut [bf16],
@@ -61,7 +71,11 @@ pub fn conv2d_bf16(
     assert!(d.k >= 1 && d.stride >= 1 && hp >= d.k && wp >= d.k);
     let (ho, wo) = d.out_hw();
     let kk = d.k * d.k * d.cin;
-    assert!(x.len() >= d.b * d.cin * d.h * d.w && weight.len() >= d.cout * kk);
+    assert!(x.len() >= d.b * d.cin * d.h * d.w);
+    match weight {
+        ConvWeight::Rows(w) => assert!(w.len() >= d.cout * kk),
+        ConvWeight::Packed(p) => assert!(p.rows() == d.cout && p.cols() == kk),
+    }
     assert!(out.len() >= d.b * d.cout * ho * wo);
     assert!(bias.is_none_or(|b| b.len() >= d.cout));
     let pixels = ho * wo;
@@ -97,7 +111,17 @@ pub fn conv2d_bf16(
                 }
             }
             let mut acc = vec![0f32; d.cout * np];
-            matmul_bf16_serial(weight, kk, &patches, kk, d.cout, np, kk, &mut acc, np, isa);
+            // acc[co, q] (row stride `cs`) or acc[q, co] (`qs`), by weight layout.
+            let (cs, qs) = match weight {
+                ConvWeight::Rows(w) => {
+                    matmul_bf16_serial(w, kk, &patches, kk, d.cout, np, kk, &mut acc, np, isa);
+                    (np, 1)
+                }
+                ConvWeight::Packed(p) => {
+                    p.matmul(&patches, np, &mut acc, isa);
+                    (1, d.cout)
+                }
+            };
             for co in 0..d.cout {
                 let b = bias.map_or(0.0, |b| b[co]);
                 for q in 0..np {
@@ -105,7 +129,7 @@ pub fn conv2d_bf16(
                     // blocks write disjoint pixel ranges.
                     unsafe {
                         *out_img.get().add(co * pixels + p0 + q) =
-                            bf16::from_f32(acc[co * np + q] + b)
+                            bf16::from_f32(acc[co * cs + q * qs] + b)
                     };
                 }
             }
@@ -211,9 +235,14 @@ mod tests {
             let wt = values(d.cout * d.k * d.k * d.cin, 6);
             let bias: Vec<f32> = (0..d.cout).map(|i| i as f32 * 0.25 - 0.5).collect();
             let want = reference(&x, &wt, &bias, d);
-            for isa in Isa::available() {
+            let packed = PackedBf16::pack(&wt, d.cout, d.k * d.k * d.cin);
+            let layouts = [ConvWeight::Rows(&wt), ConvWeight::Packed(&packed)];
+            for (isa, weight) in Isa::available()
+                .into_iter()
+                .flat_map(|i| layouts.iter().map(move |w| (i, *w)))
+            {
                 let mut got = vec![bf16::from_f32(f32::NAN); d.b * d.cout * ho * wo];
-                conv2d_bf16(&x, &wt, Some(&bias), d, &mut got, isa);
+                conv2d_bf16(&x, weight, Some(&bias), d, &mut got, isa);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     let g = g.to_f32();
                     assert!(

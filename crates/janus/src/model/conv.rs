@@ -5,7 +5,10 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use half::bf16;
 
-use crate::kernels::conv::{conv2d_bf16, ConvDims};
+use std::sync::Arc;
+
+use crate::kernels::conv::{conv2d_bf16, ConvDims, ConvWeight};
+use crate::kernels::packed::PackedBf16;
 use crate::kernels::{self, with_cpu_slice};
 
 /// A square-kernel convolution with bias, `weight` `(cout, cin, k, k)` in the checkpoint.
@@ -25,6 +28,8 @@ enum Weight {
     /// Reordered once to `(cout, k, k, cin)` for the kernel (CPU bf16 inference); the
     /// plain path permutes it back.
     ChannelsLast(Tensor),
+    /// Reordered the same way and packed for the AVX-512 BF16 kernel.
+    Packed(Arc<PackedBf16>),
 }
 
 impl Conv2d {
@@ -40,7 +45,14 @@ impl Conv2d {
         let w = vb.get((cout, cin, k, k), "weight")?;
         let bias = vb.get(cout, "bias")?;
         let weight = if w.device().is_cpu() && w.dtype() == DType::BF16 && !w.track_op() {
-            Weight::ChannelsLast(w.permute((0, 2, 3, 1))?.contiguous()?)
+            let cl = w.permute((0, 2, 3, 1))?.contiguous()?;
+            let packed = (kernels::isa() == kernels::Isa::Avx512Bf16)
+                .then(|| with_cpu_slice::<bf16, _>(&cl, |s| PackedBf16::pack(s, cout, k * k * cin)))
+                .flatten();
+            match packed {
+                Some(p) => Weight::Packed(Arc::new(p)),
+                None => Weight::ChannelsLast(cl),
+            }
         } else {
             Weight::Original(w)
         };
@@ -53,21 +65,40 @@ impl Conv2d {
         })
     }
 
+    /// `(cout, cin)` of the weight.
+    fn channels(&self) -> Result<(usize, usize)> {
+        Ok(match &self.weight {
+            Weight::Original(w) => (w.dim(0)?, w.dim(1)?),
+            Weight::ChannelsLast(w) => (w.dim(0)?, w.dim(3)?),
+            Weight::Packed(p) => (p.rows(), p.cols() / (self.k * self.k)),
+        })
+    }
+
+    /// The weight as `(cout, cin, k, k)` for candle.
+    fn original(&self) -> Result<Tensor> {
+        let (cout, cin) = self.channels()?;
+        match &self.weight {
+            Weight::Original(w) => Ok(w.clone()),
+            Weight::ChannelsLast(w) => w.permute((0, 3, 1, 2))?.contiguous(),
+            Weight::Packed(p) => {
+                Tensor::from_vec(p.unpack(), (cout, self.k, self.k, cin), self.bias.device())?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()
+            }
+        }
+    }
+
     fn forward_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let Weight::ChannelsLast(w) = &self.weight else {
+        if matches!(self.weight, Weight::Original(_)) {
             return Ok(None);
-        };
+        }
         if !x.device().is_cpu() || x.dtype() != DType::BF16 || x.track_op() {
             return Ok(None);
         }
         let (b, cin, h, wd) = x.dims4()?;
-        let cout = w.dim(0)?;
-        if w.dim(3)? != cin {
-            candle_core::bail!(
-                "convolution takes {} channels, got {:?}",
-                w.dim(3)?,
-                x.dims()
-            );
+        let (cout, wcin) = self.channels()?;
+        if wcin != cin {
+            candle_core::bail!("convolution takes {wcin} channels, got {:?}", x.dims());
         }
         let d = ConvDims {
             b,
@@ -93,10 +124,26 @@ impl Conv2d {
         let bias = self.bias.to_dtype(DType::F32)?.contiguous()?;
         let mut out = vec![bf16::ZERO; b * cout * ho * wo];
         let done = with_cpu_slice::<bf16, _>(&x, |xs| {
-            with_cpu_slice::<bf16, _>(w, |ws| {
-                with_cpu_slice::<f32, _>(&bias, |bs| {
-                    conv2d_bf16(xs, ws, Some(bs), d, &mut out, kernels::isa())
-                })
+            with_cpu_slice::<f32, _>(&bias, |bs| match &self.weight {
+                Weight::Packed(p) => Some(conv2d_bf16(
+                    xs,
+                    ConvWeight::Packed(p),
+                    Some(bs),
+                    d,
+                    &mut out,
+                    kernels::isa(),
+                )),
+                Weight::ChannelsLast(w) => with_cpu_slice::<bf16, _>(w, |ws| {
+                    conv2d_bf16(
+                        xs,
+                        ConvWeight::Rows(ws),
+                        Some(bs),
+                        d,
+                        &mut out,
+                        kernels::isa(),
+                    )
+                }),
+                Weight::Original(_) => None,
             })
         })
         .flatten()
@@ -115,11 +162,7 @@ impl Module for Conv2d {
         if let Some(y) = self.forward_kernel(x)? {
             return Ok(y);
         }
-        let w = match &self.weight {
-            Weight::Original(w) => w.clone(),
-            Weight::ChannelsLast(w) => w.permute((0, 3, 1, 2))?.contiguous()?,
-        };
-        let y = x.conv2d(&w, self.pad, self.stride, 1, 1)?;
+        let y = x.conv2d(&self.original()?, self.pad, self.stride, 1, 1)?;
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }
