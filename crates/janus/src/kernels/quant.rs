@@ -16,16 +16,15 @@
 //! aligned; the f16 scales have an array of their own, 16 per group.
 //!
 //! # Kernels
-//! Fewer than [`DEQUANT_MIN_ROWS`] activation rows (decoding): the activations are
-//! quantised per block to int8 as well (like GGML's q8_0 · q8_0 dot), in the same layout,
-//! and every block contributes `d_w d_x Σ q_w q_x`, the inner sum exact in i32. AVX-512
-//! multiplies the stored unsigned weights with `VPDPBUSD` (VNNI) and removes their offset
-//! by starting each accumulator at `-offset · Σ q_x`; AVX2 uses `VPMADDUBSW`. Each weight
-//! is read once, at memory speed. From [`DEQUANT_MIN_ROWS`] rows on (prefill): a few
-//! weight rows at a time are dequantised to bf16 into an L2-sized buffer and multiplied
-//! with [`super::gemm::matmul_bf16`], the activations rounded to bf16. Both paths take K in
-//! the stored chunk order (the activations are permuted to match), which a dot product
-//! does not mind.
+//! The activations are quantised per block to int8 as well (GGML's q8_0 · q8_0 dot), in
+//! the same layout, and every block contributes `d_w d_x Σ q_w q_x`, the inner sum exact
+//! in i32. AVX-512 multiplies the stored unsigned weights with `VPDPBUSD` (VNNI) and
+//! removes their offset by starting each accumulator at `-offset · Σ q_x`; AVX2 uses
+//! `VPMADDUBSW`. A tile is one weight row against up to 4 activation rows. Decoding (1
+//! or 2 rows) reads each weight once, as one sequential stream per thread, at memory
+//! speed; prefill (hundreds of rows) re-reads 32-row blocks of weights from L2 and runs
+//! faster than the bf16 kernel (4 times the multiply-adds per instruction). Every row
+//! count takes this one path, so a row's result never depends on the batch it came in.
 //!
 //! Threads split the weight rows, as in [`super::gemm`].
 
@@ -35,7 +34,7 @@ use std::str::FromStr;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{chunk_len, gemm::matmul_bf16, Isa};
+use super::{chunk_len, Isa};
 
 /// Weights per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -48,10 +47,6 @@ const GROUP: usize = GROUP_BLOCKS * BLOCK;
 
 /// 64-byte chunks per group (4 weights of each block per chunk).
 const CHUNKS: usize = BLOCK / 4;
-
-/// Activation rows from which [`QuantMatrix::matmul`] dequantises to bf16 and runs the
-/// bf16 tiles instead of the int8 dot (measured crossover with `examples/quant_bench.rs`).
-pub const DEQUANT_MIN_ROWS: usize = 16;
 
 /// Weight-only quantisation formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,8 +268,8 @@ impl QuantMatrix {
     }
 
     /// `out[i, j] = Σ_k x[i, k] · W[j, k]` for `x` `(m, cols)` and `out` `(m, rows)`, both
-    /// f32 row-major. Below [`DEQUANT_MIN_ROWS`] rows the activations are quantised to int8
-    /// per block, from there on rounded to bf16 (see the module doc).
+    /// f32 row-major; the activations are quantised to int8 per block on the way (see the
+    /// module doc).
     ///
     /// # Shapes
     /// `x`: `(m, cols)`, `out`: `(m, rows)`.
@@ -296,35 +291,21 @@ impl QuantMatrix {
             out[..m * n].fill(0.0);
             return;
         }
-        if m >= DEQUANT_MIN_ROWS {
-            self.matmul_dequant(x, m, out, isa);
-        } else {
-            self.matmul_int8(x, m, out, int8_level(isa));
-        }
-    }
-
-    /// The decode path: int8 activations, one pass over the weights.
-    fn matmul_int8(&self, x: &[f32], m: usize, out: &mut [f32], level: Level) {
-        let (n, k, groups) = (self.rows, self.cols, self.groups);
+        let (groups, level) = (self.groups, int8_level(isa));
         let acts = QuantActs::new(x, m, k, groups, self.format.offset(), level);
-        let (mr, nr) = tile_shape(level, m);
         let parallel = m * n * k >= 1 << 18;
-        let chunk = if parallel {
-            chunk_len(n, nr, 2 * nr)
-        } else {
-            n
-        };
+        let chunk = if parallel { chunk_len(n, 1, 2) } else { n };
         let lines = groups * self.format.lines_per_group();
         let out_ptr = SendPtr(out.as_mut_ptr());
         let q4 = self.format == QuantFormat::Q4;
         let run = |c: usize| {
             let n0 = c * chunk;
             let n1 = (n0 + chunk).min(n);
-            // Above `mr` rows, every row group re-reads a few weight rows from L1/L2.
+            // Above `INT8_ROWS` rows, each row group re-reads a few weight rows from L2.
             for j0 in (n0..n1).step_by(REUSE_ROWS) {
                 let j1 = (j0 + REUSE_ROWS).min(n1);
-                for i in (0..m).step_by(mr) {
-                    for j in (j0..j1).step_by(nr) {
+                for i in (0..m).step_by(INT8_ROWS) {
+                    for j in j0..j1 {
                         let args = TileArgs {
                             xq: acts.q[i * groups * CHUNKS..].as_ptr(),
                             neg: acts.neg[i * groups..].as_ptr(),
@@ -336,10 +317,10 @@ impl QuantMatrix {
                             out: unsafe { out_ptr.get().add(i * n + j) },
                             ldo: n,
                         };
-                        // SAFETY: tiles stay inside the operands (row i + rows <= m,
-                        // j + cols <= n); tasks own disjoint output columns; `level` was
-                        // checked against the CPU.
-                        unsafe { int8_tile(level, q4, mr.min(m - i), nr.min(j1 - j), args) }
+                        // SAFETY: the tile stays inside the operands (row i + rows <= m,
+                        // j < n); tasks own disjoint output columns; `level` was checked
+                        // against the CPU.
+                        unsafe { int8_tile(level, q4, INT8_ROWS.min(m - i), args) }
                     }
                 }
             }
@@ -349,81 +330,6 @@ impl QuantMatrix {
             (0..chunks).into_par_iter().for_each(run);
         } else {
             (0..chunks).for_each(run);
-        }
-    }
-
-    /// The prefill path: weight rows dequantised to bf16 a few at a time, bf16 tiles.
-    fn matmul_dequant(&self, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
-        let (n, k) = (self.rows, self.cols);
-        let kp = self.groups * GROUP;
-        // (m, kp): the activations in the stored chunk order, zero padded.
-        let mut xb = vec![bf16::ZERO; m * kp];
-        xb.par_chunks_mut(kp).enumerate().for_each(|(i, row)| {
-            for (c, &v) in x[i * k..(i + 1) * k].iter().enumerate() {
-                let (u, b) = chunk_pos(c % GROUP / BLOCK, c % BLOCK);
-                row[c / GROUP * GROUP + u * 64 + b] = bf16::from_f32(v);
-            }
-        });
-        let level = dequant_level(isa);
-        // Weight rows per dequantised block: about 256 KiB of bf16, L2-resident while all
-        // m activation rows stream past, and a multiple of the bf16 tile width (6).
-        let sub = ((1usize << 17) / kp / 12 * 12).max(12);
-        let chunk = chunk_len(n, sub, sub);
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let n0 = c * chunk;
-            let n1 = (n0 + chunk).min(n);
-            let mut wb = vec![bf16::ZERO; sub * kp];
-            let mut ob = vec![0f32; m * sub];
-            for j0 in (n0..n1).step_by(sub) {
-                let nb = sub.min(n1 - j0);
-                for (r, dst) in wb.chunks_exact_mut(kp).take(nb).enumerate() {
-                    self.dequant_row_bf16(j0 + r, dst, level);
-                }
-                // Nested in this task, matmul_bf16's own rayon split mostly stays on
-                // this thread (the other one is busy with its own chunk).
-                matmul_bf16(&xb, &wb, m, nb, kp, &mut ob, isa);
-                for i in 0..m {
-                    // SAFETY: row i, columns j0..j0 + nb are inside the (m, n) output
-                    // and owned by this task alone.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add(i * n + j0), nb)
-                    };
-                    dst.copy_from_slice(&ob[i * nb..(i + 1) * nb]);
-                }
-            }
-        });
-    }
-
-    /// Row `j` dequantised to bf16 in the stored chunk order, padding included.
-    fn dequant_row_bf16(&self, j: usize, dst: &mut [bf16], level: Level) {
-        let (groups, lpg) = (self.groups, self.format.lines_per_group());
-        assert!(dst.len() >= groups * GROUP);
-        let wq = self.quants[j * groups * lpg..].as_ptr();
-        let ws = self.scales[j * groups * GROUP_BLOCKS..].as_ptr();
-        let q4 = self.format == QuantFormat::Q4;
-        // SAFETY: the row holds `groups` groups of lines and scales, `dst` `groups`
-        // groups of values (asserted); `level` was checked against the CPU.
-        unsafe {
-            match level {
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx512 if q4 => {
-                    avx512::dequant_row::<true>(wq, ws, groups, dst.as_mut_ptr())
-                }
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx512 => avx512::dequant_row::<false>(wq, ws, groups, dst.as_mut_ptr()),
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx2 if q4 => avx2::dequant_row::<true>(wq, ws, groups, dst.as_mut_ptr()),
-                #[cfg(target_arch = "x86_64")]
-                Level::Avx2 => avx2::dequant_row::<false>(wq, ws, groups, dst.as_mut_ptr()),
-                _ => {
-                    for (i, v) in dst[..groups * GROUP].iter_mut().enumerate() {
-                        let (g, u, b) = (i / GROUP, i % GROUP / 64, i % 64);
-                        let w = self.quant(j, g, u, b) as f32 * self.scale(j, g, b / 4);
-                        *v = bf16::from_f32(w);
-                    }
-                }
-            }
         }
     }
 }
@@ -606,41 +512,16 @@ fn int8_level(isa: Isa) -> Level {
     Level::Plain
 }
 
-/// The bf16-dequantisation level `isa` allows (AVX2 needs F16C).
-fn dequant_level(isa: Isa) -> Level {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if isa == Isa::Avx512Bf16 {
-            return Level::Avx512;
-        }
-        if isa == Isa::Avx2 && std::arch::is_x86_feature_detected!("f16c") {
-            return Level::Avx2;
-        }
-    }
-    let _ = isa;
-    Level::Plain
-}
-
-/// Activation rows x weight rows of one int8 tile at this level, for `m` rows.
-fn tile_shape(level: Level, m: usize) -> (usize, usize) {
-    static NR: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let nr = *NR.get_or_init(|| {
-        std::env::var("QNR")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4)
-    });
-    match level {
-        Level::Avx512 => (2, nr),
-        Level::Avx2 if m == 1 => (1, 4),
-        Level::Avx2 => (2, 2),
-        Level::Plain => (1, 1),
-    }
-}
+/// Activation rows an int8 tile takes at once (sharing each weight load).
+///
+/// A tile reads a single weight row: one sequential stream per thread keeps the hardware
+/// prefetcher ahead, where several rows in flight (up to 4 were tried) each share 4 KiB
+/// pages with their neighbours and decode ran up to 2x slower.
+const INT8_ROWS: usize = 4;
 
 /// One int8 tile's operands: activation rows from `xq`, `neg`, `dx` (strides `8 groups`,
-/// `groups`, `groups`), weight rows from `wq` (stride `groups` groups of lines) and `ws`
-/// (stride `16 groups`), and the output at `out` (stride `ldo`).
+/// `groups`, `groups`), one weight row from `wq` and `ws`, and the output column at `out`
+/// (stride `ldo`).
 #[derive(Clone, Copy)]
 struct TileArgs {
     xq: *const Line,
@@ -653,58 +534,44 @@ struct TileArgs {
     ldo: usize,
 }
 
-/// Expands a `match` over the runtime tile shape into calls of the const-generic kernel.
-macro_rules! dispatch_tile {
-    ($kernel:ident, $q4:literal, $rows:expr, $cols:expr, $args:tt;
-     $(($r:literal, $c:literal)),*) => {
-        match ($rows, $cols) {
-            $(($r, $c) => $kernel::<$q4, $r, $c> $args,)*
-            (r, c) => unreachable!("no {r}x{c} tile"),
-        }
-    };
-}
-
-/// One `rows x cols` int8 tile (at most [`tile_shape`]).
+/// One int8 tile: `rows` (at most [`INT8_ROWS`]) activation rows times one weight row.
 ///
 /// # Safety
 /// `a` points at operands of that many rows (see [`TileArgs`]); the CPU supports `level`.
-unsafe fn int8_tile(level: Level, q4: bool, rows: usize, cols: usize, a: TileArgs) {
+unsafe fn int8_tile(level: Level, q4: bool, rows: usize, a: TileArgs) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if q4 => avx512::tile::<true>(rows, cols, a),
+        Level::Avx512 if q4 => avx512::tile::<true>(rows, a),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => avx512::tile::<false>(rows, cols, a),
+        Level::Avx512 => avx512::tile::<false>(rows, a),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 if q4 => avx2::tile::<true>(rows, cols, a),
+        Level::Avx2 if q4 => avx2::tile::<true>(rows, a),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => avx2::tile::<false>(rows, cols, a),
-        _ => plain_tile(q4, rows, cols, a),
+        Level::Avx2 => avx2::tile::<false>(rows, a),
+        _ => plain_tile(q4, rows, a),
     }
 }
 
 /// The reference: per block, the exact integer dot times both scales, summed in f32.
-unsafe fn plain_tile(q4: bool, rows: usize, cols: usize, a: TileArgs) {
+unsafe fn plain_tile(q4: bool, rows: usize, a: TileArgs) {
     let (lpg, offset, mask) = if q4 { (4, 8, 0x0F) } else { (8, 128, 0xFF) };
     for i in 0..rows {
-        for j in 0..cols {
-            let mut acc = 0f32;
-            for g in 0..a.groups {
-                let dx = &(*a.dx.add(i * a.groups + g)).0;
-                let ws = a.ws.add((j * a.groups + g) * GROUP_BLOCKS);
-                for (l, dx) in dx.iter().enumerate() {
-                    let mut dot = 0i32;
-                    for s in 0..BLOCK {
-                        let (u, b) = chunk_pos(l, s);
-                        let line = &(*a.wq.add((j * a.groups + g) * lpg + u % lpg)).0;
-                        let w = (line[b] >> (4 * (u / lpg))) & mask;
-                        let x = (*a.xq.add((i * a.groups + g) * CHUNKS + u)).0[b] as i8;
-                        dot += (w as i32 - offset) * x as i32;
-                    }
-                    acc += dot as f32 * ((*ws.add(l)).to_f32() * dx);
+        let mut acc = 0f32;
+        for g in 0..a.groups {
+            let dx = &(*a.dx.add(i * a.groups + g)).0;
+            for (l, dx) in dx.iter().enumerate() {
+                let mut dot = 0i32;
+                for s in 0..BLOCK {
+                    let (u, b) = chunk_pos(l, s);
+                    let w = ((*a.wq.add(g * lpg + u % lpg)).0[b] >> (4 * (u / lpg))) & mask;
+                    let x = (*a.xq.add((i * a.groups + g) * CHUNKS + u)).0[b] as i8;
+                    dot += (w as i32 - offset) * x as i32;
                 }
+                let dw = (*a.ws.add(g * GROUP_BLOCKS + l)).to_f32();
+                acc += dot as f32 * (dw * dx);
             }
-            *a.out.add(i * a.ldo + j) = acc;
         }
+        *a.out.add(i * a.ldo) = acc;
     }
 }
 
@@ -712,80 +579,55 @@ unsafe fn plain_tile(q4: bool, rows: usize, cols: usize, a: TileArgs) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use half::{bf16, f16};
-
-    use super::{Line, TileArgs, BLOCK, CHUNKS, GROUP, GROUP_BLOCKS};
+    use super::{TileArgs, BLOCK, CHUNKS, GROUP_BLOCKS};
 
     /// # Safety
-    /// As [`super::int8_tile`], with `rows <= 2`, `cols <= 4` and AVX-512 VNNI present.
-    pub(super) unsafe fn tile<const Q4: bool>(rows: usize, cols: usize, a: TileArgs) {
-        if Q4 {
-            dispatch_tile!(kernel, true, rows, cols, (a);
-                (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4))
-        } else {
-            dispatch_tile!(kernel, false, rows, cols, (a);
-                (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4))
+    /// As [`super::int8_tile`], with `rows <= 2` and AVX-512 VNNI present.
+    pub(super) unsafe fn tile<const Q4: bool>(rows: usize, a: TileArgs) {
+        match rows {
+            1 => kernel::<Q4, 1>(a),
+            2 => kernel::<Q4, 2>(a),
+            3 => kernel::<Q4, 3>(a),
+            _ => kernel::<Q4, 4>(a),
         }
     }
 
-    fn prefetch_lines() -> usize {
-        static P: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *P.get_or_init(|| {
-            std::env::var("QPF")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(16)
-        })
-    }
-
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn kernel<const Q4: bool, const R: usize, const C: usize>(a: TileArgs) {
+    unsafe fn kernel<const Q4: bool, const R: usize>(a: TileArgs) {
         let lpg = if Q4 { CHUNKS / 2 } else { CHUNKS };
         let low = _mm512_set1_epi8(0x0F);
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut acc = [_mm512_setzero_ps(); R];
         for g in 0..a.groups {
             let x = |i: usize, u: usize| {
                 _mm512_load_si512(a.xq.add((i * a.groups + g) * CHUNKS + u).cast())
             };
             // One i32 lane per block: all 8 chunks of the group add into it.
-            let mut dot = [[_mm512_setzero_si512(); C]; R];
-            for (i, dot) in dot.iter_mut().enumerate() {
-                *dot = [_mm512_load_si512(a.neg.add(i * a.groups + g).cast()); C];
-            }
+            let mut dot: [__m512i; R] =
+                std::array::from_fn(|i| _mm512_load_si512(a.neg.add(i * a.groups + g).cast()));
             for c in 0..lpg {
-                for j in 0..C {
-                    let line = a.wq.add((j * a.groups + g) * lpg + c);
-                    let ahead = line.wrapping_add(prefetch_lines());
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                    let v = _mm512_load_si512(line.cast());
-                    if Q4 {
-                        let lo = _mm512_and_si512(v, low);
-                        let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                        for (i, dot) in dot.iter_mut().enumerate() {
-                            dot[j] = _mm512_dpbusd_epi32(dot[j], lo, x(i, c));
-                            dot[j] = _mm512_dpbusd_epi32(dot[j], hi, x(i, c + CHUNKS / 2));
-                        }
-                    } else {
-                        for (i, dot) in dot.iter_mut().enumerate() {
-                            dot[j] = _mm512_dpbusd_epi32(dot[j], v, x(i, c));
-                        }
+                let v = _mm512_load_si512(a.wq.add(g * lpg + c).cast());
+                if Q4 {
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                    for (i, dot) in dot.iter_mut().enumerate() {
+                        *dot = _mm512_dpbusd_epi32(*dot, lo, x(i, c));
+                        *dot = _mm512_dpbusd_epi32(*dot, hi, x(i, c + CHUNKS / 2));
+                    }
+                } else {
+                    for (i, dot) in dot.iter_mut().enumerate() {
+                        *dot = _mm512_dpbusd_epi32(*dot, v, x(i, c));
                     }
                 }
             }
-            for j in 0..C {
-                let ws = a.ws.add((j * a.groups + g) * GROUP_BLOCKS);
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(ws.cast()));
-                for i in 0..R {
-                    let dx = _mm512_load_ps(a.dx.add(i * a.groups + g).cast());
-                    let dot = _mm512_cvtepi32_ps(dot[i][j]);
-                    acc[i][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx), acc[i][j]);
-                }
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(a.ws.add(g * GROUP_BLOCKS).cast()));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let dx = _mm512_load_ps(a.dx.add(i * a.groups + g).cast());
+                let dot = _mm512_cvtepi32_ps(dot[i]);
+                *acc = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx), *acc);
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            for (j, acc) in acc.iter().enumerate() {
-                *a.out.add(i * a.ldo + j) = _mm512_reduce_add_ps(*acc);
-            }
+            *a.out.add(i * a.ldo) = _mm512_reduce_add_ps(*acc);
         }
     }
 
@@ -809,72 +651,32 @@ mod avx512 {
         _mm256_storeu_si256(q.as_mut_ptr().cast(), _mm256_set_m128i(q1, q0));
         d
     }
-
-    /// # Safety
-    /// As [`super::QuantMatrix::dequant_row_bf16`]'s call; AVX-512 BF16 present.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn dequant_row<const Q4: bool>(
-        wq: *const Line,
-        ws: *const f16,
-        groups: usize,
-        dst: *mut bf16,
-    ) {
-        let lpg = if Q4 { CHUNKS / 2 } else { CHUNKS };
-        let offset = _mm512_set1_epi32(if Q4 { 8 } else { 128 });
-        // 16 bytes of a chunk are 4 weights of each of 4 blocks: their scales x4.
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        let spread = [0, 4, 8, 12].map(|b| _mm512_add_epi32(spread, _mm512_set1_epi32(b)));
-        for g in 0..groups {
-            let s = _mm512_cvtph_ps(_mm256_loadu_si256(ws.add(g * GROUP_BLOCKS).cast()));
-            let d = spread.map(|idx| _mm512_permutexvar_ps(idx, s));
-            for u in 0..CHUNKS {
-                let line = wq.add(g * lpg + u % lpg).cast::<u8>();
-                for (q, d) in d.iter().enumerate() {
-                    let raw = _mm512_cvtepu8_epi32(_mm_load_si128(line.add(16 * q).cast()));
-                    let v = if !Q4 {
-                        raw
-                    } else if u < lpg {
-                        _mm512_and_si512(raw, _mm512_set1_epi32(0x0F))
-                    } else {
-                        _mm512_srli_epi32::<4>(raw)
-                    };
-                    let w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(v, offset)), *d);
-                    let w: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(w));
-                    _mm256_storeu_si256(dst.add(g * GROUP + 64 * u + 16 * q).cast(), w);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use half::{bf16, f16};
-
-    use super::{Line, TileArgs, BLOCK, CHUNKS, GROUP, GROUP_BLOCKS};
+    use super::{TileArgs, BLOCK, CHUNKS, GROUP_BLOCKS};
 
     /// # Safety
-    /// As [`super::int8_tile`], with `rows <= 2`, `cols <= 4`, `rows * cols <= 4` and
-    /// AVX2 + FMA + F16C present.
-    pub(super) unsafe fn tile<const Q4: bool>(rows: usize, cols: usize, a: TileArgs) {
-        if Q4 {
-            dispatch_tile!(kernel, true, rows, cols, (a);
-                (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2))
-        } else {
-            dispatch_tile!(kernel, false, rows, cols, (a);
-                (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2))
+    /// As [`super::int8_tile`], with `rows <= 2` and AVX2 + FMA + F16C present.
+    pub(super) unsafe fn tile<const Q4: bool>(rows: usize, a: TileArgs) {
+        match rows {
+            1 => kernel::<Q4, 1>(a),
+            2 => kernel::<Q4, 2>(a),
+            3 => kernel::<Q4, 3>(a),
+            _ => kernel::<Q4, 4>(a),
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn kernel<const Q4: bool, const R: usize, const C: usize>(a: TileArgs) {
+    unsafe fn kernel<const Q4: bool, const R: usize>(a: TileArgs) {
         let lpg = if Q4 { CHUNKS / 2 } else { CHUNKS };
         let low = _mm256_set1_epi8(0x0F);
         let flip = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut acc = [_mm256_setzero_ps(); R];
         for g in 0..a.groups {
             // A 256-bit register holds half a chunk: blocks 0..8 or 8..16.
             for half in 0..2 {
@@ -882,51 +684,44 @@ mod avx2 {
                     let line = a.xq.add((i * a.groups + g) * CHUNKS + u);
                     _mm256_load_si256(line.cast::<__m256i>().add(half))
                 };
-                let mut dot = [[_mm256_setzero_si256(); C]; R];
+                let mut dot = [_mm256_setzero_si256(); R];
                 if Q4 {
                     for (i, dot) in dot.iter_mut().enumerate() {
                         let neg = a.neg.add(i * a.groups + g).cast::<__m256i>();
-                        *dot = [_mm256_load_si256(neg.add(half)); C];
+                        *dot = _mm256_load_si256(neg.add(half));
                     }
                 }
                 for c in 0..lpg {
-                    for j in 0..C {
-                        let line = a.wq.add((j * a.groups + g) * lpg + c);
-                        let v = _mm256_load_si256(line.cast::<__m256i>().add(half));
-                        for (i, dot) in dot.iter_mut().enumerate() {
-                            let pairs = if Q4 {
-                                // Nibble x int8 pairs stay far inside i16: add two first.
-                                let lo = _mm256_maddubs_epi16(_mm256_and_si256(v, low), x(i, c));
-                                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                                let hi = _mm256_maddubs_epi16(hi, x(i, c + CHUNKS / 2));
-                                _mm256_add_epi16(lo, hi)
-                            } else {
-                                // Signed q times x as |x| times sign(q, x).
-                                let (w, xv) = (_mm256_xor_si256(v, flip), x(i, c));
-                                let signed = _mm256_sign_epi8(w, xv);
-                                _mm256_maddubs_epi16(_mm256_abs_epi8(xv), signed)
-                            };
-                            dot[j] = _mm256_add_epi32(dot[j], _mm256_madd_epi16(pairs, ones));
-                        }
+                    let line = a.wq.add(g * lpg + c);
+                    let v = _mm256_load_si256(line.cast::<__m256i>().add(half));
+                    for (i, dot) in dot.iter_mut().enumerate() {
+                        let pairs = if Q4 {
+                            // Nibble x int8 pairs stay far inside i16: add two first.
+                            let lo = _mm256_maddubs_epi16(_mm256_and_si256(v, low), x(i, c));
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                            let hi = _mm256_maddubs_epi16(hi, x(i, c + CHUNKS / 2));
+                            _mm256_add_epi16(lo, hi)
+                        } else {
+                            // Signed q times x as |x| times sign(q, x).
+                            let (w, xv) = (_mm256_xor_si256(v, flip), x(i, c));
+                            let signed = _mm256_sign_epi8(w, xv);
+                            _mm256_maddubs_epi16(_mm256_abs_epi8(xv), signed)
+                        };
+                        *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
                     }
                 }
-                for j in 0..C {
-                    let ws = a.ws.add((j * a.groups + g) * GROUP_BLOCKS + 8 * half);
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
-                    for i in 0..R {
-                        let dx = a.dx.add(i * a.groups + g).cast::<f32>().add(8 * half);
-                        let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
-                        let dot = _mm256_cvtepi32_ps(dot[i][j]);
-                        acc[i][j] = _mm256_fmadd_ps(dot, d, acc[i][j]);
-                    }
+                let ws = a.ws.add(g * GROUP_BLOCKS + 8 * half);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let dx = a.dx.add(i * a.groups + g).cast::<f32>().add(8 * half);
+                    let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i]), d, *acc);
                 }
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            for (j, acc) in acc.iter().enumerate() {
-                let lanes: [f32; 8] = std::mem::transmute(*acc);
-                *a.out.add(i * a.ldo + j) = lanes.iter().sum();
-            }
+            let lanes: [f32; 8] = std::mem::transmute(*acc);
+            *a.out.add(i * a.ldo) = lanes.iter().sum();
         }
     }
 
@@ -964,53 +759,6 @@ mod avx2 {
         let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), order);
         _mm256_storeu_si256(q.as_mut_ptr().cast(), q8);
         d
-    }
-
-    /// # Safety
-    /// As [`super::QuantMatrix::dequant_row_bf16`]'s call; AVX2 + FMA + F16C present.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dequant_row<const Q4: bool>(
-        wq: *const Line,
-        ws: *const f16,
-        groups: usize,
-        dst: *mut bf16,
-    ) {
-        let lpg = if Q4 { CHUNKS / 2 } else { CHUNKS };
-        let offset = _mm256_set1_epi32(if Q4 { 8 } else { 128 });
-        // 8 bytes of a chunk are 4 weights of each of 2 blocks: their scales x4.
-        let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-        let spread = [0, 2, 4, 6].map(|b| _mm256_add_epi32(spread, _mm256_set1_epi32(b)));
-        for g in 0..groups {
-            let s = [0, 8]
-                .map(|h| _mm256_cvtph_ps(_mm_loadu_si128(ws.add(g * GROUP_BLOCKS + h).cast())));
-            let d: [__m256; 8] =
-                std::array::from_fn(|q| _mm256_permutevar8x32_ps(s[q / 4], spread[q % 4]));
-            for u in 0..CHUNKS {
-                let line = wq.add(g * lpg + u % lpg).cast::<u8>();
-                let eight = |q: usize| {
-                    let raw = _mm256_cvtepu8_epi32(_mm_loadl_epi64(line.add(8 * q).cast()));
-                    let v = if !Q4 {
-                        raw
-                    } else if u < lpg {
-                        _mm256_and_si256(raw, _mm256_set1_epi32(0x0F))
-                    } else {
-                        _mm256_srli_epi32::<4>(raw)
-                    };
-                    let w = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(v, offset)), d[q]);
-                    // To bf16, rounding to nearest even (as half::bf16::from_f32 for
-                    // finite w).
-                    let bits = _mm256_castps_si256(w);
-                    let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
-                    let bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF));
-                    _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, bias))
-                };
-                for q in (0..8).step_by(2) {
-                    let packed = _mm256_packus_epi32(eight(q), eight(q + 1));
-                    let ordered = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
-                    _mm256_storeu_si256(dst.add(g * GROUP + 64 * u + 8 * q).cast(), ordered);
-                }
-            }
-        }
     }
 }
 
@@ -1166,7 +914,7 @@ mod tests {
                     let w = values(rows * cols, (rows * cols) as u32);
                     let q = QuantMatrix::quantize_f32(&w, rows, cols, f);
                     let deq = q.dequantize();
-                    for m in (1..=5).chain([DEQUANT_MIN_ROWS - 1, 67]) {
+                    for m in (1..=5).chain([15, 67]) {
                         let x = values(m * cols, m as u32);
                         let mut want = vec![0.0; m * rows];
                         q.matmul(&x, m, &mut want, Isa::Plain);
