@@ -193,18 +193,18 @@ def one_at_a_time(load: Load, seeds: list[int]) -> dict:
     return {"s": wall, "images_per_s": len(seeds) / wall, **server_rates(before, metrics(load.url))}
 
 
-def together(load: Load, seeds: list[int], deadline_s: float) -> dict:
+def together(load: Load, seeds: list[int], deadline_s: float, blocker_n: int) -> dict:
     """The same requests waiting together. On an idle server the first of K simultaneous
     requests would start alone before the others arrive, so a blocker job (a streamed
-    n=16 request) holds the model while the K requests queue up; then its stream is
-    closed, which cancels it, and the clock starts: the server can take all K as one CFG
-    batch."""
+    request for `blocker_n` images) holds the model while the K requests queue up; then its
+    stream is closed, which cancels it, and the clock starts: the server can take all K as
+    one CFG batch."""
     k = len(seeds)
     cancelled = 'janus_jobs_total{kind="image",outcome="cancelled"}'
     blocker_conn, blocker = post_stream(
         load.url,
         "/v1/images/generations",
-        {"model": load.model, "prompt": "blocker", "n": 16, "seed": 1, "stream": True},
+        {"model": load.model, "prompt": "blocker", "n": blocker_n, "seed": 1, "stream": True},
     )
     pool = ThreadPoolExecutor(max_workers=k)
     try:
@@ -232,7 +232,7 @@ def together(load: Load, seeds: list[int], deadline_s: float) -> dict:
     return {"s": wall, "images_per_s": k / wall, **server_rates(mid, metrics(load.url))}
 
 
-def batching(load: Load, k: int, rounds: int, deadline_s: float) -> dict:
+def batching(load: Load, k: int, rounds: int, deadline_s: float, blocker_n: int) -> dict:
     """K single-image requests (distinct seeds, the same prompt) one at a time, then the same
     K waiting together; `rounds` times, in the order AB BA AB ... so that a drift in the
     machine's load (the client shares its cores) does not favour either side."""
@@ -241,9 +241,9 @@ def batching(load: Load, k: int, rounds: int, deadline_s: float) -> dict:
         seeds = [500 + 100 * r + i for i in range(k)]
         if r % 2 == 0:
             seq = one_at_a_time(load, seeds)
-            tog = together(load, seeds, deadline_s)
+            tog = together(load, seeds, deadline_s, blocker_n)
         else:
-            tog = together(load, seeds, deadline_s)
+            tog = together(load, seeds, deadline_s, blocker_n)
             seq = one_at_a_time(load, seeds)
         per_round.append({"one_at_a_time": seq, "together": tog, "speedup": seq["s"] / tog["s"]})
         print(
@@ -275,6 +275,13 @@ def main() -> int:
     ap.add_argument("--k", type=int, help="images in the batching comparison (default 4, 2 with --quick)")
     ap.add_argument("--rounds", type=int, help="rounds of the batching comparison (default 3, 1 with --quick)")
     ap.add_argument("--skip-mixed", action="store_true", help="only the batching comparison")
+    ap.add_argument(
+        "--blocker-n",
+        type=int,
+        default=16,
+        help="images of the request that holds the model while the K requests queue (default 16; "
+        "fewer for a large model, where one image takes minutes)",
+    )
     ap.add_argument("--url", help="use a running server instead of starting one")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--deadline", type=float, default=400.0, help="seconds each phase may take")
@@ -355,7 +362,7 @@ def measure(url: str, args: argparse.Namespace, n_requests: int, k: int) -> int:
         f"batching: {k} single-image requests, one at a time vs waiting together, {args.rounds} round(s)",
         flush=True,
     )
-    b = batching(load, k, args.rounds, args.deadline)
+    b = batching(load, k, args.rounds, args.deadline, args.blocker_n)
     print(
         f"  in all: one at a time {b['sequential_s']:.1f} s, together {b['concurrent_s']:.1f} s; "
         f"ratio {b['sequential_s'] / b['concurrent_s']:.2f}x (median of rounds {b['median_speedup']:.2f}x)"
@@ -369,7 +376,7 @@ def measure(url: str, args: argparse.Namespace, n_requests: int, k: int) -> int:
             "load_average_before_after": [load_before, os.getloadavg()],
             "binary": str(os.environ.get("JANUS_BIN", "target/debug/janus")),
             "command": " ".join(["python", "tests/e2e/load_test.py", *sys.argv[1:]]),
-            "model": "fixtures/models/tiny-pro (tiny random test model)",
+            "model": model,
             "mixed": mixed,
             "batching": b,
             "server_metrics": {

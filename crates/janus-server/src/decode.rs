@@ -48,8 +48,6 @@ pub struct Preview {
     pub events: tokio::sync::mpsc::UnboundedSender<ImageEvent>,
     /// The request's cancel flag; also tells requests apart.
     pub cancel: CancelFlag,
-    /// Which of the request's partial images this is (0, 1, ...).
-    pub index: usize,
     /// Steps drawn when it was taken.
     pub step: usize,
     /// Steps in all.
@@ -214,7 +212,6 @@ pub fn run<B: Backend>(
                 match result {
                     Ok(images) => {
                         let _ = p.events.send(ImageEvent::Partial {
-                            index: p.index,
                             step: p.step,
                             total: p.total,
                             images,
@@ -291,13 +288,12 @@ mod tests {
         }
     }
 
-    fn preview(cancel: &CancelFlag, index: usize) -> Preview {
+    fn preview(cancel: &CancelFlag, step: usize) -> Preview {
         let (events, _rx) = unbounded_channel();
         Preview {
             events,
             cancel: cancel.clone(),
-            index,
-            step: 1,
+            step,
             total: 2,
             codes: vec![vec![0]],
         }
@@ -315,7 +311,7 @@ mod tests {
         q.push_batch(vec![job(&b)]);
         assert!(matches!(q.next(), Some(Work::Batch(_))));
         match q.next() {
-            Some(Work::Preview(p)) => assert!(p.is_for(&a) && p.index == 1),
+            Some(Work::Preview(p)) => assert!(p.is_for(&a) && p.step == 1),
             other => panic!("{other:?}"),
         }
         assert!(q.is_idle());

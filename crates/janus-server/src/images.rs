@@ -211,19 +211,22 @@ fn stream_images(
     let events = async_stream::stream! {
         let _guard = guard;
         let mut out = Some(out);
+        // Partial images are numbered as sent (a skipped or superseded one leaves no gap).
+        let mut partials = 0;
         loop {
             let failed = match rx.recv().await {
                 Some(ImageEvent::Progress { step, total }) => {
                     yield Ok::<_, Infallible>(json_event(&json!({"type": "progress", "step": step, "total": total})));
                     continue;
                 }
-                Some(ImageEvent::Partial { index, step, total, images }) => {
+                Some(ImageEvent::Partial { step, total, images }) => {
                     // A preview that cannot be encoded is skipped: the result still comes.
                     if let Ok(data) = encode_previews(images).await {
                         yield Ok(json_event(&json!({
-                            "type": "partial_image", "partial_image_index": index,
+                            "type": "partial_image", "partial_image_index": partials,
                             "step": step, "total": total, "data": data,
                         })));
+                        partials += 1;
                     }
                     continue;
                 }

@@ -107,8 +107,6 @@ pub enum ImageEvent {
     /// A preview: the request's images decoded from the codes drawn by `step`, the rest
     /// filled in.
     Partial {
-        /// 0 for the first preview, then 1, ...
-        index: usize,
         /// Steps done when it was taken.
         step: usize,
         /// Steps in all.
@@ -428,7 +426,8 @@ impl<B: Backend> Worker<B> {
         let items: Vec<BatchItem> = batch.iter().map(|j| j.item.clone()).collect();
         let mut live = vec![true; batch.len()];
         let mut last_sent: Vec<Option<Instant>> = vec![None; batch.len()];
-        let mut previews_sent = vec![0; batch.len()];
+        // Per item, the next scheduled preview (sent or skipped).
+        let mut next_preview = vec![0; batch.len()];
         let (mut steps, mut codes) = (0, 0);
         let t0 = Instant::now();
         let result = catch_panic(|| {
@@ -451,12 +450,12 @@ impl<B: Backend> Worker<B> {
                             let _ = job.events.send(ImageEvent::Progress { step: done, total });
                             last_sent[i] = Some(Instant::now());
                         }
-                        let k = previews_sent[i];
+                        let k = next_preview[i];
                         if k < job.partial_images
                             && done >= preview_step(k, job.partial_images, total)
                         {
-                            previews_sent[i] += 1;
-                            self.preview(job, k, p, i, t0.elapsed().as_secs_f64());
+                            next_preview[i] += 1;
+                            self.preview(job, p, i, t0.elapsed().as_secs_f64());
                         }
                     }
                     live.clone()
@@ -499,9 +498,9 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Hands preview `index` of item `i` to the decoder, if it would arrive before the
-    /// finished images ([`preview_worth_it`]).
-    fn preview(&self, job: &ImageJob, index: usize, p: &BatchProgress, i: usize, elapsed: f64) {
+    /// Hands a preview of item `i` to the decoder, if it would arrive before the finished
+    /// images ([`preview_worth_it`]).
+    fn preview(&self, job: &ImageJob, p: &BatchProgress, i: usize, elapsed: f64) {
         let grid = (p.total as f64).sqrt().round() as usize;
         let drawn = &p.codes[i];
         if grid * grid != p.total || drawn.iter().any(|c| c.len() != p.done) {
@@ -516,7 +515,6 @@ impl<B: Backend> Worker<B> {
         self.decode.push_preview(Preview {
             events: job.events.clone(),
             cancel: job.cancel.clone(),
-            index,
             step: p.done,
             total: p.total,
             codes: drawn.iter().map(|c| fill_partial_grid(c, grid)).collect(),
