@@ -125,14 +125,11 @@ impl Conv2d {
         let mut out = vec![bf16::ZERO; b * cout * ho * wo];
         let done = with_cpu_slice::<bf16, _>(&x, |xs| {
             with_cpu_slice::<f32, _>(&bias, |bs| match &self.weight {
-                Weight::Packed(p) => Some(conv2d_bf16(
-                    xs,
-                    ConvWeight::Packed(p),
-                    Some(bs),
-                    d,
-                    &mut out,
-                    kernels::isa(),
-                )),
+                Weight::Packed(p) => {
+                    let w = ConvWeight::Packed(p);
+                    conv2d_bf16(xs, w, Some(bs), d, &mut out, kernels::isa());
+                    Some(())
+                }
                 Weight::ChannelsLast(w) => with_cpu_slice::<bf16, _>(w, |ws| {
                     conv2d_bf16(
                         xs,
