@@ -1,12 +1,13 @@
 //! Quantised (q8, q4) against bf16 matrix products at Janus-Pro-1B's shapes, per
 //! instruction-set level: milliseconds per call, GB/s of weights read, speed-up over bf16.
 //!
-//! `cargo run --release -p janus --example quant_bench [-- rows|hot] [plain] [LAYER..]`
+//! `cargo run --release -p janus --example quant_bench [-- rows|hot] [plain] [LAYER..] [m=ROWS..]`
 //! (threads: RAYON_NUM_THREADS). Each time is the best of many short rounds that
 //! alternate the three formats, so load from other processes hits them alike; the
 //! weights are cycled through 256 MiB of copies so that none comes from the L3 cache.
 //! `rows` times up_proj for 1 to 128 activation rows; `hot` times a small weight that stays in L2 on one thread (the kernels'
-//! compute speed); `plain` adds the scalar reference level; layer names pick layers.
+//! compute speed); `plain` adds the scalar reference level; layer names and `m=2` pick
+//! layers and row counts.
 
 use std::time::Instant;
 
@@ -106,7 +107,10 @@ fn run(args: &[String]) {
         let rows = [1, 2, 3, 4, 8, 16, 32, 64, 128];
         rows.map(|m| ("up_proj", m, 5632, 2048)).to_vec()
     } else if has("hot") {
-        [1, 2, 4, 64].map(|m| ("in L2", m, 256, 2048)).to_vec()
+        let rows = [1, 2, 4, 64];
+        let short = rows.map(|m| ("in L2", m, 256, 2048));
+        let long = rows.map(|m| ("in L2", m, 96, 5632));
+        short.into_iter().chain(long).collect()
     } else {
         let layers = [
             ("up_proj", 5632, 2048),
@@ -120,7 +124,14 @@ fn run(args: &[String]) {
             .flat_map(|&(l, n, k)| [(l, 1, n, k), (l, 2, n, k)]);
         let prefill = layers[..3].iter().map(|&(l, n, k)| (l, 600, n, k));
         let all = !layers.iter().any(|l| has(l.0));
-        decode.chain(prefill).filter(|s| all || has(s.0)).collect()
+        let rows: Vec<usize> = args
+            .iter()
+            .filter_map(|a| a.strip_prefix("m=")?.parse().ok())
+            .collect();
+        decode
+            .chain(prefill)
+            .filter(|s| (all || has(s.0)) && (rows.is_empty() || rows.contains(&s.1)))
+            .collect()
     };
     println!(
         "{:>6} {:<9} {:>14} | {:>14} | {:>22} | {:>22}",

@@ -6,27 +6,33 @@
 //! A weight row is cut into *groups* of 16 blocks (512 weights; the row is padded with
 //! zero weights to whole groups), and a group is stored as 8 *chunks* of 64 bytes: chunk
 //! `u` holds weights `4u..4u + 4` of all 16 blocks, block `l` in bytes `4l..4l + 4`.
-//! Loaded into a 512-bit register, dword lane `l` then always belongs to block `l`: the 8
-//! chunks of a group sum into one integer accumulator (VNNI adds each lane's 4 products
-//! into that lane), and the group's 16 scales, converted with one `VCVTPH2PS`, line up
-//! with the lanes. So the float work (convert, scale, add) is done once per 512 weights,
-//! not once per block, and nothing is ever shuffled. Q8 stores `q + 128`, one chunk per
-//! 64-byte line; Q4 stores `q + 8`, chunk `u` in the low nibbles of line `u` and chunk
-//! `u + 4` in the high ones (an AND, or a shift and an AND, to unpack). Lines are 64-byte
-//! aligned; the f16 scales have an array of their own, 16 per group.
+//! Loaded into a 512-bit register, dword lane `l` then always belongs to block `l`, so the
+//! 8 chunks of a group sum into one integer accumulator and the group's 16 scales,
+//! converted by one `VCVTPH2PS`, line up with its lanes: the float work (convert, scale,
+//! add) comes once per 512 weights, not once per block, and nothing is shuffled. Q8 stores
+//! `q` as a signed byte, one chunk per 64-byte line; Q4 stores `q + 8`, chunk `u` in the
+//! low nibbles of line `u` and chunk `u + 4` in the high ones (an AND, or a shift and an
+//! AND, to unpack). Lines are 64-byte aligned; the f16 scales have an array of their own.
 //!
 //! # Kernels
-//! The activations are quantised per block to int8 as well (GGML's q8_0 · q8_0 dot), in
-//! the same layout, and every block contributes `d_w d_x Σ q_w q_x`, the inner sum exact
-//! in i32. AVX-512 multiplies the stored unsigned weights with `VPDPBUSD` (VNNI) and
-//! removes their offset by starting each accumulator at `-offset · Σ q_x`; AVX2 uses
-//! `VPMADDUBSW`. A tile is one weight row against up to 4 activation rows. Decoding (1
-//! or 2 rows) reads each weight once, as one sequential stream per thread, at memory
-//! speed; prefill (hundreds of rows) re-reads 32-row blocks of weights from L2 and runs
-//! faster than the bf16 kernel (4 times the multiply-adds per instruction). Every row
-//! count takes this one path, so a row's result never depends on the batch it came in.
+//! The activations are quantised per block too, on the fly, into the same layout, and
+//! each block contributes `d_w d_x Σ q_w q_x` with the inner sum exact in i32:
+//! - Q4 takes int8 activations (GGML's q4_0 · q8_0): AVX-512 VNNI `VPDPBUSD` on the
+//!   unsigned nibbles, the `+8` removed by starting the accumulator at `-8 Σ q_x`; AVX2
+//!   `VPMADDUBSW`. They add under 1% to Q4's error (8.6% instead of 8.5% of the output
+//!   with Janus-Pro's weights).
+//! - Q8 takes 12-bit activations (in i16) through `VPDPWSSD` (AVX2: `VPMADDWD`): a
+//!   chunk's words, masked to their high byte or shifted up by 8, are 256 times its odd
+//!   or even weights, each multiplied with the matching activations, all in-lane. Int8
+//!   activations would more than double Q8's error on activations with outlier channels
+//!   (1.3% instead of 0.54% of the output with Janus-Pro's weights); 12 bits add nothing
+//!   measurable, and keep each lane's 32 sums of `256 q_w · q_x` inside i32.
 //!
-//! Threads split the weight rows, as in [`super::gemm`].
+//! A tile is one weight row against up to 4 activation rows. Decoding (1 or 2 rows) reads
+//! each weight once, as one sequential stream per thread, at memory speed; prefill
+//! (hundreds of rows) re-reads 32-row blocks of weights from L2 and runs faster than the
+//! bf16 kernel. Every row count takes this one path, so a row's result never depends on
+//! the batch it came in. Threads split the weight rows, as in [`super::gemm`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,6 +41,11 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::{chunk_len, Isa};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Weights per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -83,14 +94,6 @@ impl QuantFormat {
             QuantFormat::Q4 => CHUNKS / 2,
         }
     }
-
-    /// What is added to `q` to store it unsigned.
-    fn offset(self) -> i32 {
-        match self {
-            QuantFormat::Q8 => 128,
-            QuantFormat::Q4 => 8,
-        }
-    }
 }
 
 /// A quantisation format name that is not one of ours.
@@ -115,12 +118,13 @@ impl FromStr for QuantFormat {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// One value per block of a group, on a cache line.
+/// One value per block of a group (or per lane of a register), on a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Lanes<T>([T; GROUP_BLOCKS]);
 
-/// Chunk and byte of a group that hold weight `s` of the group's block `l`.
+/// Chunk and byte of a group that hold weight `s` of its block `l` (and the matching
+/// int8 activation; a 12-bit one goes to word `byte / 2` of the chunk's even or odd line).
 const fn chunk_pos(l: usize, s: usize) -> (usize, usize) {
     (s / 4, 4 * l + s % 4)
 }
@@ -242,11 +246,10 @@ impl QuantMatrix {
     fn quant(&self, j: usize, g: usize, u: usize, b: usize) -> i32 {
         let lpg = self.format.lines_per_group();
         let byte = self.quants[(j * self.groups + g) * lpg + u % lpg].0[b];
-        let q = match self.format {
-            QuantFormat::Q8 => byte,
-            QuantFormat::Q4 => (byte >> (4 * (u / lpg))) & 0x0F,
-        };
-        q as i32 - self.format.offset()
+        match self.format {
+            QuantFormat::Q8 => byte as i8 as i32,
+            QuantFormat::Q4 => ((byte >> (4 * (u / lpg))) & 0x0F) as i32 - 8,
+        }
     }
 
     /// The scale of row `j`, group `g`, block `l`.
@@ -268,8 +271,8 @@ impl QuantMatrix {
     }
 
     /// `out[i, j] = Σ_k x[i, k] · W[j, k]` for `x` `(m, cols)` and `out` `(m, rows)`, both
-    /// f32 row-major; the activations are quantised to int8 per block on the way (see the
-    /// module doc).
+    /// f32 row-major; the activations are quantised per block on the way (int8 for Q4,
+    /// 12-bit for Q8, see the module doc).
     ///
     /// # Shapes
     /// `x`: `(m, cols)`, `out`: `(m, rows)`.
@@ -291,36 +294,57 @@ impl QuantMatrix {
             out[..m * n].fill(0.0);
             return;
         }
-        let (groups, level) = (self.groups, int8_level(isa));
-        let acts = QuantActs::new(x, m, k, groups, self.format.offset(), level);
+        let (groups, level) = (self.groups, Level::of(isa));
+        let acts = QuantActs::new(x, m, k, groups, self.format, level);
         let parallel = m * n * k >= 1 << 18;
         let chunk = if parallel { chunk_len(n, 1, 2) } else { n };
-        let lines = groups * self.format.lines_per_group();
+        let lpg = self.format.lines_per_group();
+        // A tile's activation rows stay in L1 while the weights pass. Decoding streams
+        // the weights from memory, best as one unbroken row: it takes both rows per tile
+        // when they fit, else one row at a time, the second pass re-reading the weights
+        // from L2. Prefill takes 4 rows over K blocks that fit (the weights come from L2
+        // anyway), adding up the partial sums.
+        let group_bytes = acts.lines * 64 + 2 * std::mem::size_of::<Lanes<f32>>();
+        let (tile_rows, kb) = if m <= 2 {
+            let rows = if m * groups * group_bytes <= DECODE_ACTS {
+                m
+            } else {
+                1
+            };
+            (rows, groups)
+        } else {
+            let most = (PREFILL_ACTS / (TILE_ROWS * group_bytes)).max(1);
+            (TILE_ROWS, groups.div_ceil(groups.div_ceil(most)))
+        };
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let q4 = self.format == QuantFormat::Q4;
         let run = |c: usize| {
             let n0 = c * chunk;
             let n1 = (n0 + chunk).min(n);
-            // Above `INT8_ROWS` rows, each row group re-reads a few weight rows from L2.
+            // Each tile of rows after the first re-reads these weight rows from L2.
             for j0 in (n0..n1).step_by(REUSE_ROWS) {
                 let j1 = (j0 + REUSE_ROWS).min(n1);
-                for i in (0..m).step_by(INT8_ROWS) {
-                    for j in j0..j1 {
-                        let args = TileArgs {
-                            xq: acts.q[i * groups * CHUNKS..].as_ptr(),
-                            neg: acts.neg[i * groups..].as_ptr(),
-                            dx: acts.scale[i * groups..].as_ptr(),
-                            groups,
-                            wq: self.quants[j * lines..].as_ptr(),
-                            ws: self.scales[j * groups * GROUP_BLOCKS..].as_ptr(),
-                            // SAFETY: (i, j) is inside the (m, n) output, asserted above.
-                            out: unsafe { out_ptr.get().add(i * n + j) },
-                            ldo: n,
-                        };
-                        // SAFETY: the tile stays inside the operands (row i + rows <= m,
-                        // j < n); tasks own disjoint output columns; `level` was checked
-                        // against the CPU.
-                        unsafe { int8_tile(level, q4, INT8_ROWS.min(m - i), args) }
+                for g0 in (0..groups).step_by(kb) {
+                    for i in (0..m).step_by(tile_rows) {
+                        let (xo, rows) = (i * groups + g0, tile_rows.min(m - i));
+                        for j in j0..j1 {
+                            let args = TileArgs {
+                                xq: acts.q[xo * acts.lines..].as_ptr(),
+                                neg: acts.neg[xo..].as_ptr(),
+                                dx: acts.scale[xo..].as_ptr(),
+                                stride: groups,
+                                groups: kb.min(groups - g0),
+                                wq: self.quants[(j * groups + g0) * lpg..].as_ptr(),
+                                ws: self.scales[(j * groups + g0) * GROUP_BLOCKS..].as_ptr(),
+                                // SAFETY: (i, j) is inside the (m, n) output, asserted above.
+                                out: unsafe { out_ptr.get().add(i * n + j) },
+                                ldo: n,
+                                add: g0 > 0,
+                            };
+                            // SAFETY: the tile stays inside the operands (rows i..i + rows
+                            // < m, weight row j < n, groups g0.. < groups); tasks own
+                            // disjoint output columns; `level` was checked against the CPU.
+                            unsafe { tile(level, self.format, rows, args) }
+                        }
                     }
                 }
             }
@@ -334,8 +358,24 @@ impl QuantMatrix {
     }
 }
 
+/// Activation rows a tile takes at most, sharing each weight load.
+///
+/// A tile reads a single weight row: one sequential stream per thread keeps the hardware
+/// prefetcher ahead, where several weight rows per tile (2 to 4 were tried) share 4 KiB
+/// pages between streams and decoded up to 2x slower.
+const TILE_ROWS: usize = 4;
+
 /// Weight rows walked together while every group of activation rows passes over them.
 const REUSE_ROWS: usize = 32;
+
+/// Bytes of quantised activations a decoding tile keeps in L1 (32 KiB here) next to the
+/// weights streaming through: more and Q8's two 5632-long rows (25 KiB) ran half as fast.
+const DECODE_ACTS: usize = 16 << 10;
+
+/// Bytes of quantised activations a prefill tile keeps in L1: longer rows are cut into
+/// even K blocks (Q8 with K = 5632 ran 1.4x faster; shorter blocks cost more than they
+/// saved).
+const PREFILL_ACTS: usize = 32 << 10;
 
 /// Quantises one row (`w`, `cols` long) into its lines and block scales.
 fn quantize_row(w: &[f32], format: QuantFormat, lines: &mut [Line], scales: &mut [f16]) {
@@ -348,8 +388,11 @@ fn quantize_row(w: &[f32], format: QuantFormat, lines: &mut [Line], scales: &mut
         let (g, l) = (b / GROUP_BLOCKS, b % GROUP_BLOCKS);
         for (s, &q) in q.iter().enumerate() {
             let (u, byte) = chunk_pos(l, s);
-            let stored = (q as i32 + format.offset()) as u8;
-            lines[g * lpg + u % lpg].0[byte] |= stored << (4 * (u / lpg));
+            let line = &mut lines[g * lpg + u % lpg].0[byte];
+            match format {
+                QuantFormat::Q8 => *line = q as u8,
+                QuantFormat::Q4 => *line |= ((q + 8) as u8) << (4 * (u / lpg)),
+            }
         }
     }
 }
@@ -392,75 +435,113 @@ fn scale_up(d: f32) -> f16 {
     }
 }
 
-/// Activations quantised to int8 per block, in the weights' group layout.
+/// Activations quantised per block into the weights' group layout: int8 for Q4 (one
+/// line per chunk), 12-bit for Q8 (two lines of i16 per chunk: the chunk's even
+/// elements, then its odd ones).
 struct QuantActs {
-    /// `(m, groups, 8)` chunks of int8 quants (as bytes).
+    /// Lines per group: 8 (int8) or 16 (i16).
+    lines: usize,
+    /// `(m, groups, lines)`: the quants.
     q: Vec<Line>,
-    /// `(m, groups)`: `-offset · Σ q` per block, where the dot of the stored (offset)
-    /// weights starts so that it ends at the dot of the signed ones.
+    /// `(m, groups)`, int8 only: `-8 Σ q` per block, where the dot of the stored Q4
+    /// nibbles (`q_w + 8`) starts so that it ends at the dot of the signed ones.
     neg: Vec<Lanes<i32>>,
-    /// `(m, groups)`: the blocks' scales, `max|x| / 127`.
+    /// `(m, groups)`: the block scales, `max|x| / 127` (int8) or `max|x| / 2047`.
     scale: Vec<Lanes<f32>>,
 }
 
+/// The largest 12-bit activation quant: Q8's `256 q_w · q_x` sums (32 per lane and group)
+/// stay inside i32 with it.
+const TOP12: f32 = 2047.0;
+
 impl QuantActs {
-    /// Quantises `x` `(m, k)` into `groups` groups per row (zero padded). Every level
-    /// gives the same bytes (the scalar loop is the reference).
-    fn new(x: &[f32], m: usize, k: usize, groups: usize, offset: i32, level: Level) -> Self {
+    /// Quantises `x` `(m, k)` into `groups` groups per row (zero padded) for weights of
+    /// `format`. Every level gives the same values (the scalar code is the reference).
+    fn new(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        groups: usize,
+        format: QuantFormat,
+        level: Level,
+    ) -> Self {
+        let wide = format == QuantFormat::Q8;
+        let (lines, top) = if wide {
+            (2 * CHUNKS, TOP12)
+        } else {
+            (CHUNKS, 127.0)
+        };
         let mut acts = QuantActs {
-            q: vec![Line([0; 64]); m * groups * CHUNKS],
+            lines,
+            q: vec![Line([0; 64]); m * groups * lines],
             neg: vec![Lanes([0; GROUP_BLOCKS]); m * groups],
             scale: vec![Lanes([0.0; GROUP_BLOCKS]); m * groups],
         };
-        for i in 0..m {
-            let row = &x[i * k..(i + 1) * k];
-            let q = &mut acts.q[i * groups * CHUNKS..(i + 1) * groups * CHUNKS];
-            let neg = &mut acts.neg[i * groups..(i + 1) * groups];
-            let scale = &mut acts.scale[i * groups..(i + 1) * groups];
-            for (g, scale) in scale.iter_mut().enumerate() {
-                for (l, scale) in scale.0.iter_mut().enumerate() {
+        let rows = acts
+            .q
+            .chunks_mut(groups * lines)
+            .zip(acts.neg.chunks_mut(groups))
+            .zip(acts.scale.chunks_mut(groups))
+            .zip(x.chunks(k));
+        type Row<'a> = (
+            ((&'a mut [Line], &'a mut [Lanes<i32>]), &'a mut [Lanes<f32>]),
+            &'a [f32],
+        );
+        let one = |(((q, neg), scale), row): Row| {
+            for g in 0..groups {
+                for l in 0..GROUP_BLOCKS {
                     let c0 = g * GROUP + l * BLOCK;
                     let src = row.get(c0..(c0 + BLOCK).min(k)).unwrap_or(&[]);
-                    let mut block = [0i8; BLOCK];
+                    let mut block = [0i32; BLOCK];
                     // SAFETY: `level` was checked against the CPU.
-                    *scale = unsafe {
+                    scale[g].0[l] = unsafe {
                         match level {
                             #[cfg(target_arch = "x86_64")]
-                            Level::Avx512 => avx512::quantize_act_block(src, &mut block),
+                            Level::Avx512 => avx512::quantize_act_block(src, top, &mut block),
                             #[cfg(target_arch = "x86_64")]
-                            Level::Avx2 => avx2::quantize_act_block(src, &mut block),
-                            _ => quantize_act_block(src, &mut block),
+                            Level::Avx2 => avx2::quantize_act_block(src, top, &mut block),
+                            _ => quantize_act_block(src, top, &mut block),
                         }
                     };
-                    for (u, four) in block.chunks_exact(4).enumerate() {
-                        let line = &mut q[g * CHUNKS + u].0;
-                        for (t, &v) in four.iter().enumerate() {
-                            line[4 * l + t] = v as u8;
+                    for (s, &v) in block.iter().enumerate() {
+                        let (u, e) = chunk_pos(l, s);
+                        if wide {
+                            let line = &mut q[(g * CHUNKS + u) * 2 + e % 2].0;
+                            line[e / 2 * 2..e / 2 * 2 + 2]
+                                .copy_from_slice(&(v as i16).to_le_bytes());
+                        } else {
+                            q[g * CHUNKS + u].0[e] = v as i8 as u8;
                         }
                     }
-                    neg[g].0[l] = -offset * block.iter().map(|&v| v as i32).sum::<i32>();
+                    neg[g].0[l] = -8 * block.iter().sum::<i32>();
                 }
             }
+        };
+        // Prefill-sized inputs quantise on all threads; decode's few rows on this one.
+        if m * k >= 1 << 16 {
+            rows.par_bridge().for_each(one);
+        } else {
+            rows.for_each(one);
         }
         acts
     }
 }
 
-/// One activation block (`x` at most [`BLOCK`] long) to int8 in `q`; returns its scale.
-/// The reference for the vector versions, which give the same bytes.
-fn quantize_act_block(x: &[f32], q: &mut [i8; BLOCK]) -> f32 {
-    let (d, inv) = act_scale(x.iter().fold(0f32, |a, v| a.max(v.abs())));
+/// One activation block (`x` at most [`BLOCK`] long) quantised to `-top..=top` in `q`;
+/// returns its scale. The reference for the vector versions, which give the same values.
+fn quantize_act_block(x: &[f32], top: f32, q: &mut [i32; BLOCK]) -> f32 {
+    let (d, inv) = act_scale(x.iter().fold(0f32, |a, v| a.max(v.abs())), top);
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = round_even(v * inv) as i8;
+        *q = round_even(v * inv) as i32;
     }
     d
 }
 
-/// An activation block's scale `max|x| / 127` and the inverse its values are multiplied
-/// by; both 0 for a block too small for `127 / max` to stay finite (all zero, in practice).
-fn act_scale(amax: f32) -> (f32, f32) {
+/// An activation block's scale `max|x| / top` and the inverse its values are multiplied
+/// by; both 0 for a block too small for `top / max` to stay finite (all zero, in practice).
+fn act_scale(amax: f32, top: f32) -> (f32, f32) {
     if amax >= 1e-30 {
-        (amax / 127.0, 127.0 / amax)
+        (amax / top, top / amax)
     } else {
         (0.0, 0.0)
     }
@@ -492,273 +573,106 @@ enum Level {
     Plain,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW + VNNI (int8 dot) or + BF16 (dequantisation).
+    /// AVX-512 F/BW + VNNI.
     Avx512,
 }
 
-/// The int8-dot level `isa` allows: AVX-512 needs VNNI (else AVX2), AVX2 needs F16C.
-fn int8_level(isa: Isa) -> Level {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if isa == Isa::Avx512Bf16 && has!("avx512vnni") {
-            return Level::Avx512;
+impl Level {
+    /// The level `isa` allows: AVX-512 needs VNNI (else AVX2), AVX2 needs F16C.
+    fn of(isa: Isa) -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if isa == Isa::Avx512Bf16 && has!("avx512vnni") {
+                return Level::Avx512;
+            }
+            if isa >= Isa::Avx2 && has!("f16c") {
+                return Level::Avx2;
+            }
         }
-        if isa >= Isa::Avx2 && has!("f16c") {
-            return Level::Avx2;
-        }
+        let _ = isa;
+        Level::Plain
     }
-    let _ = isa;
-    Level::Plain
 }
 
-/// Activation rows an int8 tile takes at once (sharing each weight load).
-///
-/// A tile reads a single weight row: one sequential stream per thread keeps the hardware
-/// prefetcher ahead, where several rows in flight (up to 4 were tried) each share 4 KiB
-/// pages with their neighbours and decode ran up to 2x slower.
-const INT8_ROWS: usize = 4;
-
-/// One int8 tile's operands: activation rows from `xq`, `neg`, `dx` (strides `8 groups`,
-/// `groups`, `groups`), one weight row from `wq` and `ws`, and the output column at `out`
-/// (stride `ldo`).
+/// One tile's operands: `groups` groups of activation rows from `xq`, `neg`, `dx` (row
+/// strides: `stride` groups of lines and of `Lanes`; see [`QuantActs`]) and of one weight
+/// row from `wq` and `ws`, and the output column at `out` (stride `ldo`), which the tile
+/// writes, or adds to if `add`.
 #[derive(Clone, Copy)]
 struct TileArgs {
     xq: *const Line,
     neg: *const Lanes<i32>,
     dx: *const Lanes<f32>,
+    stride: usize,
     groups: usize,
     wq: *const Line,
     ws: *const f16,
     out: *mut f32,
     ldo: usize,
+    add: bool,
 }
 
-/// One int8 tile: `rows` (at most [`INT8_ROWS`]) activation rows times one weight row.
+impl TileArgs {
+    /// Writes (or adds) row `i`'s result.
+    ///
+    /// # Safety
+    /// `i` is one of the tile's rows.
+    #[inline(always)]
+    unsafe fn store(&self, i: usize, v: f32) {
+        let out = self.out.add(i * self.ldo);
+        *out = if self.add { *out + v } else { v };
+    }
+}
+
+/// One tile: `rows` (at most [`TILE_ROWS`]) activation rows times one weight row.
 ///
 /// # Safety
-/// `a` points at operands of that many rows (see [`TileArgs`]); the CPU supports `level`.
-unsafe fn int8_tile(level: Level, q4: bool, rows: usize, a: TileArgs) {
-    match level {
+/// `a` points at operands of that many rows (see [`TileArgs`]) quantised for `format`;
+/// the CPU supports `level`.
+unsafe fn tile(level: Level, format: QuantFormat, rows: usize, a: TileArgs) {
+    match (level, format) {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 if q4 => avx512::tile::<true>(rows, a),
+        (Level::Avx512, QuantFormat::Q8) => avx512::tile_q8(rows, a),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => avx512::tile::<false>(rows, a),
+        (Level::Avx512, QuantFormat::Q4) => avx512::tile_q4(rows, a),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 if q4 => avx2::tile::<true>(rows, a),
+        (Level::Avx2, QuantFormat::Q8) => avx2::tile_q8(rows, a),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => avx2::tile::<false>(rows, a),
-        _ => plain_tile(q4, rows, a),
+        (Level::Avx2, QuantFormat::Q4) => avx2::tile_q4(rows, a),
+        _ => plain_tile(format, rows, a),
     }
 }
 
 /// The reference: per block, the exact integer dot times both scales, summed in f32.
-unsafe fn plain_tile(q4: bool, rows: usize, a: TileArgs) {
-    let (lpg, offset, mask) = if q4 { (4, 8, 0x0F) } else { (8, 128, 0xFF) };
+unsafe fn plain_tile(format: QuantFormat, rows: usize, a: TileArgs) {
+    let wide = format == QuantFormat::Q8;
+    let lpg = format.lines_per_group();
+    let lines = if wide { 2 * CHUNKS } else { CHUNKS };
     for i in 0..rows {
         let mut acc = 0f32;
         for g in 0..a.groups {
-            let dx = &(*a.dx.add(i * a.groups + g)).0;
-            for (l, dx) in dx.iter().enumerate() {
+            let xq = a.xq.add((i * a.stride + g) * lines);
+            for l in 0..GROUP_BLOCKS {
                 let mut dot = 0i32;
                 for s in 0..BLOCK {
-                    let (u, b) = chunk_pos(l, s);
-                    let w = ((*a.wq.add(g * lpg + u % lpg)).0[b] >> (4 * (u / lpg))) & mask;
-                    let x = (*a.xq.add((i * a.groups + g) * CHUNKS + u)).0[b] as i8;
-                    dot += (w as i32 - offset) * x as i32;
+                    let (u, e) = chunk_pos(l, s);
+                    let byte = (*a.wq.add(g * lpg + u % lpg)).0[e];
+                    let (w, x) = if wide {
+                        let x = xq.add(2 * u + e % 2).cast::<[u8; 2]>().add(e / 2).read();
+                        (byte as i8 as i32, i16::from_le_bytes(x) as i32)
+                    } else {
+                        let w = ((byte >> (4 * (u / lpg))) & 0x0F) as i32 - 8;
+                        (w, (*xq.add(u)).0[e] as i8 as i32)
+                    };
+                    dot += w * x;
                 }
+                let dx = (*a.dx.add(i * a.stride + g)).0[l];
                 let dw = (*a.ws.add(g * GROUP_BLOCKS + l)).to_f32();
                 acc += dot as f32 * (dw * dx);
             }
         }
-        *a.out.add(i * a.ldo) = acc;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{TileArgs, BLOCK, CHUNKS, GROUP_BLOCKS};
-
-    /// # Safety
-    /// As [`super::int8_tile`], with `rows <= 2` and AVX-512 VNNI present.
-    pub(super) unsafe fn tile<const Q4: bool>(rows: usize, a: TileArgs) {
-        match rows {
-            1 => kernel::<Q4, 1>(a),
-            2 => kernel::<Q4, 2>(a),
-            3 => kernel::<Q4, 3>(a),
-            _ => kernel::<Q4, 4>(a),
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn kernel<const Q4: bool, const R: usize>(a: TileArgs) {
-        let lpg = if Q4 { CHUNKS / 2 } else { CHUNKS };
-        let low = _mm512_set1_epi8(0x0F);
-        let mut acc = [_mm512_setzero_ps(); R];
-        for g in 0..a.groups {
-            let x = |i: usize, u: usize| {
-                _mm512_load_si512(a.xq.add((i * a.groups + g) * CHUNKS + u).cast())
-            };
-            // One i32 lane per block: all 8 chunks of the group add into it.
-            let mut dot: [__m512i; R] =
-                std::array::from_fn(|i| _mm512_load_si512(a.neg.add(i * a.groups + g).cast()));
-            for c in 0..lpg {
-                let v = _mm512_load_si512(a.wq.add(g * lpg + c).cast());
-                if Q4 {
-                    let lo = _mm512_and_si512(v, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                    for (i, dot) in dot.iter_mut().enumerate() {
-                        *dot = _mm512_dpbusd_epi32(*dot, lo, x(i, c));
-                        *dot = _mm512_dpbusd_epi32(*dot, hi, x(i, c + CHUNKS / 2));
-                    }
-                } else {
-                    for (i, dot) in dot.iter_mut().enumerate() {
-                        *dot = _mm512_dpbusd_epi32(*dot, v, x(i, c));
-                    }
-                }
-            }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(a.ws.add(g * GROUP_BLOCKS).cast()));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let dx = _mm512_load_ps(a.dx.add(i * a.groups + g).cast());
-                let dot = _mm512_cvtepi32_ps(dot[i]);
-                *acc = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx), *acc);
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            *a.out.add(i * a.ldo) = _mm512_reduce_add_ps(*acc);
-        }
-    }
-
-    /// [`super::quantize_act_block`] with AVX-512 (the same bytes).
-    ///
-    /// # Safety
-    /// AVX-512 F/BW present.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize_act_block(x: &[f32], q: &mut [i8; BLOCK]) -> f32 {
-        let n = x.len().min(BLOCK);
-        let mask = |from: usize| ((1u32 << n.saturating_sub(from).min(16)) - 1) as __mmask16;
-        // Masked-off lanes are not read: the tail needs no copy.
-        let v0 = _mm512_maskz_loadu_ps(mask(0), x.as_ptr());
-        let v1 = _mm512_maskz_loadu_ps(mask(16), x.as_ptr().wrapping_add(16));
-        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-        let (d, inv) = super::act_scale(amax);
-        let inv = _mm512_set1_ps(inv);
-        // Rounds to nearest even (MXCSR's default), as `round_even`.
-        let q0 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)));
-        let q1 = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, inv)));
-        _mm256_storeu_si256(q.as_mut_ptr().cast(), _mm256_set_m128i(q1, q0));
-        d
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use super::{TileArgs, BLOCK, CHUNKS, GROUP_BLOCKS};
-
-    /// # Safety
-    /// As [`super::int8_tile`], with `rows <= 2` and AVX2 + FMA + F16C present.
-    pub(super) unsafe fn tile<const Q4: bool>(rows: usize, a: TileArgs) {
-        match rows {
-            1 => kernel::<Q4, 1>(a),
-            2 => kernel::<Q4, 2>(a),
-            3 => kernel::<Q4, 3>(a),
-            _ => kernel::<Q4, 4>(a),
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn kernel<const Q4: bool, const R: usize>(a: TileArgs) {
-        let lpg = if Q4 { CHUNKS / 2 } else { CHUNKS };
-        let low = _mm256_set1_epi8(0x0F);
-        let flip = _mm256_set1_epi8(-128);
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for g in 0..a.groups {
-            // A 256-bit register holds half a chunk: blocks 0..8 or 8..16.
-            for half in 0..2 {
-                let x = |i: usize, u: usize| {
-                    let line = a.xq.add((i * a.groups + g) * CHUNKS + u);
-                    _mm256_load_si256(line.cast::<__m256i>().add(half))
-                };
-                let mut dot = [_mm256_setzero_si256(); R];
-                if Q4 {
-                    for (i, dot) in dot.iter_mut().enumerate() {
-                        let neg = a.neg.add(i * a.groups + g).cast::<__m256i>();
-                        *dot = _mm256_load_si256(neg.add(half));
-                    }
-                }
-                for c in 0..lpg {
-                    let line = a.wq.add(g * lpg + c);
-                    let v = _mm256_load_si256(line.cast::<__m256i>().add(half));
-                    for (i, dot) in dot.iter_mut().enumerate() {
-                        let pairs = if Q4 {
-                            // Nibble x int8 pairs stay far inside i16: add two first.
-                            let lo = _mm256_maddubs_epi16(_mm256_and_si256(v, low), x(i, c));
-                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
-                            let hi = _mm256_maddubs_epi16(hi, x(i, c + CHUNKS / 2));
-                            _mm256_add_epi16(lo, hi)
-                        } else {
-                            // Signed q times x as |x| times sign(q, x).
-                            let (w, xv) = (_mm256_xor_si256(v, flip), x(i, c));
-                            let signed = _mm256_sign_epi8(w, xv);
-                            _mm256_maddubs_epi16(_mm256_abs_epi8(xv), signed)
-                        };
-                        *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-                let ws = a.ws.add(g * GROUP_BLOCKS + 8 * half);
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    let dx = a.dx.add(i * a.groups + g).cast::<f32>().add(8 * half);
-                    let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i]), d, *acc);
-                }
-            }
-        }
-        for (i, acc) in acc.iter().enumerate() {
-            let lanes: [f32; 8] = std::mem::transmute(*acc);
-            *a.out.add(i * a.ldo) = lanes.iter().sum();
-        }
-    }
-
-    /// [`super::quantize_act_block`] with AVX2 (the same bytes).
-    ///
-    /// # Safety
-    /// AVX2 present.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn quantize_act_block(x: &[f32], q: &mut [i8; BLOCK]) -> f32 {
-        let n = x.len().min(BLOCK);
-        let mut tail = [0f32; BLOCK];
-        let src = if n == BLOCK {
-            x.as_ptr()
-        } else {
-            tail[..n].copy_from_slice(&x[..n]);
-            tail.as_ptr()
-        };
-        let v = [0, 1, 2, 3].map(|g| _mm256_loadu_ps(src.add(8 * g)));
-        let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
-        let m = v.map(|v| _mm256_and_ps(v, magnitude));
-        let m = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
-        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
-        let (d, inv) = super::act_scale(_mm_cvtss_f32(m));
-        let inv = _mm256_set1_ps(inv);
-        // Rounds to nearest even (MXCSR's default), as `round_even`.
-        let q32 = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
-        let q16 = [
-            _mm256_packs_epi32(q32[0], q32[1]),
-            _mm256_packs_epi32(q32[2], q32[3]),
-        ];
-        // The packs work per 128-bit half: put the dwords back in order.
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        let q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16[0], q16[1]), order);
-        _mm256_storeu_si256(q.as_mut_ptr().cast(), q8);
-        d
+        a.store(i, acc);
     }
 }
 
@@ -861,6 +775,20 @@ mod tests {
     }
 
     #[test]
+    fn empty_shapes_give_zeros_or_nothing() {
+        for f in FORMATS {
+            let q = QuantMatrix::quantize_f32(&[], 3, 0, f);
+            let mut out = vec![f32::NAN; 6];
+            q.matmul(&[], 2, &mut out, Isa::Plain);
+            assert_eq!(out, [0.0; 6]);
+            assert_eq!(q.dequantize(), Vec::<f32>::new());
+            let q = QuantMatrix::quantize_f32(&[], 0, 40, f);
+            q.matmul(&[1.0; 40], 1, &mut [], super::super::isa());
+            assert_eq!(q.size_bytes(), 0);
+        }
+    }
+
+    #[test]
     fn bf16_and_f32_inputs_quantise_alike() {
         let w: Vec<bf16> = values(7 * 100, 5).into_iter().map(bf16::from_f32).collect();
         let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
@@ -871,35 +799,54 @@ mod tests {
         }
     }
 
-    /// Every level an int8 path can run here.
-    fn int8_levels() -> Vec<Level> {
-        let mut levels: Vec<Level> = Isa::available().into_iter().map(int8_level).collect();
+    /// Every level the kernels can run at here.
+    fn levels() -> Vec<Level> {
+        let mut levels: Vec<Level> = Isa::available().into_iter().map(Level::of).collect();
         levels.dedup();
         levels
     }
 
     #[test]
-    fn activations_quantise_to_the_same_bytes_at_every_level() {
+    fn activation_blocks_round_to_nearest_even_at_every_level() {
+        for top in [127.0, TOP12] {
+            // With `top` the block's largest, each value is its own q before rounding.
+            let x = [top, 2.5, -3.5, 0.5, -0.5, 1.5, -1.0];
+            for level in levels() {
+                let mut q = [0i32; BLOCK];
+                // SAFETY: `levels` only lists what this CPU runs.
+                let d = unsafe {
+                    match level {
+                        #[cfg(target_arch = "x86_64")]
+                        Level::Avx512 => avx512::quantize_act_block(&x, top, &mut q),
+                        #[cfg(target_arch = "x86_64")]
+                        Level::Avx2 => avx2::quantize_act_block(&x, top, &mut q),
+                        _ => quantize_act_block(&x, top, &mut q),
+                    }
+                };
+                assert_eq!(d, 1.0, "{level:?}");
+                assert_eq!(q[..8], [top as i32, 2, -4, 0, 0, 2, -1, 0], "{level:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn activations_quantise_to_the_same_values_at_every_level() {
         for &k in &[8, 31, 33, 100, 257, 2048] {
             let mut x = spiky_values(3 * k, k as u32, 0.02);
-            // Ties: with 127 the block's largest, each value is its own q before rounding.
-            let ties = [127.0, 2.5, -3.5, 0.5, -0.5, 1.5];
-            x[..ties.len().min(k)].copy_from_slice(&ties[..ties.len().min(k)]);
             x[k..(k + BLOCK).min(2 * k)].fill(0.0);
             for f in FORMATS {
                 let groups = k.div_ceil(GROUP);
-                let want = QuantActs::new(&x, 3, k, groups, f.offset(), Level::Plain);
-                // Block 0's weights 0..4 are chunk 0's bytes 0..4, 4..6 chunk 1's 0..2.
-                let ties_q = [&want.q[0].0[..4], &want.q[1].0[..2]].concat();
-                assert_eq!(ties_q, [127, 2, -4i8 as u8, 0, 0, 2], "ties, {f:?}");
-                for level in int8_levels() {
-                    let got = QuantActs::new(&x, 3, k, groups, f.offset(), level);
+                let want = QuantActs::new(&x, 3, k, groups, f, Level::Plain);
+                for level in levels() {
+                    let got = QuantActs::new(&x, 3, k, groups, f, level);
                     for (o, (a, b)) in got.q.iter().zip(&want.q).enumerate() {
-                        assert_eq!(a.0, b.0, "{level:?} k={k} {f:?} chunk {o}");
+                        assert_eq!(a.0, b.0, "{level:?} k={k} {f:?} line {o}");
                     }
-                    for g in 0..3 * groups {
-                        assert_eq!(got.neg[g].0, want.neg[g].0, "{level:?} k={k} {f:?}");
-                        assert_eq!(got.scale[g].0, want.scale[g].0, "{level:?} k={k} {f:?}");
+                    for (a, b) in got.neg.iter().zip(&want.neg) {
+                        assert_eq!(a.0, b.0, "{level:?} k={k} {f:?}");
+                    }
+                    for (a, b) in got.scale.iter().zip(&want.scale) {
+                        assert_eq!(a.0, b.0, "{level:?} k={k} {f:?}");
                     }
                 }
             }
@@ -908,32 +855,36 @@ mod tests {
 
     #[test]
     fn every_level_agrees_with_plain_on_awkward_sizes() {
-        for f in FORMATS {
-            for &rows in &[1, 7, 13, 300] {
-                for &cols in &[8, 31, 33, 100, 257, 2048] {
-                    let w = values(rows * cols, (rows * cols) as u32);
-                    let q = QuantMatrix::quantize_f32(&w, rows, cols, f);
-                    let deq = q.dequantize();
-                    for m in (1..=5).chain([15, 67]) {
-                        let x = values(m * cols, m as u32);
-                        let mut want = vec![0.0; m * rows];
-                        q.matmul(&x, m, &mut want, Isa::Plain);
-                        for isa in Isa::available() {
-                            let mut got = vec![f32::NAN; m * rows];
-                            q.matmul(&x, m, &mut got, isa);
-                            for i in 0..m {
-                                for j in 0..rows {
-                                    let bound: f32 = (0..cols)
-                                        .map(|c| (x[i * cols + c] * deq[j * cols + c]).abs())
-                                        .sum();
-                                    let (a, b) = (got[i * rows + j], want[i * rows + j]);
-                                    assert!(
-                                        (a - b).abs() <= 2e-6 * bound + 1e-6,
-                                        "{f:?} {isa:?} m={m} {rows}x{cols} at ({i},{j}): \
-                                         {a} vs {b}"
-                                    );
-                                }
-                            }
+        let awkward = [1, 7, 13, 300]
+            .into_iter()
+            .flat_map(|rows| [8, 31, 33, 100, 257, 2048].map(|cols| (rows, cols)));
+        // Long rows: decoding two rows one at a time, prefill in K blocks.
+        let shapes: Vec<(usize, usize)> = awkward.chain([(13, 5632), (5, 8192)]).collect();
+        for (f, &(rows, cols)) in FORMATS
+            .iter()
+            .flat_map(|f| shapes.iter().map(move |s| (f, s)))
+        {
+            let w = values(rows * cols, (rows * cols) as u32);
+            let q = QuantMatrix::quantize_f32(&w, rows, cols, *f);
+            let deq = q.dequantize();
+            for m in (1..=5).chain([15, 67]) {
+                let x = values(m * cols, m as u32);
+                let mut want = vec![0.0; m * rows];
+                q.matmul(&x, m, &mut want, Isa::Plain);
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; m * rows];
+                    q.matmul(&x, m, &mut got, isa);
+                    for i in 0..m {
+                        for j in 0..rows {
+                            // Sums in another order: a few f32 roundings of the terms.
+                            let bound: f32 = (0..cols)
+                                .map(|c| (x[i * cols + c] * deq[j * cols + c]).abs())
+                                .sum();
+                            let (a, b) = (got[i * rows + j], want[i * rows + j]);
+                            assert!(
+                                (a - b).abs() <= 2e-6 * bound + 1e-6,
+                                "{f:?} {isa:?} m={m} {rows}x{cols} at ({i},{j}): {a} vs {b}"
+                            );
                         }
                     }
                 }
@@ -952,40 +903,40 @@ mod tests {
         (err / norm).sqrt()
     }
 
+    /// `x · wᵀ` for `x` `(m, k)` and `w` `(n, k)`, summed in f64.
+    fn exact_product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let dot = |i: usize, j: usize| {
+            let (x, w) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+            x.iter()
+                .zip(w)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>() as f32
+        };
+        (0..m * n).map(|o| dot(o / n, o % n)).collect()
+    }
+
     #[test]
     fn products_are_close_to_the_exact_ones() {
+        // Relative RMS errors measured (bell-shaped values; with 1% of them 8x larger):
+        // Q8 0.48-0.50% (0.79-0.85%), Q4 7.8-8.2% (13.3-14.1%). The activations'
+        // quantisation adds under 1% of that: the weights' error is all there is.
         let (n, k) = (256, 2048);
-        for spikes in [0.0, 0.01] {
+        for (spikes, q8_bound, q4_bound) in [(0.0, 0.006, 0.09), (0.01, 0.01, 0.15)] {
             let w = spiky_values(n * k, 11, spikes);
-            for (f, bound) in [(QuantFormat::Q8, 0.01), (QuantFormat::Q4, 0.1)] {
+            for (f, bound) in [(QuantFormat::Q8, q8_bound), (QuantFormat::Q4, q4_bound)] {
                 let q = QuantMatrix::quantize_f32(&w, n, k, f);
+                let deq = q.dequantize();
                 for m in [1, 2, 67] {
                     let x = spiky_values(m * k, 12 + m as u32, spikes);
-                    let mut exact = vec![0.0; m * n];
-                    for i in 0..m {
-                        for j in 0..n {
-                            exact[i * n + j] = (0..k)
-                                .map(|c| x[i * k + c] as f64 * w[j * k + c] as f64)
-                                .sum::<f64>() as f32;
-                        }
-                    }
+                    let exact = exact_product(&x, &w, m, n, k);
                     let mut got = vec![0.0; m * n];
                     q.matmul(&x, m, &mut got, super::super::isa());
                     let err = relative_rms(&got, &exact);
-                    let deq = q.dequantize();
-                    let mut wonly = vec![0.0; m * n];
-                    for i in 0..m {
-                        for j in 0..n {
-                            wonly[i * n + j] = (0..k)
-                                .map(|c| x[i * k + c] as f64 * deq[j * k + c] as f64)
-                                .sum::<f64>() as f32;
-                        }
-                    }
-                    let werr = relative_rms(&wonly, &exact);
-                    eprintln!("spikes {spikes} {f:?} m={m}: relative RMS error {err:.5} (weights only {werr:.5})");
+                    let weights_only = relative_rms(&exact_product(&x, &deq, m, n, k), &exact);
                     assert!(
-                        err < bound * 10.0,
-                        "{f:?} m={m}: relative RMS error {err} >= {bound}"
+                        err < bound && err < 1.02 * weights_only,
+                        "{f:?} spikes {spikes} m={m}: relative RMS error {err} (bound {bound}; \
+                         dequantised weights alone {weights_only})"
                     );
                 }
             }

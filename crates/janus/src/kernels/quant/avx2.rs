@@ -1,0 +1,149 @@
+//! AVX2 quant kernels (see the parent module for the layout): a 256-bit register holds
+//! half a chunk, blocks 0..8 or 8..16.
+
+use std::arch::x86_64::*;
+
+use super::{TileArgs, BLOCK, CHUNKS, GROUP_BLOCKS};
+
+/// # Safety
+/// As [`super::tile`] for Q4, with AVX2 + FMA + F16C present.
+pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
+    match rows {
+        1 => kernel_q4::<1>(a),
+        2 => kernel_q4::<2>(a),
+        3 => kernel_q4::<3>(a),
+        _ => kernel_q4::<4>(a),
+    }
+}
+
+/// # Safety
+/// As [`super::tile`] for Q8, with AVX2 + FMA + F16C present.
+pub(super) unsafe fn tile_q8(rows: usize, a: TileArgs) {
+    match rows {
+        1 => kernel_q8::<1>(a),
+        2 => kernel_q8::<2>(a),
+        3 => kernel_q8::<3>(a),
+        _ => kernel_q8::<4>(a),
+    }
+}
+
+/// The 8 lanes of a float vector, summed.
+#[inline(always)]
+unsafe fn sum(v: __m256) -> f32 {
+    let lanes: [f32; 8] = std::mem::transmute(v);
+    lanes.iter().sum()
+}
+
+/// Q4 weights times int8 activations with `VPMADDUBSW` (nibble x int8 pairs stay far
+/// inside i16) and `VPMADDWD`: each block's products land in its dword lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel_q4<const R: usize>(a: TileArgs) {
+    let low = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for g in 0..a.groups {
+        for half in 0..2 {
+            let x = |i: usize, u: usize| {
+                let line = a.xq.add((i * a.stride + g) * CHUNKS + u);
+                _mm256_load_si256(line.cast::<__m256i>().add(half))
+            };
+            // From -8 Σ q_x, the dot of the nibbles (q_w + 8) ends at Σ q_w q_x.
+            let mut dot: [__m256i; R] = std::array::from_fn(|i| {
+                let neg = a.neg.add(i * a.stride + g).cast::<__m256i>();
+                _mm256_load_si256(neg.add(half))
+            });
+            for c in 0..CHUNKS / 2 {
+                let line = a.wq.add(g * CHUNKS / 2 + c);
+                let v = _mm256_load_si256(line.cast::<__m256i>().add(half));
+                let lo = _mm256_and_si256(v, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                for (i, dot) in dot.iter_mut().enumerate() {
+                    let lo = _mm256_maddubs_epi16(lo, x(i, c));
+                    let hi = _mm256_maddubs_epi16(hi, x(i, c + CHUNKS / 2));
+                    let pairs = _mm256_add_epi16(lo, hi);
+                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            let ws = a.ws.add(g * GROUP_BLOCKS + 8 * half);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let dx = a.dx.add(i * a.stride + g).cast::<f32>().add(8 * half);
+                let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i]), d, *acc);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        a.store(i, sum(*acc));
+    }
+}
+
+/// Q8 weights times 12-bit activations, as the AVX-512 kernel with `VPMADDWD`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
+    let odd = _mm256_set1_epi16(0xFF00u16 as i16);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for g in 0..a.groups {
+        for half in 0..2 {
+            let x = |i: usize, line: usize| {
+                let line = a.xq.add((i * a.stride + g) * 2 * CHUNKS + line);
+                _mm256_load_si256(line.cast::<__m256i>().add(half))
+            };
+            let mut dot = [_mm256_setzero_si256(); R];
+            for u in 0..CHUNKS {
+                let line = a.wq.add(g * CHUNKS + u);
+                let v = _mm256_load_si256(line.cast::<__m256i>().add(half));
+                let even = _mm256_slli_epi16::<8>(v);
+                let odd = _mm256_and_si256(v, odd);
+                for (i, dot) in dot.iter_mut().enumerate() {
+                    let even = _mm256_madd_epi16(even, x(i, 2 * u));
+                    let odd = _mm256_madd_epi16(odd, x(i, 2 * u + 1));
+                    *dot = _mm256_add_epi32(*dot, _mm256_add_epi32(even, odd));
+                }
+            }
+            // The 1/256 undoes the shift (exactly: a power of two).
+            let ws = a.ws.add(g * GROUP_BLOCKS + 8 * half);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
+            let dw = _mm256_mul_ps(dw, _mm256_set1_ps(1.0 / 256.0));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let dx = a.dx.add(i * a.stride + g).cast::<f32>().add(8 * half);
+                let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i]), d, *acc);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        a.store(i, sum(*acc));
+    }
+}
+
+/// [`super::quantize_act_block`] with AVX2 (the same values).
+///
+/// # Safety
+/// AVX2 present.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_act_block(x: &[f32], top: f32, q: &mut [i32; BLOCK]) -> f32 {
+    let n = x.len().min(BLOCK);
+    let mut tail = [0f32; BLOCK];
+    let src = if n == BLOCK {
+        x.as_ptr()
+    } else {
+        tail[..n].copy_from_slice(&x[..n]);
+        tail.as_ptr()
+    };
+    let v = [0, 1, 2, 3].map(|g| _mm256_loadu_ps(src.add(8 * g)));
+    let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let m = v.map(|v| _mm256_and_ps(v, magnitude));
+    let m = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_shuffle_ps::<1>(m, m));
+    let (d, inv) = super::act_scale(_mm_cvtss_f32(m), top);
+    let inv = _mm256_set1_ps(inv);
+    for (g, v) in v.into_iter().enumerate() {
+        // Rounds to nearest even (MXCSR's default), as `round_even`.
+        let qv = _mm256_cvtps_epi32(_mm256_mul_ps(v, inv));
+        _mm256_storeu_si256(q.as_mut_ptr().add(8 * g).cast(), qv);
+    }
+    d
+}
