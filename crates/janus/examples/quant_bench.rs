@@ -1,13 +1,14 @@
 //! Quantised (q8, q4) against bf16 matrix products at Janus-Pro-1B's shapes, per
 //! instruction-set level: milliseconds per call, GB/s of weights read, speed-up over bf16.
 //!
-//! `cargo run --release -p janus --example quant_bench [-- rows|hot] [plain] [LAYER..] [m=ROWS..]`
-//! (threads: RAYON_NUM_THREADS). Each time is the best of many short rounds that
-//! alternate the three formats, so load from other processes hits them alike; the
-//! weights are cycled through 256 MiB of copies so that none comes from the L3 cache.
-//! `rows` times up_proj for 1 to 128 activation rows; `hot` times a small weight that stays in L2 on one thread (the kernels'
-//! compute speed); `plain` adds the scalar reference level; layer names and `m=2` pick
-//! layers and row counts.
+//! `cargo run --release -p janus --example quant_bench [-- OPTIONS]` (threads:
+//! RAYON_NUM_THREADS). Each time is the best of many short rounds that alternate the
+//! three formats, so load from other processes hits them alike; the weights are cycled
+//! through 256 MiB of copies so that none comes from the L3 cache. Options:
+//! - `rows`: up_proj for 1 to 128 activation rows;
+//! - `hot`: small weights that stay in L2, on one thread (the kernels' compute speed);
+//! - `plain`: the scalar reference level too;
+//! - layer names (`lm_head`) and row counts (`m=2`): only those.
 
 use std::time::Instant;
 
