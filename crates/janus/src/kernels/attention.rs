@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::gemm::matmul_bf16_serial;
 use super::Isa;
+use super::SendPtr;
 
 /// A `(B, H, T, Dh)` bf16 tensor as strides into a slice (`Dh` contiguous).
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +94,7 @@ pub fn attention_bf16(
     }
     let rep = d.h / d.h_kv;
     let q_blocks = d.tq.div_ceil(Q_BLOCK);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = SendPtr(out.as_mut_ptr());
     let task = |t: usize| {
         let (bh, qb) = (t / q_blocks, t % q_blocks);
         let (b, h) = (bh / d.h, bh % d.h);
@@ -161,17 +162,6 @@ pub fn attention_bf16(
         (0..tasks).into_par_iter().for_each(task);
     } else {
         (0..tasks).for_each(task);
-    }
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut bf16);
-// SAFETY: tasks write disjoint elements; the buffer outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut bf16 {
-        self.0
     }
 }
 

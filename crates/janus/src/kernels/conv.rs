@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::gemm::matmul_bf16_serial;
 use super::packed::PackedBf16;
 use super::Isa;
+use super::SendPtr;
 
 /// Convolution weights `(cout, k·k·cin)` in `(ky, kx, c)` column order.
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +97,7 @@ pub fn conv2d_bf16(
                     }
                 }
             });
-        let out_img = OutPtr(out[bi * d.cout * pixels..].as_mut_ptr());
+        let out_img = SendPtr(out[bi * d.cout * pixels..].as_mut_ptr());
         let blocks = pixels.div_ceil(PIXEL_BLOCK);
         (0..blocks).into_par_iter().for_each(|blk| {
             let p0 = blk * PIXEL_BLOCK;
@@ -134,17 +135,6 @@ pub fn conv2d_bf16(
                 }
             }
         });
-    }
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut bf16);
-// SAFETY: tasks write disjoint elements; the buffer outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut bf16 {
-        self.0
     }
 }
 

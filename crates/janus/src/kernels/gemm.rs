@@ -14,7 +14,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::{chunk_len, Isa};
+use super::{chunk_len, Isa, SendPtr};
 
 /// Activation rows that share one pass over an L2-resident weight block.
 const M_BLOCK: usize = 64;
@@ -92,18 +92,6 @@ pub fn matmul_bf16(
         (0..chunks).into_par_iter().for_each(run);
     } else {
         (0..chunks).for_each(run);
-    }
-}
-
-/// A raw output pointer that rayon tasks may share (each writes its own columns).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint elements; the pointer outlives the parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -143,3 +143,18 @@ pub(crate) fn with_cpu_view<T: candle_core::WithDType, R>(
     let data = cpu.as_slice::<T>().ok()?;
     Some(f(data, layout.start_offset(), [s[0], s[1], s[2]]))
 }
+
+/// A raw output pointer that rayon tasks share, each writing its own disjoint elements
+/// (rows, columns or pixel ranges) of a buffer that outlives the parallel loop.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: the kernels only write disjoint elements through it, and only while the buffer
+// is borrowed mutably by the calling function.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole wrapper).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}

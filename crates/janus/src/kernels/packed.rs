@@ -10,7 +10,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::{chunk_len, Isa};
+use super::{chunk_len, Isa, SendPtr};
 
 /// Rows per panel (one 512-bit vector of f32 outputs).
 pub const PANEL: usize = 16;
@@ -108,7 +108,7 @@ impl PackedBf16 {
             panels
         };
         let kb = if m <= 4 { self.pairs } else { K_BLOCK / 2 };
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out.as_mut_ptr());
         let task = |t: usize| {
             let p0 = t * per_task;
             let p1 = (p0 + per_task).min(panels);
@@ -222,17 +222,6 @@ unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
             let o = a.out.add(r * a.ldo + j);
             *o = if a.accumulate { *o + v } else { *v };
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint columns; the buffer outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

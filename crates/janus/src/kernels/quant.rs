@@ -40,7 +40,7 @@ use std::str::FromStr;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{chunk_len, Isa};
+use super::{chunk_len, Isa, SendPtr};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -555,18 +555,6 @@ fn act_scale(amax: f32, top: f32) -> (f32, f32) {
 fn round_even(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
-}
-
-/// A raw output pointer that rayon tasks may share (each writes its own columns).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint elements; the pointer outlives the parallel loop.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// What a kernel can use: `Isa` narrowed by the extra features the quant kernels need.
