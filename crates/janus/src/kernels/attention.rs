@@ -179,7 +179,8 @@ pub fn softmax_in_place(row: &mut [f32], isa: Isa) {
     row.iter_mut().for_each(|s| *s *= inv);
 }
 
-/// `x = exp(x)` elementwise (inputs <= 0 here; -inf gives 0).
+/// `x = exp(x)` elementwise (-inf gives 0, large inputs infinity); the vector levels
+/// give the same bits as each other.
 pub fn exp_in_place(x: &mut [f32], isa: Isa) {
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -252,6 +253,8 @@ mod simd {
     ];
     /// Below this, exp underflows to 0 in f32 for our purposes.
     const LOW: f32 = -87.0;
+    /// Above this, exp overflows to infinity in f32 (the clamp keeps 2^n in range).
+    const HIGH: f32 = 89.0;
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn exp_avx512(x: &mut [f32]) {
@@ -272,7 +275,7 @@ mod simd {
     #[target_feature(enable = "avx512f")]
     unsafe fn exp16(x: __m512) -> __m512 {
         let under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(LOW), _CMP_LT_OQ);
-        let x = _mm512_max_ps(x, _mm512_set1_ps(LOW));
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(LOW)), _mm512_set1_ps(HIGH));
         let n = _mm512_roundscale_ps(
             _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
@@ -293,8 +296,15 @@ mod simd {
             let v = _mm256_loadu_ps(c.as_ptr());
             _mm256_storeu_ps(c.as_mut_ptr(), exp8(v));
         }
-        for v in chunks.into_remainder() {
-            *v = v.exp();
+        // The tail through the same polynomial (not libm), so every element's value does
+        // not depend on its position or on the vector level.
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut tail = [0f32; 8];
+            tail[..rest.len()].copy_from_slice(rest);
+            let v = exp8(_mm256_loadu_ps(tail.as_ptr()));
+            _mm256_storeu_ps(tail.as_mut_ptr(), v);
+            rest.copy_from_slice(&tail[..rest.len()]);
         }
     }
 
@@ -302,7 +312,7 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp8(x: __m256) -> __m256 {
         let under = _mm256_cmp_ps(x, _mm256_set1_ps(LOW), _CMP_LT_OQ);
-        let x = _mm256_max_ps(x, _mm256_set1_ps(LOW));
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LOW)), _mm256_set1_ps(HIGH));
         let n = _mm256_round_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
@@ -313,12 +323,19 @@ mod simd {
         for &c in C[..6].iter().rev() {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
-        // 2^n through the exponent field (n >= -126 after the clamp).
-        let e = _mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-            23,
-        );
-        let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        // p · 2^n as p · 2^(n/2) · 2^(n - n/2): both factors have normal exponents for
+        // every n the clamps allow (-126..=129), the first product is exact, so the one
+        // rounding (to a subnormal, or to infinity past f32::MAX) is the one `scalef`
+        // makes at the AVX-512 level.
+        let n = _mm256_cvtps_epi32(n);
+        let n1 = _mm256_srai_epi32(n, 1);
+        let pow2 = |k: __m256i| {
+            _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_add_epi32(k, _mm256_set1_epi32(127)),
+                23,
+            ))
+        };
+        let y = _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(_mm256_sub_epi32(n, n1)));
         _mm256_andnot_ps(under, y)
     }
 
@@ -373,6 +390,34 @@ mod simd {
 mod tests {
     use super::*;
     use crate::kernels::gemm::tests::values;
+
+    #[test]
+    fn exp_is_accurate_over_the_whole_f32_range_at_every_level() {
+        let xs: Vec<f32> = [
+            -1e30, -100.0, -87.5, -86.9, -10.0, -0.3, 0.0, 1e-3, 5.0, 30.0,
+        ]
+        .into_iter()
+        .chain([60.0, 88.3, 88.5, 88.7, 88.8, 100.0, 1e30, f32::NEG_INFINITY])
+        .collect();
+        // Odd lengths, so the tails of the vector loops are covered too.
+        for len in [xs.len(), 5, 3] {
+            for isa in Isa::available() {
+                let mut got = xs[..len].to_vec();
+                exp_in_place(&mut got, isa);
+                for (&x, &y) in xs.iter().zip(&got) {
+                    let want = (x as f64).exp();
+                    let ok = if want > f32::MAX as f64 {
+                        y == f32::INFINITY
+                    } else if x < -87.0 {
+                        y.abs() <= 1.2e-38
+                    } else {
+                        ((y as f64 - want) / want).abs() < 1e-6
+                    };
+                    assert!(ok, "{isa:?}: exp({x}) = {y}, want {want}");
+                }
+            }
+        }
+    }
 
     fn run(d: Dims, mask: Mask, isa: Isa, q: &[bf16], k: &[bf16], v: &[bf16]) -> Vec<f32> {
         // q (B, H, Tq, Dh) contiguous; k/v inside a larger cache (B, Hkv, tk + 3, Dh).

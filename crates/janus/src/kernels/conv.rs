@@ -102,24 +102,35 @@ pub fn conv2d_bf16(
         (0..blocks).into_par_iter().for_each(|blk| {
             let p0 = blk * PIXEL_BLOCK;
             let np = PIXEL_BLOCK.min(pixels - p0);
-            let mut patches = vec![bf16::ZERO; np * kk];
-            for (q, patch) in patches.chunks_exact_mut(kk).enumerate() {
+            // One output pixel's patch: k runs of k·cin contiguous values.
+            let patch = |q: usize, dst: &mut [bf16]| {
                 let (oy, ox) = ((p0 + q) / wo, (p0 + q) % wo);
                 for ky in 0..d.k {
                     let row = (oy * d.stride + ky) * wp + ox * d.stride;
                     let src = &xp[row * d.cin..][..d.k * d.cin];
-                    patch[ky * d.k * d.cin..][..d.k * d.cin].copy_from_slice(src);
+                    dst[ky * d.k * d.cin..][..d.k * d.cin].copy_from_slice(src);
                 }
-            }
+            };
             let mut acc = vec![0f32; d.cout * np];
             // acc[co, q] (row stride `cs`) or acc[q, co] (`qs`), by weight layout.
             let (cs, qs) = match weight {
                 ConvWeight::Rows(w) => {
+                    let mut patches = vec![bf16::ZERO; np * kk];
+                    for (q, dst) in patches.chunks_exact_mut(kk).enumerate() {
+                        patch(q, dst);
+                    }
                     matmul_bf16_serial(w, kk, &patches, kk, d.cout, np, kk, &mut acc, np, isa);
                     (np, 1)
                 }
                 ConvWeight::Packed(p) => {
-                    p.matmul(&patches, np, &mut acc, isa);
+                    // Patches straight into the packed kernel's row groups.
+                    let mut grouped = vec![bf16::ZERO; p.grouped_len(np, isa)];
+                    let mut row = vec![bf16::ZERO; kk];
+                    for q in 0..np {
+                        patch(q, &mut row);
+                        p.put_row(&row, q, &mut grouped, isa);
+                    }
+                    p.matmul_grouped(&grouped, np, &mut acc, isa);
                     (1, d.cout)
                 }
             };

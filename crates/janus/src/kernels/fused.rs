@@ -5,18 +5,13 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::{narrow, vectorized_fn, widen, Isa};
+
 /// LLaMA's RMSNorm over rows of `d`: `round(round(x · rsqrt(mean(x²) + eps)) · w)`, the
 /// two bf16 roundings of `(x / sqrt(var + eps)).to(bf16) * weight`.
-pub fn rms_norm_bf16(x: &[bf16], w: &[bf16], d: usize, eps: f32, out: &mut [bf16]) {
+pub fn rms_norm_bf16(x: &[bf16], w: &[bf16], d: usize, eps: f32, out: &mut [bf16], isa: Isa) {
     assert!(d > 0 && x.len().is_multiple_of(d) && out.len() == x.len() && w.len() == d);
-    let row = |(xr, or): (&[bf16], &mut [bf16])| {
-        let ss: f32 = xr.iter().map(|v| v.to_f32() * v.to_f32()).sum();
-        let denom = (ss / d as f32 + eps).sqrt();
-        for ((o, v), wv) in or.iter_mut().zip(xr).zip(w) {
-            let n = bf16::from_f32(v.to_f32() / denom);
-            *o = bf16::from_f32(n.to_f32() * wv.to_f32());
-        }
-    };
+    let row = |(xr, or): (&[bf16], &mut [bf16])| rms_norm_row(isa, xr, w, eps, or);
     if x.len() >= 1 << 16 {
         x.par_chunks(d).zip(out.par_chunks_mut(d)).for_each(row);
     } else {
@@ -24,25 +19,50 @@ pub fn rms_norm_bf16(x: &[bf16], w: &[bf16], d: usize, eps: f32, out: &mut [bf16
     }
 }
 
+vectorized_fn! {
+    fn rms_norm_row(isa: Isa, x: &[bf16], w: &[bf16], eps: f32, out: &mut [bf16]) {
+        // In order, as the reference's f32 sum (so this loop stays scalar).
+        let ss: f32 = x.iter().map(|&v| widen(v) * widen(v)).sum();
+        let denom = (ss / x.len() as f32 + eps).sqrt();
+        for ((o, &v), &wv) in out.iter_mut().zip(x).zip(w) {
+            *o = narrow(widen(narrow(widen(v) / denom)) * widen(wv));
+        }
+    }
+}
+
 /// LayerNorm over rows of `d`: `round(round(round(x̂) · w) + b)` with `x̂ = (x - mean) /
 /// sqrt(var + eps)` in f32, the three bf16 roundings of the candle chain it replaces.
-pub fn layer_norm_bf16(x: &[bf16], w: &[bf16], b: &[bf16], d: usize, eps: f32, out: &mut [bf16]) {
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_bf16(
+    x: &[bf16],
+    w: &[bf16],
+    b: &[bf16],
+    d: usize,
+    eps: f32,
+    out: &mut [bf16],
+    isa: Isa,
+) {
     assert!(d > 0 && x.len().is_multiple_of(d) && out.len() == x.len());
     assert!(w.len() == d && b.len() == d);
-    let row = |(xr, or): (&[bf16], &mut [bf16])| {
-        let mean = xr.iter().map(|v| v.to_f32()).sum::<f32>() / d as f32;
-        let var = xr.iter().map(|v| (v.to_f32() - mean).powi(2)).sum::<f32>() / d as f32;
-        let denom = (var + eps).sqrt();
-        for (((o, v), wv), bv) in or.iter_mut().zip(xr).zip(w).zip(b) {
-            let n = bf16::from_f32((v.to_f32() - mean) / denom);
-            let m = bf16::from_f32(n.to_f32() * wv.to_f32());
-            *o = bf16::from_f32(m.to_f32() + bv.to_f32());
-        }
-    };
+    let row = |(xr, or): (&[bf16], &mut [bf16])| layer_norm_row(isa, xr, w, b, eps, or);
     if x.len() >= 1 << 16 {
         x.par_chunks(d).zip(out.par_chunks_mut(d)).for_each(row);
     } else {
         x.chunks(d).zip(out.chunks_mut(d)).for_each(row);
+    }
+}
+
+vectorized_fn! {
+    fn layer_norm_row(isa: Isa, x: &[bf16], w: &[bf16], b: &[bf16], eps: f32, out: &mut [bf16]) {
+        let d = x.len() as f32;
+        let mean = x.iter().map(|&v| widen(v)).sum::<f32>() / d;
+        let var = x.iter().map(|&v| (widen(v) - mean).powi(2)).sum::<f32>() / d;
+        let denom = (var + eps).sqrt();
+        for (((o, &v), &wv), &bv) in out.iter_mut().zip(x).zip(w).zip(b) {
+            let n = narrow((widen(v) - mean) / denom);
+            let m = narrow(widen(n) * widen(wv));
+            *o = narrow(widen(m) + widen(bv));
+        }
     }
 }
 
@@ -61,105 +81,117 @@ pub fn rope_bf16(
     cos: &[f32],
     sin: &[f32],
     out: &mut [bf16],
+    isa: Isa,
 ) {
     assert!(dh.is_multiple_of(2) && x.len() == b * t * h * dh && out.len() == x.len());
     assert!(pos.len() == b * t);
-    let half = dh / 2;
-    let r = |v: f32| bf16::from_f32(v).to_f32();
     // One (b, h) plane of the output per chunk.
     out.par_chunks_mut(t * dh)
         .enumerate()
         .for_each(|(bh, plane)| {
             let (bi, hi) = (bh / h, bh % h);
-            for i in 0..t {
+            for (i, dst) in plane.chunks_exact_mut(dh).enumerate() {
                 let p = pos[bi * t + i];
-                let (c, s) = (&cos[p * dh..][..dh], &sin[p * dh..][..dh]);
                 let src = &x[((bi * t + i) * h + hi) * dh..][..dh];
-                let dst = &mut plane[i * dh..][..dh];
-                for j in 0..dh {
-                    let rot = if j < half {
-                        -src[j + half].to_f32()
-                    } else {
-                        src[j - half].to_f32()
-                    };
-                    let a = r(src[j].to_f32() * r(c[j]));
-                    let bb = r(rot * r(s[j]));
-                    dst[j] = bf16::from_f32(a + bb);
-                }
+                rope_row(isa, src, &cos[p * dh..][..dh], &sin[p * dh..][..dh], dst);
             }
         });
+}
+
+vectorized_fn! {
+    fn rope_row(isa: Isa, x: &[bf16], cos: &[f32], sin: &[f32], out: &mut [bf16]) {
+        let half = x.len() / 2;
+        let r = |v: f32| widen(narrow(v));
+        let (x_lo, x_hi) = x.split_at(half);
+        let (c_lo, c_hi) = cos.split_at(half);
+        let (s_lo, s_hi) = sin.split_at(half);
+        let (o_lo, o_hi) = out.split_at_mut(half);
+        // First half: x·cos - x[j + half]·sin; second: x·cos + x[j - half]·sin.
+        for j in 0..half {
+            let (lo, hi) = (widen(x_lo[j]), widen(x_hi[j]));
+            o_lo[j] = narrow(r(lo * r(c_lo[j])) + r(-hi * r(s_lo[j])));
+            o_hi[j] = narrow(r(hi * r(c_hi[j])) + r(lo * r(s_hi[j])));
+        }
+    }
 }
 
 /// Elements per vectorised chunk of the activation functions.
 const CHUNK: usize = 512;
 
+/// Numerical Recipes' `erfcc` Chebyshev coefficients.
+const ERFC_POLY: [f32; 10] = [
+    -1.265_512_2,
+    1.000_023_7,
+    0.374_091_96,
+    0.096_784_18,
+    -0.186_288_06,
+    0.278_868_07,
+    -1.135_204,
+    1.488_515_9,
+    -0.822_152_2,
+    0.170_872_77,
+];
+
 /// `out = round(round(silu(g)) · u)`: SwiGLU's `silu(gate) * up` in bf16, with the
 /// exponential vectorised.
-pub fn silu_mul_bf16(g: &[bf16], u: &[bf16], out: &mut [bf16], isa: super::Isa) {
+pub fn silu_mul_bf16(g: &[bf16], u: &[bf16], out: &mut [bf16], isa: Isa) {
     assert!(g.len() == u.len() && out.len() == g.len());
-    let run = |((gc, uc), oc): ((&[bf16], &[bf16]), &mut [bf16])| {
-        let mut e = [0f32; CHUNK];
-        let e = &mut e[..gc.len()];
-        for (e, g) in e.iter_mut().zip(gc) {
-            *e = -g.to_f32();
-        }
-        super::attention::exp_in_place(e, isa);
-        for ((o, (g, u)), e) in oc.iter_mut().zip(gc.iter().zip(uc)).zip(e.iter()) {
-            let s = bf16::from_f32(g.to_f32() / (1.0 + e));
-            *o = bf16::from_f32(s.to_f32() * u.to_f32());
-        }
-    };
     let it = g
         .par_chunks(CHUNK)
         .zip(u.par_chunks(CHUNK))
         .zip(out.par_chunks_mut(CHUNK));
-    it.for_each(run);
+    it.for_each(|((g, u), out)| silu_mul_chunk(isa, g, u, out));
+}
+
+vectorized_fn! {
+    fn silu_mul_chunk(isa: Isa, g: &[bf16], u: &[bf16], out: &mut [bf16]) {
+        let mut e = [0f32; CHUNK];
+        let e = &mut e[..g.len()];
+        for (e, &g) in e.iter_mut().zip(g) {
+            *e = -widen(g);
+        }
+        super::attention::exp_in_place(e, isa);
+        for ((o, (&g, &u)), &e) in out.iter_mut().zip(g.iter().zip(u)).zip(e.iter()) {
+            *o = narrow(widen(narrow(widen(g) / (1.0 + e))) * widen(u));
+        }
+    }
 }
 
 /// Exact (erf) GELU in bf16: `round(0.5 x (1 + erf(x/√2)))` with erf from the Chebyshev
 /// fit of Numerical Recipes' `erfcc` (relative error < 1.2e-7) and a vectorised
 /// exponential.
-pub fn gelu_erf_bf16(x: &[bf16], out: &mut [bf16], isa: super::Isa) {
+pub fn gelu_erf_bf16(x: &[bf16], out: &mut [bf16], isa: Isa) {
     assert!(out.len() == x.len());
-    const C: [f32; 10] = [
-        -1.265_512_2,
-        1.000_023_7,
-        0.374_091_96,
-        0.096_784_18,
-        -0.186_288_06,
-        0.278_868_07,
-        -1.135_204,
-        1.488_515_9,
-        -0.822_152_2,
-        0.170_872_77,
-    ];
-    let run = |(xc, oc): (&[bf16], &mut [bf16])| {
+    x.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .for_each(|(x, out)| gelu_erf_chunk(isa, x, out));
+}
+
+vectorized_fn! {
+    fn gelu_erf_chunk(isa: Isa, x: &[bf16], out: &mut [bf16]) {
         let mut e = [0f32; CHUNK];
-        let e = &mut e[..xc.len()];
+        let e = &mut e[..x.len()];
         // erfc(z) = t · exp(-z² + poly(t)), t = 1 / (1 + z/2), z = |x| / sqrt(2)
-        for (e, x) in e.iter_mut().zip(xc) {
-            let z = (x.to_f32() * std::f32::consts::FRAC_1_SQRT_2).abs();
+        for (e, &x) in e.iter_mut().zip(x) {
+            let z = (widen(x) * std::f32::consts::FRAC_1_SQRT_2).abs();
             let t = 1.0 / (1.0 + 0.5 * z);
-            let mut p = C[9];
-            for &c in C[..9].iter().rev() {
+            let mut p = ERFC_POLY[9];
+            for &c in ERFC_POLY[..9].iter().rev() {
                 p = p * t + c;
             }
             *e = -z * z + p;
         }
         super::attention::exp_in_place(e, isa);
-        for ((o, x), e) in oc.iter_mut().zip(xc).zip(e.iter()) {
-            let x = x.to_f32();
+        for ((o, &x), &e) in out.iter_mut().zip(x).zip(e.iter()) {
+            let x = widen(x);
             let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
             let erf_abs = 1.0 - e / (1.0 + 0.5 * z);
             let erf = if x < 0.0 { -erf_abs } else { erf_abs };
-            // PyTorch's form and f32 roundings, `0.5 x (1 + erf(x/√2))`, so the far negative
-            // tail flushes to zero exactly where the reference's does.
-            *o = bf16::from_f32(0.5 * x * (1.0 + erf));
+            // PyTorch's form and f32 roundings, `0.5 x (1 + erf(x/√2))`, so the far
+            // negative tail flushes to zero exactly where the reference's does.
+            *o = narrow(0.5 * x * (1.0 + erf));
         }
-    };
-    x.par_chunks(CHUNK)
-        .zip(out.par_chunks_mut(CHUNK))
-        .for_each(run);
+    }
 }
 
 /// GroupNorm (then SiLU when `silu`) of `x` `(B, C, HW)`: statistics per (row, group) and
@@ -176,7 +208,7 @@ pub fn group_norm_bf16(
     eps: f32,
     silu: bool,
     out: &mut [bf16],
-    isa: super::Isa,
+    isa: Isa,
 ) {
     assert!(groups > 0 && c.is_multiple_of(groups) && w.len() == c && b.len() == c);
     assert!(out.len() == x.len() && x.len().is_multiple_of(c * hw.max(1)));
@@ -190,38 +222,153 @@ pub fn group_norm_bf16(
         .for_each(|(i, (xg, og))| {
             let g = i % groups;
             let n = per as f64;
-            let mean = xg.iter().map(|v| v.to_f32() as f64).sum::<f64>() / n;
+            let mean = xg.iter().map(|&v| widen(v) as f64).sum::<f64>() / n;
             let var = xg
                 .iter()
-                .map(|v| (v.to_f32() as f64 - mean).powi(2))
+                .map(|&v| (widen(v) as f64 - mean).powi(2))
                 .sum::<f64>()
                 / n;
             let inv = 1.0 / (var as f32 + eps).sqrt();
-            let mut e = vec![0f32; if silu { hw } else { 0 }];
             for (k, (xc, oc)) in xg.chunks(hw).zip(og.chunks_mut(hw)).enumerate() {
                 let ch = g * (c / groups) + k;
-                let scale = w[ch].to_f32() * inv;
-                let shift = b[ch].to_f32() - mean as f32 * scale;
-                for (o, v) in oc.iter_mut().zip(xc) {
-                    *o = bf16::from_f32(v.to_f32() * scale + shift);
-                }
-                if silu {
-                    for (e, o) in e.iter_mut().zip(oc.iter()) {
-                        *e = -o.to_f32();
-                    }
-                    super::attention::exp_in_place(&mut e, isa);
-                    for (o, e) in oc.iter_mut().zip(&e) {
-                        *o = bf16::from_f32(o.to_f32() / (1.0 + e));
-                    }
-                }
+                let scale = widen(w[ch]) * inv;
+                let shift = widen(b[ch]) - mean as f32 * scale;
+                affine_silu(isa, xc, scale, shift, silu, oc);
             }
         });
+}
+
+vectorized_fn! {
+    fn affine_silu(isa: Isa, x: &[bf16], scale: f32, shift: f32, silu: bool, out: &mut [bf16]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = narrow(widen(v) * scale + shift);
+        }
+        if silu {
+            for chunk in out.chunks_mut(CHUNK) {
+                let mut e = [0f32; CHUNK];
+                let e = &mut e[..chunk.len()];
+                for (e, &o) in e.iter_mut().zip(chunk.iter()) {
+                    *e = -widen(o);
+                }
+                super::attention::exp_in_place(e, isa);
+                for (o, &e) in chunk.iter_mut().zip(e.iter()) {
+                    *o = narrow(widen(*o) / (1.0 + e));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::{gemm::tests::values, Isa};
+
+    /// Values spread over several binades (plus zeros), so roundings and ties occur.
+    fn spread(len: usize, seed: u32) -> Vec<bf16> {
+        values(len, seed)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| bf16::from_f32(v.to_f32() * [0.0, 0.01, 1.0, 9.0, 120.0][i % 5]))
+            .collect()
+    }
+
+    /// The elementwise kernels give the same bits at every level (only the exponential
+    /// differs between the plain level and the vector ones, so those ops compare the
+    /// vector levels with each other), on awkward lengths.
+    #[test]
+    fn every_level_gives_the_same_bits() {
+        let levels = Isa::available();
+        let run_all = |name: &str, f: &dyn Fn(Isa) -> Vec<bf16>, with_exp: bool| {
+            let outs: Vec<(Isa, Vec<bf16>)> = levels
+                .iter()
+                .filter(|&&l| !with_exp || l > Isa::Plain)
+                .map(|&l| (l, f(l)))
+                .collect();
+            for (l, o) in &outs[1..] {
+                let same = o
+                    .iter()
+                    .zip(&outs[0].1)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{name}: {l:?} differs from {:?}", outs[0].0);
+            }
+        };
+        for d in [1, 7, 33, 130] {
+            let x = spread(3 * d, d as u32);
+            let (w, b) = (spread(d, 5), spread(d, 6));
+            run_all(
+                "rms_norm",
+                &|isa| {
+                    let mut o = vec![bf16::ZERO; x.len()];
+                    rms_norm_bf16(&x, &w, d, 1e-6, &mut o, isa);
+                    o
+                },
+                false,
+            );
+            run_all(
+                "layer_norm",
+                &|isa| {
+                    let mut o = vec![bf16::ZERO; x.len()];
+                    layer_norm_bf16(&x, &w, &b, d, 1e-6, &mut o, isa);
+                    o
+                },
+                false,
+            );
+        }
+        // RoPE: (B, T, H, Dh) = (2, 3, 2, 10) over a table of 5 positions.
+        let (bt, t, h, dh) = (2, 3, 2, 10);
+        let x = spread(bt * t * h * dh, 9);
+        let cos: Vec<f32> = spread(5 * dh, 10).iter().map(|v| v.to_f32()).collect();
+        let sin: Vec<f32> = spread(5 * dh, 11).iter().map(|v| v.to_f32()).collect();
+        let pos = [0, 1, 4, 2, 3, 0];
+        run_all(
+            "rope",
+            &|isa| {
+                let mut o = vec![bf16::ZERO; x.len()];
+                rope_bf16(&x, bt, t, h, dh, &pos, &cos, &sin, &mut o, isa);
+                o
+            },
+            false,
+        );
+        for len in [1, 15, 17, 513, 1100] {
+            let (g, u) = (spread(len, 12), spread(len, 13));
+            run_all(
+                "silu_mul",
+                &|isa| {
+                    let mut o = vec![bf16::ZERO; len];
+                    silu_mul_bf16(&g, &u, &mut o, isa);
+                    o
+                },
+                true,
+            );
+            run_all(
+                "gelu",
+                &|isa| {
+                    let mut o = vec![bf16::ZERO; len];
+                    gelu_erf_bf16(&g, &mut o, isa);
+                    o
+                },
+                true,
+            );
+        }
+        let (c, hw) = (4, 37);
+        let x = spread(2 * c * hw, 14);
+        for silu in [false, true] {
+            run_all(
+                "group_norm",
+                &|isa| {
+                    let mut o = vec![bf16::ZERO; x.len()];
+                    group_norm_bf16(&x, c, hw, 2, &w4(), &w4(), 1e-6, silu, &mut o, isa);
+                    o
+                },
+                silu,
+            );
+        }
+    }
+
+    fn w4() -> Vec<bf16> {
+        spread(4, 15)
+    }
 
     #[test]
     fn group_norm_matches_the_definition_within_one_bf16_step() {

@@ -158,3 +158,102 @@ impl<T> SendPtr<T> {
         self.0
     }
 }
+
+/// bf16 to f32 (exact), written so loops over it vectorise.
+#[inline(always)]
+pub(crate) fn widen(v: half::bf16) -> f32 {
+    f32::from_bits(u32::from(v.to_bits()) << 16)
+}
+
+/// f32 to bf16, rounding to nearest even with NaNs kept (quieted): the same bits as
+/// `bf16::from_f32` (and PyTorch's conversion), but branch-free, so loops over it
+/// vectorise where `half`'s scalar conversion does not.
+#[inline(always)]
+pub(crate) fn narrow(x: f32) -> half::bf16 {
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    let nan = (b >> 16) | 0x40;
+    half::bf16::from_bits(if b & 0x7fff_ffff > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
+    } as u16)
+}
+
+/// Defines `fn NAME(isa: Isa, ARGS..)` whose body is compiled once per vector level
+/// (AVX-512, AVX2 + FMA, baseline) and dispatched on `isa`, so plain loops in it
+/// (conversions, elementwise maps) vectorise at the widest width the CPU has. The body is
+/// an `#[inline(always)]` function of the same arguments, so it is inlined into each
+/// target-feature copy whatever the codegen-unit split (closures are not reliably).
+/// Results are the same at every level: no reassociation, no contraction.
+macro_rules! vectorized_fn {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($isa:ident: Isa $(, $arg:ident: $ty:ty)* $(,)?) $body:block) => {
+        $(#[$attr])*
+        $vis fn $name($isa: $crate::kernels::Isa $(, $arg: $ty)*) {
+            #[inline(always)]
+            #[allow(unused_variables, clippy::too_many_arguments)]
+            fn body($isa: $crate::kernels::Isa $(, $arg: $ty)*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($isa: $crate::kernels::Isa $(, $arg: $ty)*) {
+                body($isa $(, $arg)*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($isa: $crate::kernels::Isa $(, $arg: $ty)*) {
+                body($isa $(, $arg)*)
+            }
+            match $isa {
+                // SAFETY: `isa` is only ever a level this CPU has (`Isa::available`).
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx512Bf16 => unsafe { avx512($isa $(, $arg)*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx2 => unsafe { avx2($isa $(, $arg)*) },
+                _ => body($isa $(, $arg)*),
+            }
+        }
+    };
+}
+pub(crate) use vectorized_fn;
+
+#[cfg(test)]
+mod tests {
+    use half::bf16;
+
+    #[test]
+    fn narrow_and_widen_match_half() {
+        let mut specials = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            1e-40,
+            -1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0x3f80_8000), // a tie, rounds to even (down)
+            f32::from_bits(0x3f81_8000), // a tie, rounds to even (up)
+            f32::from_bits(0x7f7f_ffff),
+        ];
+        let mut s = 0x1234_5678u32;
+        for _ in 0..100_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            specials.push(f32::from_bits(s));
+        }
+        for x in specials {
+            let want = bf16::from_f32(x);
+            let got = super::narrow(x);
+            assert_eq!(got.to_bits(), want.to_bits(), "{x:e} ({:#x})", x.to_bits());
+            assert_eq!(super::widen(got).to_bits(), want.to_f32().to_bits());
+        }
+    }
+}

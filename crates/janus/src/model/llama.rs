@@ -138,7 +138,18 @@ impl Rope {
             let done = with_cpu_slice::<half::bf16, _>(&x, |xs| {
                 with_cpu_slice::<f32, _>(&self.cos, |cos| {
                     with_cpu_slice::<f32, _>(&self.sin, |sin| {
-                        rope_bf16(xs, b, t, h, dh, &rows, cos, sin, &mut out)
+                        rope_bf16(
+                            xs,
+                            b,
+                            t,
+                            h,
+                            dh,
+                            &rows,
+                            cos,
+                            sin,
+                            &mut out,
+                            crate::kernels::isa(),
+                        )
                     })
                 })
             })

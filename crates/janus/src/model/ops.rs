@@ -79,7 +79,15 @@ impl LayerNorm {
         let done = with_cpu_slice::<bf16, _>(&x, |xs| {
             with_cpu_slice::<bf16, _>(&w, |ws| {
                 with_cpu_slice::<bf16, _>(&b, |bs| {
-                    layer_norm_bf16(xs, ws, bs, d, self.eps as f32, &mut out)
+                    layer_norm_bf16(
+                        xs,
+                        ws,
+                        bs,
+                        d,
+                        self.eps as f32,
+                        &mut out,
+                        crate::kernels::isa(),
+                    )
                 })
             })
         })
@@ -143,7 +151,9 @@ impl RmsNorm {
         let (x, w) = (x.contiguous()?, w.contiguous()?);
         let mut out = vec![bf16::ZERO; x.elem_count()];
         let done = with_cpu_slice::<bf16, _>(&x, |xs| {
-            with_cpu_slice::<bf16, _>(&w, |ws| rms_norm_bf16(xs, ws, d, self.eps as f32, &mut out))
+            with_cpu_slice::<bf16, _>(&w, |ws| {
+                rms_norm_bf16(xs, ws, d, self.eps as f32, &mut out, crate::kernels::isa())
+            })
         })
         .flatten();
         match done {
