@@ -11,6 +11,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::gemm::matmul_bf16_serial;
+use super::packed::PackedBf16;
 use super::Isa;
 use super::SendPtr;
 
@@ -70,6 +71,9 @@ pub struct Dims {
 
 /// Queries handled by one task (bounds the score buffer to `Q_BLOCK x tk` f32).
 const Q_BLOCK: usize = 64;
+/// Queries from which a head's keys and values are packed for the blocked product
+/// (prefill, SigLIP) instead of the row tiles (decoding, a few new tokens).
+const PACKED_QUERIES: usize = 16;
 
 /// `out[b, i, h, :] = softmax(scale · q[b,h,i]·k[b,h',:]ᵀ + mask) · v[b,h',:]` with
 /// `h' = h / (h / h_kv)`; `out` is `(B, Tq, H, Dh)` row-major.
@@ -91,6 +95,9 @@ pub fn attention_bf16(
     assert!(out.len() >= d.b * d.tq * d.h * d.dh);
     if d.b == 0 || d.tq == 0 || d.h == 0 {
         return;
+    }
+    if d.tq >= PACKED_QUERIES && isa != Isa::Avx2 {
+        return attention_packed(q, k, v, d, mask, scale, out, isa);
     }
     let rep = d.h / d.h_kv;
     let q_blocks = d.tq.div_ceil(Q_BLOCK);
@@ -129,12 +136,13 @@ pub fn attention_bf16(
                 Mask::Causal { offset } => (offset + i + 1).min(keys),
                 _ => keys,
             };
-            row.iter_mut().for_each(|s| *s *= scale);
-            if let Mask::Additive { data, batch_stride } = mask {
-                let m = &data[b * batch_stride + i * d.tk..][..keys];
-                row.iter_mut().zip(m).for_each(|(s, m)| *s += m);
-            }
-            softmax_in_place(&mut row[..visible], isa);
+            let m = match mask {
+                Mask::Additive { data, batch_stride } => {
+                    Some(&data[b * batch_stride + i * d.tk..][..visible])
+                }
+                _ => None,
+            };
+            softmax_in_place(isa, &mut row[..visible], scale, m);
             row[visible..].fill(0.0);
         }
         let mut acc = vec![0f32; rows * d.dh];
@@ -165,18 +173,116 @@ pub fn attention_bf16(
     }
 }
 
-/// Softmax of `row` in place (f32). A row whose every entry is -inf stays finite: zeros.
-pub fn softmax_in_place(row: &mut [f32], isa: Isa) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        row.fill(0.0);
-        return;
+/// [`attention_bf16`] for many queries: per (row, head), the head's keys and transposed
+/// values packed once for [`PackedBf16`]'s blocked product, then per block of queries
+/// `S = Q·Kᵀ` (only the key panels a causal block can see), the f32 softmax, and
+/// `O = P·V` with `P` rounded to bf16, as PyTorch's CPU flash attention does for bf16.
+#[allow(clippy::too_many_arguments)]
+fn attention_packed(
+    q: View,
+    k: View,
+    v: View,
+    d: Dims,
+    mask: Mask,
+    scale: f32,
+    out: &mut [bf16],
+    isa: Isa,
+) {
+    let rep = d.h / d.h_kv;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (tk, dh) = (d.tk, d.dh);
+    (0..d.b * d.h).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / d.h, bh % d.h);
+        let mut keys_rows = vec![bf16::ZERO; tk * dh];
+        let mut values_t = vec![bf16::ZERO; dh * tk];
+        for j in 0..tk {
+            keys_rows[j * dh..][..dh].copy_from_slice(&k.data[k.row(b, h / rep, j)..][..dh]);
+            for (c, &x) in v.data[v.row(b, h / rep, j)..][..dh].iter().enumerate() {
+                values_t[c * tk + j] = x;
+            }
+        }
+        let kp = PackedBf16::pack(&keys_rows, tk, dh);
+        let vp = PackedBf16::pack(&values_t, dh, tk);
+        let mut probs = vec![bf16::ZERO; tk];
+        // Query blocks of whole row groups.
+        let q_block = PackedBf16::group_rows(isa) * Q_BLOCK.div_ceil(PackedBf16::group_rows(isa));
+        for i0 in (0..d.tq).step_by(q_block) {
+            let rows = q_block.min(d.tq - i0);
+            let keys = match mask {
+                Mask::Causal { offset } => (offset + i0 + rows).min(tk),
+                _ => tk,
+            };
+            let mut grouped = vec![bf16::ZERO; kp.grouped_len(rows, isa)];
+            for r in 0..rows {
+                kp.put_row(&q.data[q.row(b, h, i0 + r)..][..dh], r, &mut grouped, isa);
+            }
+            let mut scores = vec![0f32; rows * tk];
+            kp.matmul_grouped_part(&grouped, rows, keys, dh, &mut scores, isa);
+            let mut p_grouped = vec![bf16::ZERO; vp.grouped_len(rows, isa)];
+            for r in 0..rows {
+                let i = i0 + r;
+                let row = &mut scores[r * tk..][..keys];
+                let visible = match mask {
+                    Mask::Causal { offset } => (offset + i + 1).min(keys),
+                    _ => keys,
+                };
+                let m = match mask {
+                    Mask::Additive { data, batch_stride } => {
+                        Some(&data[b * batch_stride + i * tk..][..visible])
+                    }
+                    _ => None,
+                };
+                softmax_in_place(isa, &mut row[..visible], scale, m);
+                super::fused::round_into(isa, &row[..visible], &mut probs[..visible]);
+                probs[visible..].fill(bf16::ZERO);
+                vp.put_row(&probs, r, &mut p_grouped, isa);
+            }
+            let mut acc = vec![0f32; rows * dh];
+            vp.matmul_grouped_part(&p_grouped, rows, dh, keys, &mut acc, isa);
+            for (r, a) in acc.chunks_exact(dh).enumerate() {
+                let o = ((b * d.tq + i0 + r) * d.h + h) * dh;
+                // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted
+                // by the caller).
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(o), dh) };
+                super::fused::round_into(isa, a, dst);
+            }
+        }
+    });
+}
+
+super::vectorized_fn! {
+    /// Softmax of `row` in place (f32), `scale · row + mask` first when given. A row whose
+    /// every entry is -inf stays finite: zeros. Sums run in 16 interleaved lanes.
+    pub fn softmax_in_place(isa: Isa, row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+        row.iter_mut().for_each(|s| *s *= scale);
+        if let Some(m) = mask {
+            row.iter_mut().zip(m).for_each(|(s, m)| *s += m);
+        }
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l = l.max(v);
+            }
+        }
+        let max = chunks.remainder().iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            row.fill(0.0);
+            return;
+        }
+        row.iter_mut().for_each(|s| *s -= max);
+        exp_in_place(row, isa);
+        let mut lanes = [0f32; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += v;
+            }
+        }
+        let sum: f32 = lanes.iter().chain(chunks.remainder()).sum();
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
     }
-    row.iter_mut().for_each(|s| *s -= max);
-    exp_in_place(row, isa);
-    let sum: f32 = row.iter().sum();
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|s| *s *= inv);
 }
 
 /// `x = exp(x)` elementwise (-inf gives 0, large inputs infinity); the vector levels
@@ -545,6 +651,28 @@ mod tests {
                 },
                 0,
             ),
+            (
+                Dims {
+                    b: 2,
+                    h: 4,
+                    h_kv: 2,
+                    tq: 20,
+                    tk: 37,
+                    dh: 24,
+                },
+                2,
+            ),
+            (
+                Dims {
+                    b: 1,
+                    h: 2,
+                    h_kv: 1,
+                    tq: 17,
+                    tk: 17,
+                    dh: 10,
+                },
+                1,
+            ),
         ];
         for (d, kind) in cases {
             let cap = d.tk + 3;
@@ -573,10 +701,13 @@ mod tests {
             let want = reference(d, mask, &q, &k, &v);
             for isa in Isa::available() {
                 let got = run(d, mask, isa, &q, &k, &v);
+                // Output is bf16: half an ulp of 2^-8 relative, plus f32 sums; the packed
+                // path also rounds the probabilities to bf16 (up to 2^-9 each, as PyTorch).
+                let p_bf16 = d.tq >= PACKED_QUERIES && isa != Isa::Avx2;
+                let (rel, abs) = if p_bf16 { (8e-3, 2e-3) } else { (4e-3, 1e-3) };
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    // Output is bf16: half an ulp of 2^-8 relative, plus f32 sums.
                     assert!(
-                        (a - b).abs() <= 4e-3 * b.abs() + 1e-3,
+                        (a - b).abs() <= rel * b.abs() + abs,
                         "{isa:?} {d:?} mask {kind} at {i}: {a} vs {b}"
                     );
                 }

@@ -115,6 +115,15 @@ vectorized_fn! {
     }
 }
 
+vectorized_fn! {
+    /// `out = round(x)`, f32 to bf16 (nearest even).
+    pub fn round_into(isa: Isa, x: &[f32], out: &mut [bf16]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = narrow(v);
+        }
+    }
+}
+
 /// Elements per vectorised chunk of the activation functions.
 const CHUNK: usize = 512;
 

@@ -198,14 +198,36 @@ impl PackedBf16 {
     /// # Panics
     /// If `grouped` or `out` is shorter than its shape.
     pub fn matmul_grouped(&self, grouped: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
-        assert!(grouped.len() >= self.grouped_len(m, isa) && out.len() >= m * self.n);
-        let panels = self.n.div_ceil(PANEL);
-        // SAFETY: bounds asserted above; `out` is borrowed mutably for the call.
-        unsafe { self.grouped_range(grouped, 0..m, 0..panels, out.as_mut_ptr(), isa) };
+        self.matmul_grouped_part(grouped, m, self.n, self.k, out, isa);
     }
 
-    /// Rows `rows` of the regrouped x (starting at a group boundary) times panels `panels`,
-    /// written to `out` `(m, n)`.
+    /// [`Self::matmul_grouped`] for output columns `0..cols` only (rounded up to a whole
+    /// panel; the rest of each `out` row, `n` apart, is left as it was) and input columns
+    /// `0..depth` only (rounded up to even; the rest are taken as zeros).
+    ///
+    /// # Panics
+    /// If `grouped` or `out` is shorter than its shape, `cols > n` or `depth > k`.
+    pub fn matmul_grouped_part(
+        &self,
+        grouped: &[bf16],
+        m: usize,
+        cols: usize,
+        depth: usize,
+        out: &mut [f32],
+        isa: Isa,
+    ) {
+        assert!(grouped.len() >= self.grouped_len(m, isa) && out.len() >= m * self.n);
+        assert!(cols <= self.n && depth <= self.k);
+        let panels = 0..cols.div_ceil(PANEL);
+        // SAFETY: bounds asserted above; `out` is borrowed mutably for the call.
+        unsafe {
+            let out = out.as_mut_ptr();
+            self.grouped_range(grouped, 0..m, panels, depth.div_ceil(2), out, isa)
+        };
+    }
+
+    /// Rows `rows` of the regrouped x (starting at a group boundary) times panels `panels`
+    /// over column pairs `0..pairs`, written to `out` `(m, n)`.
     ///
     /// # Safety
     /// `grouped` holds the rows, `out` the `(rows.end, n)` outputs, and no other thread
@@ -215,6 +237,7 @@ impl PackedBf16 {
         grouped: &[bf16],
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
+        pairs: usize,
         out: *mut f32,
         isa: Isa,
     ) {
@@ -236,7 +259,7 @@ impl PackedBf16 {
                 };
                 let i = rows.start + g * mr;
                 let count = mr.min(rows.end - i);
-                self.block(isa, x, i, count, p, np, 0, self.pairs, out, self.n);
+                self.block(isa, x, i, count, p, np, 0, pairs, out, self.n);
             }
         }
     }
@@ -283,7 +306,7 @@ impl PackedBf16 {
                 // output rows, hence disjoint outputs; `grouped` holds the super block.
                 unsafe {
                     let out = out_ptr.get().add(s0 * n);
-                    self.grouped_range(&grouped, rows, panels, out, isa)
+                    self.grouped_range(&grouped, rows, panels, self.pairs, out, isa)
                 };
             });
         }
