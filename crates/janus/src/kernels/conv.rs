@@ -98,6 +98,29 @@ pub fn conv2d_bf16(
                 }
             });
         let out_img = SendPtr(out[bi * d.cout * pixels..].as_mut_ptr());
+        if let (ConvWeight::Packed(p), true) = (weight, d.cin.is_multiple_of(2)) {
+            // Direct: each output row's pixels read their k·k input runs in place.
+            let taps: Vec<usize> = (0..d.k * d.k)
+                .map(|t| ((t / d.k) * wp + t % d.k) * d.cin)
+                .collect();
+            (0..ho).into_par_iter().for_each(|oy| {
+                let x = &xp[oy * d.stride * wp * d.cin..];
+                let mut acc = vec![0f32; wo * d.cout];
+                p.matmul_taps(x, d.stride * d.cin, &taps, wo, &mut acc, isa);
+                for co in 0..d.cout {
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    for ox in 0..wo {
+                        // SAFETY: (co, oy, ox) lies inside this image's output (asserted);
+                        // the tasks write disjoint output rows.
+                        unsafe {
+                            *out_img.get().add(co * pixels + oy * wo + ox) =
+                                bf16::from_f32(acc[ox * d.cout + co] + b)
+                        };
+                    }
+                }
+            });
+            continue;
+        }
         let blocks = pixels.div_ceil(PIXEL_BLOCK);
         (0..blocks).into_par_iter().for_each(|blk| {
             let p0 = blk * PIXEL_BLOCK;
@@ -228,6 +251,28 @@ mod tests {
                 k: 3,
                 stride: 1,
                 pad: 1,
+            },
+            // Even channel counts take the direct path at the packed levels: partial row
+            // groups, strides, several panel pairs, a 1x1 kernel.
+            ConvDims {
+                b: 2,
+                cin: 6,
+                h: 7,
+                w: 29,
+                cout: 37,
+                k: 3,
+                stride: 2,
+                pad: 1,
+            },
+            ConvDims {
+                b: 1,
+                cin: 10,
+                h: 3,
+                w: 14,
+                cout: 20,
+                k: 1,
+                stride: 1,
+                pad: 0,
             },
         ];
         for d in cases {

@@ -230,13 +230,7 @@ pub fn group_norm_bf16(
         .enumerate()
         .for_each(|(i, (xg, og))| {
             let g = i % groups;
-            let n = per as f64;
-            let mean = xg.iter().map(|&v| widen(v) as f64).sum::<f64>() / n;
-            let var = xg
-                .iter()
-                .map(|&v| (widen(v) as f64 - mean).powi(2))
-                .sum::<f64>()
-                / n;
+            let (mean, var) = group_stats(isa, xg);
             let inv = 1.0 / (var as f32 + eps).sqrt();
             for (k, (xc, oc)) in xg.chunks(hw).zip(og.chunks_mut(hw)).enumerate() {
                 let ch = g * (c / groups) + k;
@@ -245,6 +239,33 @@ pub fn group_norm_bf16(
                 affine_silu(isa, xc, scale, shift, silu, oc);
             }
         });
+}
+
+/// Mean and (biased) variance of `x` in f64, summed in 8 interleaved lanes.
+fn group_stats(isa: Isa, x: &[bf16]) -> (f64, f64) {
+    let mut sums = [0f64; 2];
+    group_sums(isa, x, None, &mut sums[0]);
+    let mean = sums[0] / x.len() as f64;
+    group_sums(isa, x, Some(mean), &mut sums[1]);
+    (mean, sums[1] / x.len() as f64)
+}
+
+vectorized_fn! {
+    /// `Σ x` (`center` None) or `Σ (x - center)²` into `out`.
+    fn group_sums(isa: Isa, x: &[bf16], center: Option<f64>, out: &mut f64) {
+        let mut lanes = [0f64; 8];
+        let mut chunks = x.chunks_exact(8);
+        let term = |v: bf16| match center {
+            None => widen(v) as f64,
+            Some(c) => (widen(v) as f64 - c) * (widen(v) as f64 - c),
+        };
+        for c in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += term(v);
+            }
+        }
+        *out = lanes.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| term(v)).sum::<f64>();
+    }
 }
 
 vectorized_fn! {

@@ -146,7 +146,7 @@ impl PackedBf16 {
                         // SAFETY: rows i..i+rows < m, panels p..p+np < panels, pairs
                         // c0..c1 <= pairs; x rows hold 2 * pairs values (padded above);
                         // tasks own disjoint panels, hence disjoint output columns.
-                        unsafe { self.block(isa, x, i, rows, p, np, c0, c1, out_ptr.get(), n) };
+                        unsafe { self.block(isa, x, i, rows, p, np, c0, c1, &[0], out_ptr.get(), n) };
                         p += np;
                     }
                 }
@@ -226,6 +226,49 @@ impl PackedBf16 {
         };
     }
 
+    /// A direct convolution's product on the calling thread: `out (m, n)` row `i` =
+    /// `Σ_t W[:, t·c..(t+1)·c] · x[taps[t] + i·row_stride..][..c]` with `c = k / taps.len()`
+    /// columns per tap (even), x read in place (no patches): for a convolution over a
+    /// channels-last image, one tap per kernel position and `i` the output pixels of one
+    /// image row.
+    ///
+    /// # Panics
+    /// If `k` is not `taps.len()` times an even count, or `x` or `out` is too short.
+    pub fn matmul_taps(
+        &self,
+        x: &[bf16],
+        row_stride: usize,
+        taps: &[usize],
+        m: usize,
+        out: &mut [f32],
+        isa: Isa,
+    ) {
+        assert!(!taps.is_empty() && self.k.is_multiple_of(2 * taps.len()));
+        let tap_cols = self.k / taps.len();
+        let last = taps.iter().max().copied().unwrap_or(0) + m.saturating_sub(1) * row_stride;
+        assert!(m == 0 || x.len() >= last + tap_cols);
+        assert!(out.len() >= m * self.n);
+        let mr = max_rows(isa);
+        let panels = self.n.div_ceil(PANEL);
+        for p in (0..panels).step_by(2) {
+            let np = (panels - p).min(2);
+            for i in (0..m).step_by(mr) {
+                let x = XRows {
+                    ptr: x[i * row_stride..].as_ptr(),
+                    row_stride,
+                    pair_stride: 2,
+                };
+                // SAFETY: rows i..i+mr.min(m-i) of every tap lie inside x and out
+                // (asserted); the pairs of all taps together are the weights' pairs.
+                unsafe {
+                    let out = out.as_mut_ptr();
+                    let rows = mr.min(m - i);
+                    self.block(isa, x, i, rows, p, np, 0, tap_cols / 2, taps, out, self.n)
+                };
+            }
+        }
+    }
+
     /// Rows `rows` of the regrouped x (starting at a group boundary) times panels `panels`
     /// over column pairs `0..pairs`, written to `out` `(m, n)`.
     ///
@@ -259,7 +302,7 @@ impl PackedBf16 {
                 };
                 let i = rows.start + g * mr;
                 let count = mr.min(rows.end - i);
-                self.block(isa, x, i, count, p, np, 0, pairs, out, self.n);
+                self.block(isa, x, i, count, p, np, 0, pairs, &[0], out, self.n);
             }
         }
     }
@@ -325,6 +368,7 @@ impl PackedBf16 {
         np: usize,
         c0: usize,
         c1: usize,
+        taps: &[usize],
         out: *mut f32,
         ldo: usize,
     ) {
@@ -334,6 +378,7 @@ impl PackedBf16 {
         let o = out.add(i * ldo + p * PANEL);
         let args = Block {
             x,
+            taps,
             w,
             panel_len,
             pairs: c1 - c0,
@@ -368,10 +413,14 @@ struct XRows {
 }
 
 /// One kernel call's operands.
-struct Block {
+struct Block<'a> {
     x: XRows,
+    /// Offsets (elements) of x for each tap; tap `t` meets the weights' pairs
+    /// `t * pairs..(t + 1) * pairs`. One tap at 0 for a plain product.
+    taps: &'a [usize],
     w: *const bf16,
     panel_len: usize,
+    /// Column pairs per tap.
     pairs: usize,
     out: *mut f32,
     ldo: usize,
@@ -386,13 +435,17 @@ unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
     for r in 0..rows {
         let mut acc = [0f32; 2 * PANEL];
         for (q, accq) in acc.chunks_exact_mut(PANEL).enumerate().take(np) {
-            let w = a.w.add(q * a.panel_len);
-            for c in 0..a.pairs {
-                let xp = a.x.ptr.add(r * a.x.row_stride + c * a.x.pair_stride);
-                let (x0, x1) = ((*xp).to_f32(), (*xp.add(1)).to_f32());
-                let wp = w.add(c * 2 * PANEL);
-                for (j, s) in accq.iter_mut().enumerate() {
-                    *s += x0 * (*wp.add(2 * j)).to_f32() + x1 * (*wp.add(2 * j + 1)).to_f32();
+            for (t, &off) in a.taps.iter().enumerate() {
+                let w = a.w.add(q * a.panel_len + t * a.pairs * 2 * PANEL);
+                let x = a.x.ptr.add(off);
+                for c in 0..a.pairs {
+                    let xp = x.add(r * a.x.row_stride + c * a.x.pair_stride);
+                    let (x0, x1) = ((*xp).to_f32(), (*xp.add(1)).to_f32());
+                    let wp = w.add(c * 2 * PANEL);
+                    for (j, s) in accq.iter_mut().enumerate() {
+                        let (w0, w1) = ((*wp.add(2 * j)).to_f32(), (*wp.add(2 * j + 1)).to_f32());
+                        *s += x0 * w0 + x1 * w1;
+                    }
                 }
             }
         }
@@ -427,19 +480,22 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
         let mut acc = [[_mm512_setzero_ps(); P]; R];
-        for c in 0..a.pairs {
-            let mut wv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); P];
-            for (q, v) in wv.iter_mut().enumerate() {
-                *v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
-                    a.w.add(q * a.panel_len + c * 2 * PANEL) as *const _,
-                ));
-            }
-            for r in 0..R {
-                let xp = a.x.ptr.add(r * a.x.row_stride + c * a.x.pair_stride);
-                let pair = (xp as *const i32).read_unaligned();
-                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
-                for q in 0..P {
-                    acc[r][q] = _mm512_dpbf16_ps(acc[r][q], xv, wv[q]);
+        for (t, &off) in a.taps.iter().enumerate() {
+            let (w, x) = (a.w.add(t * a.pairs * 2 * PANEL), a.x.ptr.add(off));
+            for c in 0..a.pairs {
+                let mut wv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); P];
+                for (q, v) in wv.iter_mut().enumerate() {
+                    *v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                        w.add(q * a.panel_len + c * 2 * PANEL) as *const _,
+                    ));
+                }
+                for r in 0..R {
+                    let xp = x.add(r * a.x.row_stride + c * a.x.pair_stride);
+                    let pair = (xp as *const i32).read_unaligned();
+                    let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    for q in 0..P {
+                        acc[r][q] = _mm512_dpbf16_ps(acc[r][q], xv, wv[q]);
+                    }
                 }
             }
         }
