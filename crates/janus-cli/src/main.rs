@@ -49,6 +49,7 @@ enum Command {
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    janus::kernels::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         Some("f32") => DType::F32,
         _ => DType::BF16,
     };
+    janus::kernels::tune_allocator();
     let dev = Device::Cpu;
     let pipe = Pipeline::load(std::path::Path::new(dir), DTypeChoice::Fixed(dtype), &dev)?;
     let m = &pipe.model;

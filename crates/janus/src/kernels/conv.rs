@@ -89,11 +89,16 @@ pub fn conv2d_bf16(
             .skip(d.pad)
             .take(d.h)
             .for_each(|(yp, row)| {
-                let y = yp - d.pad;
-                for c in 0..d.cin {
-                    let src = &img[(c * d.h + y) * d.w..][..d.w];
-                    for (xx, v) in src.iter().enumerate() {
-                        row[(xx + d.pad) * d.cin + c] = *v;
+                // Image row y of every channel to (w, cin) from column `pad`, 16 channels
+                // at a time: 16 sequential reads, one contiguous write per pixel.
+                let src = &img[(yp - d.pad) * d.w..];
+                let dst = &mut row[d.pad * d.cin..][..d.w * d.cin];
+                for c0 in (0..d.cin).step_by(16) {
+                    let cn = 16.min(d.cin - c0);
+                    for (xx, px) in dst.chunks_exact_mut(d.cin).enumerate() {
+                        for (j, v) in px[c0..c0 + cn].iter_mut().enumerate() {
+                            *v = src[(c0 + j) * d.h * d.w + xx];
+                        }
                     }
                 }
             });
@@ -105,18 +110,16 @@ pub fn conv2d_bf16(
                 .collect();
             (0..ho).into_par_iter().for_each(|oy| {
                 let x = &xp[oy * d.stride * wp * d.cin..];
-                let mut acc = vec![0f32; wo * d.cout];
-                p.matmul_taps(x, d.stride * d.cin, &taps, wo, &mut acc, isa);
-                for co in 0..d.cout {
+                let mut acc = vec![0f32; d.cout * wo];
+                p.matmul_taps(x, d.stride * d.cin, &taps, wo, &mut acc, wo, isa);
+                for (co, row) in acc.chunks_exact(wo).enumerate() {
                     let b = bias.map_or(0.0, |b| b[co]);
-                    for ox in 0..wo {
-                        // SAFETY: (co, oy, ox) lies inside this image's output (asserted);
-                        // the tasks write disjoint output rows.
-                        unsafe {
-                            *out_img.get().add(co * pixels + oy * wo + ox) =
-                                bf16::from_f32(acc[ox * d.cout + co] + b)
-                        };
-                    }
+                    // SAFETY: (co, oy, 0..wo) lies inside this image's output (asserted);
+                    // the tasks write disjoint output rows.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_img.get().add(co * pixels + oy * wo), wo)
+                    };
+                    round_bias(isa, row, b, dst);
                 }
             });
             continue;
@@ -169,6 +172,15 @@ pub fn conv2d_bf16(
                 }
             }
         });
+    }
+}
+
+super::vectorized_fn! {
+    /// `out = round(src + bias)`.
+    fn round_bias(isa: Isa, src: &[f32], bias: f32, out: &mut [bf16]) {
+        for (o, &v) in out.iter_mut().zip(src) {
+            *o = super::narrow(v + bias);
+        }
     }
 }
 

@@ -52,7 +52,7 @@ impl PackedBf16 {
         assert!(w.len() >= n * k);
         let pairs = k.div_ceil(2);
         let panels = n.div_ceil(PANEL);
-        let mut data = vec![bf16::ZERO; panels * pairs * 2 * PANEL];
+        let mut data = super::huge_filled(panels * pairs * 2 * PANEL, bf16::ZERO);
         data.par_chunks_mut(pairs * 2 * PANEL)
             .enumerate()
             .for_each(|(p, panel)| {
@@ -142,11 +142,26 @@ impl PackedBf16 {
                     };
                     let mut p = p0;
                     while p < p1 {
-                        let np = (p1 - p).min(2);
+                        let np = (p1 - p).min(max_panels(isa, rows));
                         // SAFETY: rows i..i+rows < m, panels p..p+np < panels, pairs
                         // c0..c1 <= pairs; x rows hold 2 * pairs values (padded above);
                         // tasks own disjoint panels, hence disjoint output columns.
-                        unsafe { self.block(isa, x, i, rows, p, np, c0, c1, &[0], out_ptr.get(), n) };
+                        unsafe {
+                            self.block(
+                                isa,
+                                x,
+                                i,
+                                rows,
+                                p,
+                                np,
+                                c0,
+                                c1,
+                                &[0],
+                                out_ptr.get(),
+                                n,
+                                false,
+                            )
+                        };
                         p += np;
                     }
                 }
@@ -226,14 +241,16 @@ impl PackedBf16 {
         };
     }
 
-    /// A direct convolution's product on the calling thread: `out (m, n)` row `i` =
-    /// `Σ_t W[:, t·c..(t+1)·c] · x[taps[t] + i·row_stride..][..c]` with `c = k / taps.len()`
-    /// columns per tap (even), x read in place (no patches): for a convolution over a
-    /// channels-last image, one tap per kernel position and `i` the output pixels of one
-    /// image row.
+    /// A direct convolution's product on the calling thread, written transposed: `out[j
+    /// * ldo + i]` = `Σ_t W[j, t·c..(t+1)·c] · x[taps[t] + i·row_stride..][..c]` with `c = k
+    /// / taps.len()` columns per tap (even), x read in place (no patches): for a
+    /// convolution over a channels-last image, one tap per kernel position, `i` the output
+    /// pixels of one image row and `j` the output channel (so `out` is channel-major).
     ///
     /// # Panics
-    /// If `k` is not `taps.len()` times an even count, or `x` or `out` is too short.
+    /// If `k` is not `taps.len()` times an even count, `ldo < m`, or `x` or `out` is too
+    /// short.
+    #[allow(clippy::too_many_arguments)]
     pub fn matmul_taps(
         &self,
         x: &[bf16],
@@ -241,13 +258,16 @@ impl PackedBf16 {
         taps: &[usize],
         m: usize,
         out: &mut [f32],
+        ldo: usize,
         isa: Isa,
     ) {
         assert!(!taps.is_empty() && self.k.is_multiple_of(2 * taps.len()));
         let tap_cols = self.k / taps.len();
         let last = taps.iter().max().copied().unwrap_or(0) + m.saturating_sub(1) * row_stride;
         assert!(m == 0 || x.len() >= last + tap_cols);
-        assert!(out.len() >= m * self.n);
+        assert!(
+            ldo >= m && out.len() >= (self.n - 1) * ldo + m && ldo <= i32::MAX as usize / self.n
+        );
         let mr = max_rows(isa);
         let panels = self.n.div_ceil(PANEL);
         for p in (0..panels).step_by(2) {
@@ -263,7 +283,20 @@ impl PackedBf16 {
                 unsafe {
                     let out = out.as_mut_ptr();
                     let rows = mr.min(m - i);
-                    self.block(isa, x, i, rows, p, np, 0, tap_cols / 2, taps, out, self.n)
+                    self.block(
+                        isa,
+                        x,
+                        i,
+                        rows,
+                        p,
+                        np,
+                        0,
+                        tap_cols / 2,
+                        taps,
+                        out,
+                        ldo,
+                        true,
+                    )
                 };
             }
         }
@@ -302,7 +335,7 @@ impl PackedBf16 {
                 };
                 let i = rows.start + g * mr;
                 let count = mr.min(rows.end - i);
-                self.block(isa, x, i, count, p, np, 0, pairs, &[0], out, self.n);
+                self.block(isa, x, i, count, p, np, 0, pairs, &[0], out, self.n, false);
             }
         }
     }
@@ -371,11 +404,16 @@ impl PackedBf16 {
         taps: &[usize],
         out: *mut f32,
         ldo: usize,
+        transposed: bool,
     ) {
         let panel_len = self.pairs * 2 * PANEL;
         let w = self.data.as_ptr().add(p * panel_len + c0 * 2 * PANEL);
         let cols = (self.n - p * PANEL).min(np * PANEL);
-        let o = out.add(i * ldo + p * PANEL);
+        let o = if transposed {
+            out.add(p * PANEL * ldo + i)
+        } else {
+            out.add(i * ldo + p * PANEL)
+        };
         let args = Block {
             x,
             taps,
@@ -386,12 +424,22 @@ impl PackedBf16 {
             ldo,
             cols,
             accumulate: c0 > 0,
+            transposed,
         };
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16 => avx512::block(rows, np, &args),
             _ => plain_block(rows, np, &args),
         }
+    }
+}
+
+/// Panels per kernel call for `rows` rows at this level: up to four when the product
+/// streams weights from memory for one or two rows (more streams in flight).
+fn max_panels(isa: Isa, rows: usize) -> usize {
+    match isa {
+        Isa::Avx512Bf16 if rows <= 2 => 4,
+        _ => 2,
     }
 }
 
@@ -427,13 +475,16 @@ struct Block<'a> {
     /// Valid output columns (the last panel may be partial).
     cols: usize,
     accumulate: bool,
+    /// Output element (r, j) at `out + j * ldo + r` instead of `out + r * ldo + j` (never
+    /// with `accumulate`).
+    transposed: bool,
 }
 
 /// The reference (and the AVX2 level, which has no bf16 dot instruction: the widened
 /// products of this loop vectorise well enough there).
 unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
     for r in 0..rows {
-        let mut acc = [0f32; 2 * PANEL];
+        let mut acc = [0f32; 4 * PANEL];
         for (q, accq) in acc.chunks_exact_mut(PANEL).enumerate().take(np) {
             for (t, &off) in a.taps.iter().enumerate() {
                 let w = a.w.add(q * a.panel_len + t * a.pairs * 2 * PANEL);
@@ -450,7 +501,11 @@ unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
             }
         }
         for (j, v) in acc.iter().enumerate().take(a.cols) {
-            let o = a.out.add(r * a.ldo + j);
+            let o = if a.transposed {
+                a.out.add(j * a.ldo + r)
+            } else {
+                a.out.add(r * a.ldo + j)
+            };
             *o = if a.accumulate { *o + v } else { *v };
         }
     }
@@ -464,12 +519,16 @@ mod avx512 {
     use super::{Block, PANEL};
 
     /// # Safety
-    /// `rows <= 12`, `np` in 1..=2, operands as [`Block`] describes; AVX-512 BF16 present.
+    /// `rows <= 12`, `np` in 1..=2 (1..=4 for up to 2 rows), operands as [`Block`] describes; AVX-512 BF16 present.
     pub(super) unsafe fn block(rows: usize, np: usize, a: &Block) {
         macro_rules! go {
             ($($r:literal),*) => {
                 match (rows, np) {
                     $(($r, 1) => kernel::<$r, 1>(a), ($r, 2) => kernel::<$r, 2>(a),)*
+                    (1, 3) => kernel::<1, 3>(a),
+                    (1, 4) => kernel::<1, 4>(a),
+                    (2, 3) => kernel::<2, 3>(a),
+                    (2, 4) => kernel::<2, 4>(a),
                     _ => unreachable!("no {rows}x{np} block"),
                 }
             };
@@ -498,6 +557,27 @@ mod avx512 {
                     }
                 }
             }
+        }
+        if a.transposed {
+            // Lane j of a panel goes to output row (channel) j, `ldo` apart.
+            let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            let index = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(a.ldo as i32));
+            for r in 0..R {
+                for q in 0..P {
+                    let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
+                    if valid == 0 {
+                        continue;
+                    }
+                    let mask: __mmask16 = if valid == PANEL {
+                        !0
+                    } else {
+                        (1u16 << valid) - 1
+                    };
+                    let base = a.out.add(q * PANEL * a.ldo + r);
+                    _mm512_mask_i32scatter_ps::<4>(base as *mut _, mask, index, acc[r][q]);
+                }
+            }
+            return;
         }
         for r in 0..R {
             for q in 0..P {

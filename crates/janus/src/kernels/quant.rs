@@ -199,7 +199,7 @@ impl QuantMatrix {
     ) -> Self {
         let groups = cols.div_ceil(GROUP);
         let lines = groups * format.lines_per_group();
-        let mut quants = vec![Line([0; 64]); rows * lines];
+        let mut quants = super::huge_filled(rows * lines, Line([0; 64]));
         let mut scales = vec![f16::ZERO; rows * groups * GROUP_BLOCKS];
         if groups > 0 {
             quants
