@@ -93,14 +93,7 @@ pub fn conv2d_bf16(
                 // at a time: 16 sequential reads, one contiguous write per pixel.
                 let src = &img[(yp - d.pad) * d.w..];
                 let dst = &mut row[d.pad * d.cin..][..d.w * d.cin];
-                for c0 in (0..d.cin).step_by(16) {
-                    let cn = 16.min(d.cin - c0);
-                    for (xx, px) in dst.chunks_exact_mut(d.cin).enumerate() {
-                        for (j, v) in px[c0..c0 + cn].iter_mut().enumerate() {
-                            *v = src[(c0 + j) * d.h * d.w + xx];
-                        }
-                    }
-                }
+                channels_last_row(src, d.cin, d.w, d.h * d.w, dst, isa);
             });
         let out_img = SendPtr(out[bi * d.cout * pixels..].as_mut_ptr());
         if let (ConvWeight::Packed(p), true) = (weight, d.cin.is_multiple_of(2)) {
@@ -172,6 +165,73 @@ pub fn conv2d_bf16(
                 }
             }
         });
+    }
+}
+
+/// `dst[x * c + ch] = src[ch * plane + x]` for `x < w`, `ch < c`: one image row of every
+/// channel to channels-last order.
+fn channels_last_row(src: &[bf16], c: usize, w: usize, plane: usize, dst: &mut [bf16], isa: Isa) {
+    assert!(dst.len() >= w * c && (c == 0 || src.len() >= (c - 1) * plane + w));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 && w >= 2 && plane <= (i32::MAX as usize) / c.max(1) {
+        // SAFETY: bounds asserted above (the gathers read pixels x and x + 1 < w of
+        // channels < c; the stores write pixels x, x + 1 of channels < c).
+        unsafe { simd::channels_last_pairs(src, c, w / 2 * 2, plane, dst) };
+        done = w / 2 * 2;
+    }
+    let _ = isa;
+    for x in done..w {
+        for ch in 0..c {
+            dst[x * c + ch] = src[ch * plane + x];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use half::bf16;
+
+    /// [`super::channels_last_row`] for an even `w`: per 16 channels and pixel pair, one
+    /// gather of the 16 channels' (x, x + 1) words, split into two 16-channel stores.
+    ///
+    /// # Safety
+    /// `src` holds `(c - 1) * plane + w` values, `dst` `w * c`, `c * plane` fits in i32;
+    /// AVX-512 F/BW/VL present.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn channels_last_pairs(
+        src: &[bf16],
+        c: usize,
+        w: usize,
+        plane: usize,
+        dst: &mut [bf16],
+    ) {
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        // Byte offsets of the 16 channels' rows.
+        let index = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((plane * 2) as i32));
+        for c0 in (0..c).step_by(16) {
+            let n = 16.min(c - c0);
+            let mask: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+            let base = src.as_ptr().add(c0 * plane);
+            for x in (0..w).step_by(2) {
+                let words = _mm512_mask_i32gather_epi32::<1>(
+                    _mm512_setzero_si512(),
+                    mask,
+                    index,
+                    base.add(x) as *const _,
+                );
+                let lo = _mm512_cvtepi32_epi16(words);
+                let hi = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(words));
+                _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(x * c + c0) as *mut _, mask, lo);
+                _mm256_mask_storeu_epi16(
+                    dst.as_mut_ptr().add((x + 1) * c + c0) as *mut _,
+                    mask,
+                    hi,
+                );
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@ pub enum Isa {
     Plain,
     /// AVX2 + FMA (x86-64 since 2013).
     Avx2,
-    /// AVX-512 F/BW + BF16 (Zen 4, Sapphire Rapids and later).
+    /// AVX-512 F/BW/VL + BF16 (Zen 4, Sapphire Rapids and later).
     Avx512Bf16,
 }
 
@@ -39,6 +39,7 @@ impl Isa {
         {
             if std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("avx512bf16")
