@@ -1,8 +1,9 @@
 //! Runs one benchmark stage over and over on a model directory, for profilers:
-//! `perf record target/release/examples/stage_profile DIR STAGE [REPS] [bf16|f32]`,
+//! `perf record target/release/examples/stage_profile DIR STAGE [REPS] [bf16|f32] [q8|q4]`,
 //! STAGE one of `siglip`, `prefill` (the image rows plus 40 text ids), `step` (one
-//! text-to-image step of 2 rows, argmax), `decode` (one greedy text token), `vq` (one
-//! 576-code image). Prints the mean time per repetition.
+//! text-to-image step of 2 rows after a 17-token prompt, argmax), `decode` (one greedy
+//! text token after the prefill), `vq` (one 576-code image). Prints the mean time per
+//! repetition.
 
 use std::time::Instant;
 
@@ -24,7 +25,9 @@ fn main() -> anyhow::Result<()> {
     };
     janus::kernels::tune_allocator();
     let dev = Device::Cpu;
-    let pipe = Pipeline::load(std::path::Path::new(dir), DTypeChoice::Fixed(dtype), &dev)?;
+    let quant = args.get(5).map(|q| q.parse()).transpose()?;
+    let dir = std::path::Path::new(dir);
+    let pipe = Pipeline::load_quantized(dir, DTypeChoice::Fixed(dtype), quant, &dev)?;
     let m = &pipe.model;
     let cfg = m.config();
     let px = pixels(cfg.vision.image_size, &dev)?;
@@ -34,8 +37,10 @@ fn main() -> anyhow::Result<()> {
         .llm
         .embed(&Tensor::new(text.as_slice(), &dev)?.unsqueeze(0)?)?;
     let prompt = Tensor::cat(&[&image_rows, &text], 1)?;
-    let rows = if stage == "step" { 2 } else { 1 };
-    let prompt = prompt.repeat((rows, 1, 1))?;
+    let (rows, prompt) = match stage.as_str() {
+        "step" => (2, text.narrow(1, 0, 17)?.repeat((2, 1, 1))?),
+        _ => (1, prompt),
+    };
     let cap = prompt.dim(1)? + reps + 1;
     let mut cache = KvCache::new(&cfg.text, rows, cap, dtype, &dev)?;
     let mut h = m.llm.forward_embeds(&prompt, Some(&mut cache))?;

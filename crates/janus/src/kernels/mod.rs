@@ -104,6 +104,14 @@ pub fn isa() -> Isa {
     })
 }
 
+/// Runs `f` on a thread of rayon's global pool (directly when already on one) and waits.
+/// Work whose many parallel loops are separated by short serial steps (a model's
+/// forward) should run this way: each loop then starts from a pool thread, instead of
+/// the calling thread handing it over and sleeping until the pool is done, every time.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Splits `0..n` into about `4 * threads` chunks of a multiple of `align` (the last may
 /// be shorter), for rayon work lists that balance without tiny tasks.
 pub(crate) fn chunk_len(n: usize, align: usize, min_chunk: usize) -> usize {

@@ -444,24 +444,31 @@ impl Llama {
             (true, Some(m)) => AttnMask::Additive(m),
             (_, tensor) => AttnMask::Causal { offset, tensor },
         };
+        // On one of rayon's workers: the products' parallel loops then start from a pool
+        // thread, and the caller sleeps once per forward rather than once per product
+        // (the wake-ups cost ~18% of a 4-bit image step on two cores).
         let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let residual = h.clone();
-            let y = layer.input_layernorm.forward(&h)?;
-            let y = layer.self_attn.forward(
-                &y,
-                &self.rope,
-                &pos,
-                mask,
-                cache.as_deref_mut().map(|c| (c, i)),
-            )?;
-            h = (residual + y)?;
-            let residual = h.clone();
-            let y = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&h)?)?;
-            h = (residual + y)?;
-        }
+        let mut layers = |mut h: Tensor| -> Result<Tensor> {
+            for (i, layer) in self.layers.iter().enumerate() {
+                let residual = h.clone();
+                let y = layer.input_layernorm.forward(&h)?;
+                let y = layer.self_attn.forward(
+                    &y,
+                    &self.rope,
+                    &pos,
+                    mask,
+                    cache.as_deref_mut().map(|c| (c, i)),
+                )?;
+                h = (residual + y)?;
+                let residual = h.clone();
+                let y = layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&h)?)?;
+                h = (residual + y)?;
+            }
+            Ok(h)
+        };
+        h = crate::kernels::on_pool(move || layers(h))?;
         if let Some(c) = cache {
             c.len += t;
         }

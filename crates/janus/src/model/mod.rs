@@ -106,8 +106,11 @@ impl Janus {
     /// # Shapes
     /// `(B, 3, S, S) -> (B, N, D)`
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
-        let feats = self.vision.forward(&pixels.to_dtype(self.dtype())?)?;
-        self.aligner.forward(&feats)
+        // On a pool thread, as the LLM's forward (see `kernels::on_pool`).
+        crate::kernels::on_pool(|| {
+            let feats = self.vision.forward(&pixels.to_dtype(self.dtype())?)?;
+            self.aligner.forward(&feats)
+        })
     }
 
     /// Text embeddings with image embeddings written over the image-token positions.

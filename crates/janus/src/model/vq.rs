@@ -482,6 +482,7 @@ impl VqModel {
     /// `(B, h*w)` u32 -> `(B, 3, 16h, 16w)`
     pub fn decode_codes(&self, codes: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let z = self.codes_to_latent(codes, h, w)?;
-        self.decoder.forward(&self.post_quant_conv.forward(&z)?)
+        // On a pool thread, as the LLM's forward (see `kernels::on_pool`).
+        crate::kernels::on_pool(|| self.decoder.forward(&self.post_quant_conv.forward(&z)?))
     }
 }
