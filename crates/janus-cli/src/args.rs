@@ -108,6 +108,8 @@ impl ModelArgs {
         let spinner = progress.spinner(&format!("loading {}", self.model_id()));
         let pipe = Pipeline::load_quantized(&dir, dtype, quant, &Device::Cpu)?;
         spinner.finish();
+        // After loading, whose large temporaries should go back to the system at once.
+        janus::kernels::tune_allocator();
         Ok(pipe)
     }
 }

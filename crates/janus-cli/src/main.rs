@@ -49,7 +49,6 @@ enum Command {
 
 fn main() -> ExitCode {
     restore_sigpipe();
-    janus::kernels::tune_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -23,11 +23,11 @@ fn main() -> anyhow::Result<()> {
         Some("f32") => DType::F32,
         _ => DType::BF16,
     };
-    janus::kernels::tune_allocator();
     let dev = Device::Cpu;
     let quant = args.get(5).map(|q| q.parse()).transpose()?;
     let dir = std::path::Path::new(dir);
     let pipe = Pipeline::load_quantized(dir, DTypeChoice::Fixed(dtype), quant, &dev)?;
+    janus::kernels::tune_allocator();
     let m = &pipe.model;
     let cfg = m.config();
     let px = pixels(cfg.vision.image_size, &dev)?;

@@ -74,15 +74,17 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
         let x = |i: usize, line: usize| {
             _mm512_load_si512(a.xq.add((i * a.stride + g) * 2 * CHUNKS + line).cast())
         };
-        // Two sums per row (even and odd weights) halve the dependency chains.
-        let mut dot = [[_mm512_setzero_si512(); 2]; R];
+        // Four sums per row (even and odd weights of even and odd lines): the chains of
+        // dependent VPDPWSSD, not the loads, bound this loop at one or two rows.
+        let mut dot = [[_mm512_setzero_si512(); 4]; R];
         for u in 0..CHUNKS {
             let v = _mm512_load_si512(a.wq.add(g * CHUNKS + u).cast());
             let even = _mm512_slli_epi16::<8>(v);
             let odd = _mm512_and_si512(v, odd);
+            let s = 2 * (u % 2);
             for (i, dot) in dot.iter_mut().enumerate() {
-                dot[0] = _mm512_dpwssd_epi32(dot[0], even, x(i, 2 * u));
-                dot[1] = _mm512_dpwssd_epi32(dot[1], odd, x(i, 2 * u + 1));
+                dot[s] = _mm512_dpwssd_epi32(dot[s], even, x(i, 2 * u));
+                dot[s + 1] = _mm512_dpwssd_epi32(dot[s + 1], odd, x(i, 2 * u + 1));
             }
         }
         // The 1/256 undoes the shift (exactly: a power of two).
@@ -90,7 +92,11 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
         let dw = _mm512_mul_ps(dw, _mm512_set1_ps(1.0 / 256.0));
         for (i, acc) in acc.iter_mut().enumerate() {
             let dx = _mm512_load_ps(a.dx.add(i * a.stride + g).cast());
-            let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(dot[i][0], dot[i][1]));
+            let sum = _mm512_add_epi32(
+                _mm512_add_epi32(dot[i][0], dot[i][1]),
+                _mm512_add_epi32(dot[i][2], dot[i][3]),
+            );
+            let dot = _mm512_cvtepi32_ps(sum);
             *acc = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx), *acc);
         }
     }
