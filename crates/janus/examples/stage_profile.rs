@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 h = m.llm.forward_embeds(&x, Some(&mut cache))?;
             }
-            "vq" => drop(decode_codes(m, &[codes.clone()])?),
+            "vq" => drop(decode_codes(m, std::slice::from_ref(&codes))?),
             other => anyhow::bail!("unknown stage {other}"),
         }
     }

@@ -241,9 +241,9 @@ impl PackedBf16 {
         };
     }
 
-    /// A direct convolution's product on the calling thread, written transposed: `out[j
-    /// * ldo + i]` = `Σ_t W[j, t·c..(t+1)·c] · x[taps[t] + i·row_stride..][..c]` with `c = k
-    /// / taps.len()` columns per tap (even), x read in place (no patches): for a
+    /// A direct convolution's product on the calling thread, written transposed:
+    /// `out[j·ldo + i] = Σ_t W[j, t·c..(t+1)·c] · x[taps[t] + i·row_stride..][..c]` with
+    /// `c = k / taps.len()` columns per tap (even), x read in place (no patches): for a
     /// convolution over a channels-last image, one tap per kernel position, `i` the output
     /// pixels of one image row and `j` the output channel (so `out` is channel-major).
     ///
