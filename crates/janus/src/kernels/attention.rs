@@ -5,7 +5,9 @@
 //! Per (batch row, head, block of queries): `S = Q·Kᵀ` with the bf16 matmul tiles (only
 //! the keys a causal block can see), scale, mask, a softmax whose `exp` is vectorised, then
 //! `O = P·V` accumulating f32 rows four queries at a time. Grouped-query heads share
-//! their key/value head.
+//! their key/value head. From 16 queries on (prefill, SigLIP) both products go through
+//! the packed bf16 kernel instead, with the probabilities rounded to bf16 for `P·V` as
+//! PyTorch's CPU flash attention does.
 
 use half::bf16;
 use rayon::prelude::*;

@@ -1,10 +1,13 @@
-//! 2-D convolution on bf16 tensors as im2col + the bf16 matmul tiles (the VQ decoder's
-//! convolutions, where candle's CPU path has no bf16 kernel and is slow in f32).
+//! 2-D convolution on bf16 tensors (the VQ decoder's convolutions, where candle's CPU path
+//! has no bf16 kernel and is slow in f32).
 //!
 //! The input is first copied to a zero-padded channels-last image, so one output pixel's
 //! patch is `k·k` contiguous runs of `cin` values; weights are kept as
-//! `(cout, kh, kw, cin)` rows to match. Each task builds the patches of a block of output
-//! pixels and computes `weights · patchesᵀ`, which lands directly in NCHW order.
+//! `(cout, kh, kw, cin)` rows to match. With packed weights and an even `cin` the product
+//! is direct: per output row, the packed kernel reads each tap's input run in place
+//! ([`PackedBf16::matmul_taps`]) and stores channel-major, so nothing is copied per tap.
+//! Otherwise (row-major weights, odd `cin`) each task builds the patches of a block of
+//! output pixels (im2col) and multiplies them.
 
 use half::bf16;
 use rayon::prelude::*;

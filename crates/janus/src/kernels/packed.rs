@@ -6,6 +6,15 @@
 //! multiplies it into 16 outputs at once, so outputs never need a horizontal sum and the
 //! weights stream sequentially, panel by panel. Rows past `n` and the odd column of an odd
 //! `k` are zeros.
+//!
+//! Two ways through it. Few rows (decoding, image steps): tasks over panel ranges, each
+//! streaming its panels' weights from memory once (up to 4 panels a call for 1-2 rows).
+//! Many rows (prefill, SigLIP, attention, the VQ convolutions): x regrouped so each group
+//! of 12 rows' pairs is one contiguous stream (`put_row`), then for each pair of panels
+//! every row group runs over the whole of `k` with 24 accumulators, so the panels stay in
+//! L2 and each output tile is written once: about 91 % of the `VDPBF16PS` peak on one core
+//! of this Zen 4 (213 of 235 GFLOP/s), 400-430 GFLOP/s on two. `matmul_taps` is the same
+//! kernel reading x in place at several offsets (a direct convolution's taps).
 
 use half::bf16;
 use rayon::prelude::*;
