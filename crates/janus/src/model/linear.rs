@@ -49,12 +49,7 @@ impl Linear {
     /// BF16, a bf16 weight that tracks no gradient is packed for the kernel (the layout
     /// change costs one pass over the weight, once).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        let packable = weight.device().is_cpu()
-            && weight.dtype() == DType::BF16
-            && weight.rank() == 2
-            && !weight.track_op()
-            && kernels::isa() == kernels::Isa::Avx512Bf16;
-        if packable {
+        if Self::packs(&weight) {
             if let Ok((n, k)) = weight.dims2() {
                 if let Ok(w) = weight.contiguous() {
                     if let Some(p) = with_cpu_slice::<bf16, _>(&w, |s| PackedBf16::pack(s, n, k)) {
@@ -70,6 +65,15 @@ impl Linear {
             weight: Weight::Dense(weight),
             bias,
         }
+    }
+
+    /// Whether [`Self::new`] packs this weight for the CPU kernel.
+    pub fn packs(weight: &Tensor) -> bool {
+        weight.device().is_cpu()
+            && weight.dtype() == DType::BF16
+            && weight.rank() == 2
+            && !weight.track_op()
+            && kernels::isa() == kernels::Isa::Avx512Bf16
     }
 
     /// Loads `weight` (and `bias` when `bias`) of a `in_dim -> out_dim` layer.

@@ -201,11 +201,84 @@ fn linear(cfg_bias: bool, i: usize, o: usize, vb: VarBuilder) -> Result<Linear> 
     Linear::load(i, o, cfg_bias, vb)
 }
 
+/// Projections of the same input (q/k/v, gate/up), kept apart or stacked into one
+/// product.
+#[derive(Debug, Clone)]
+enum Projections {
+    /// One product each: candle's paths (training, GPUs, f32) and biased layers.
+    Separate(Vec<Linear>),
+    /// The weights stacked row-wise into one packed product, split after: one pass over
+    /// the input and one parallel loop instead of several (each loop's start wakes the
+    /// pool's threads). Every output is computed exactly as it would be alone.
+    Stacked { linear: Linear, sizes: Vec<usize> },
+}
+
+impl Projections {
+    /// Loads `names` (each `in_dim -> outs[i]`), stacked when their weights would be
+    /// packed for the CPU kernel and they have no bias.
+    fn load(
+        vb: &VarBuilder,
+        names: &[&str],
+        in_dim: usize,
+        outs: &[usize],
+        bias: bool,
+    ) -> Result<Self> {
+        if !bias {
+            let weights = names
+                .iter()
+                .zip(outs)
+                .map(|(n, &o)| vb.pp(*n).get((o, in_dim), "weight"))
+                .collect::<Result<Vec<_>>>()?;
+            if weights.iter().all(Linear::packs) {
+                let stacked = Tensor::cat(&weights, 0)?;
+                drop(weights);
+                return Ok(Self::Stacked {
+                    linear: Linear::new(stacked, None),
+                    sizes: outs.to_vec(),
+                });
+            }
+            let linears = weights.into_iter().map(|w| Linear::new(w, None)).collect();
+            return Ok(Self::Separate(linears));
+        }
+        let linears = names
+            .iter()
+            .zip(outs)
+            .map(|(n, &o)| linear(bias, in_dim, o, vb.pp(*n)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::Separate(linears))
+    }
+
+    /// Each projection of `x`.
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Self::Separate(ls) => ls.iter().map(|l| l.forward(x)).collect(),
+            Self::Stacked { linear, sizes } => {
+                let y = linear.forward(x)?;
+                let mut start = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        start += n;
+                        y.narrow(D::Minus1, start - n, n)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The products (for quantisation).
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            Self::Separate(ls) => ls.iter_mut().collect(),
+            Self::Stacked { linear, .. } => vec![linear],
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k, v.
+    qkv: Projections,
     o_proj: Linear,
     n_heads: usize,
     n_kv: usize,
@@ -221,10 +294,9 @@ impl SelfAttention {
             cfg.head_dim,
         );
         let b = cfg.attention_bias;
+        let names = ["q_proj", "k_proj", "v_proj"];
         Ok(Self {
-            q_proj: linear(b, d, h * dh, vb.pp("q_proj"))?,
-            k_proj: linear(b, d, kv * dh, vb.pp("k_proj"))?,
-            v_proj: linear(b, d, kv * dh, vb.pp("v_proj"))?,
+            qkv: Projections::load(&vb, &names, d, &[h * dh, kv * dh, kv * dh], b)?,
             o_proj: linear(b, h * dh, d, vb.pp("o_proj"))?,
             n_heads: h,
             n_kv: kv,
@@ -241,9 +313,11 @@ impl SelfAttention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let q = self.q_proj.forward(x)?;
-        let k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
+        let [q, k, v]: [Tensor; 3] = self
+            .qkv
+            .forward(x)?
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("q/k/v projections".into()))?;
         // (B, T, H*Dh) -> (B, H, T, Dh)
         let q = rope.apply_bthd(&q.reshape((b, t, self.n_heads, self.head_dim))?, pos)?;
         let k = rope.apply_bthd(&k.reshape((b, t, self.n_kv, self.head_dim))?, pos)?;
@@ -262,8 +336,8 @@ impl SelfAttention {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate, up.
+    gate_up: Projections,
     down_proj: Linear,
 }
 
@@ -271,8 +345,7 @@ impl Mlp {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (d, f, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: linear(b, d, f, vb.pp("gate_proj"))?,
-            up_proj: linear(b, d, f, vb.pp("up_proj"))?,
+            gate_up: Projections::load(&vb, &["gate_proj", "up_proj"], d, &[f, f], b)?,
             down_proj: linear(b, f, d, vb.pp("down_proj"))?,
         })
     }
@@ -280,7 +353,8 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
+        let gu = self.gate_up.forward(x)?;
+        let h = silu_mul(&gu[0], &gu[1])?;
         self.down_proj.forward(&h)
     }
 }
@@ -353,15 +427,10 @@ impl Llama {
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
         for layer in &mut self.layers {
             let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-            for lin in [
-                &mut a.q_proj,
-                &mut a.k_proj,
-                &mut a.v_proj,
-                &mut a.o_proj,
-                &mut m.gate_proj,
-                &mut m.up_proj,
-                &mut m.down_proj,
-            ] {
+            let mut all = a.qkv.linears_mut();
+            all.extend(m.gate_up.linears_mut());
+            all.extend([&mut a.o_proj, &mut m.down_proj]);
+            for lin in all {
                 lin.quantize(format)?;
             }
         }
@@ -553,6 +622,50 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::BF16))
             .unwrap()
+    }
+
+    /// Stacked projections give each projection's output bit for bit, packed or
+    /// quantised, for one row (decoding) and many (the blocked product).
+    #[test]
+    fn stacked_projections_equal_separate_ones_bit_for_bit() {
+        let (d, outs) = (64, [48usize, 16, 16]);
+        let ws: Vec<Tensor> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| rand_bf16(&[o, d], 100 + i as u64))
+            .collect();
+        let stacked = Tensor::cat(&ws, 0).unwrap();
+        for quant in [None, Some(QuantFormat::Q8), Some(QuantFormat::Q4)] {
+            if quant.is_none() && !Linear::packs(&stacked) {
+                // candle's own product (no AVX-512 BF16) may block by width.
+                continue;
+            }
+            let mut sep =
+                Projections::Separate(ws.iter().map(|w| Linear::new(w.clone(), None)).collect());
+            let mut st = Projections::Stacked {
+                linear: Linear::new(stacked.clone(), None),
+                sizes: outs.to_vec(),
+            };
+            if let Some(f) = quant {
+                for l in sep.linears_mut().into_iter().chain(st.linears_mut()) {
+                    l.quantize(f).unwrap();
+                }
+            }
+            for rows in [1, 2, 37] {
+                let x = rand_bf16(&[1, rows, d], 7);
+                let (a, b) = (sep.forward(&x).unwrap(), st.forward(&x).unwrap());
+                for (a, b) in a.iter().zip(&b) {
+                    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+                    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+                    let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+                    assert_eq!(a.len(), b.len());
+                    assert!(
+                        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{quant:?} rows {rows}"
+                    );
+                }
+            }
+        }
     }
 
     fn cfg(dh: usize) -> TextConfig {
