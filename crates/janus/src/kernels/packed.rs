@@ -567,38 +567,32 @@ mod avx512 {
                 }
             }
         }
+        // The valid lanes of panel q (the last panel may be partial).
+        let panel_mask = |q: usize| -> __mmask16 {
+            let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
+            ((1u32 << valid) - 1) as __mmask16
+        };
         if a.transposed {
             // Lane j of a panel goes to output row (channel) j, `ldo` apart.
             let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
             let index = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(a.ldo as i32));
             for r in 0..R {
                 for q in 0..P {
-                    let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
-                    if valid == 0 {
-                        continue;
+                    let mask = panel_mask(q);
+                    if mask != 0 {
+                        let base = a.out.add(q * PANEL * a.ldo + r);
+                        _mm512_mask_i32scatter_ps::<4>(base as *mut _, mask, index, acc[r][q]);
                     }
-                    let mask: __mmask16 = if valid == PANEL {
-                        !0
-                    } else {
-                        (1u16 << valid) - 1
-                    };
-                    let base = a.out.add(q * PANEL * a.ldo + r);
-                    _mm512_mask_i32scatter_ps::<4>(base as *mut _, mask, index, acc[r][q]);
                 }
             }
             return;
         }
         for r in 0..R {
             for q in 0..P {
-                let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
-                if valid == 0 {
+                let mask = panel_mask(q);
+                if mask == 0 {
                     continue;
                 }
-                let mask: __mmask16 = if valid == PANEL {
-                    !0
-                } else {
-                    (1u16 << valid) - 1
-                };
                 let o = a.out.add(r * a.ldo + q * PANEL);
                 let v = if a.accumulate {
                     _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, o))
