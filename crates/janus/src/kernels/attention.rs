@@ -132,19 +132,8 @@ pub fn attention_bf16(
             );
         }
         for r in 0..rows {
-            let i = i0 + r;
             let row = &mut scores[r * keys..(r + 1) * keys];
-            let visible = match mask {
-                Mask::Causal { offset } => (offset + i + 1).min(keys),
-                _ => keys,
-            };
-            let m = match mask {
-                Mask::Additive { data, batch_stride } => {
-                    Some(&data[b * batch_stride + i * d.tk..][..visible])
-                }
-                _ => None,
-            };
-            softmax_in_place(isa, &mut row[..visible], scale, m);
+            let visible = softmax_row(row, b, i0 + r, d.tk, mask, scale, isa);
             row[visible..].fill(0.0);
         }
         let mut acc = vec![0f32; rows * d.dh];
@@ -222,19 +211,8 @@ fn attention_packed(
             kp.matmul_grouped_part(&grouped, rows, keys, dh, &mut scores, isa);
             let mut p_grouped = vec![bf16::ZERO; vp.grouped_len(rows, isa)];
             for r in 0..rows {
-                let i = i0 + r;
                 let row = &mut scores[r * tk..][..keys];
-                let visible = match mask {
-                    Mask::Causal { offset } => (offset + i + 1).min(keys),
-                    _ => keys,
-                };
-                let m = match mask {
-                    Mask::Additive { data, batch_stride } => {
-                        Some(&data[b * batch_stride + i * tk..][..visible])
-                    }
-                    _ => None,
-                };
-                softmax_in_place(isa, &mut row[..visible], scale, m);
+                let visible = softmax_row(row, b, i0 + r, tk, mask, scale, isa);
                 super::fused::round_into(isa, &row[..visible], &mut probs[..visible]);
                 probs[visible..].fill(bf16::ZERO);
                 vp.put_row(&probs, r, &mut p_grouped, isa);
@@ -250,6 +228,32 @@ fn attention_packed(
             }
         }
     });
+}
+
+/// Scales, masks and softmaxes the scores `row` of query `i` of batch row `b` (the first
+/// `row.len()` of `tk` keys) over the keys it sees; returns how many that is (the rest of
+/// `row` is left as it was).
+fn softmax_row(
+    row: &mut [f32],
+    b: usize,
+    i: usize,
+    tk: usize,
+    mask: Mask,
+    scale: f32,
+    isa: Isa,
+) -> usize {
+    let visible = match mask {
+        Mask::Causal { offset } => (offset + i + 1).min(row.len()),
+        _ => row.len(),
+    };
+    let m = match mask {
+        Mask::Additive { data, batch_stride } => {
+            Some(&data[b * batch_stride + i * tk..][..visible])
+        }
+        _ => None,
+    };
+    softmax_in_place(isa, &mut row[..visible], scale, m);
+    visible
 }
 
 super::vectorized_fn! {

@@ -8,7 +8,7 @@
 //! `k` are zeros.
 //!
 //! Two ways through it. Few rows (decoding, image steps): tasks over panel ranges, each
-//! streaming its panels' weights from memory once (up to 4 panels a call for 1-2 rows).
+//! streaming its panels' weights from memory once, two panels a call.
 //! Many rows (prefill, SigLIP, attention, the VQ convolutions): x regrouped so each group
 //! of 12 rows' pairs is one contiguous stream (`put_row`), then for each pair of panels
 //! every row group runs over the whole of `k` with 24 accumulators, so the panels stay in
@@ -151,7 +151,7 @@ impl PackedBf16 {
                     };
                     let mut p = p0;
                     while p < p1 {
-                        let np = (p1 - p).min(max_panels(isa, rows));
+                        let np = (p1 - p).min(2);
                         // SAFETY: rows i..i+rows < m, panels p..p+np < panels, pairs
                         // c0..c1 <= pairs; x rows hold 2 * pairs values (padded above);
                         // tasks own disjoint panels, hence disjoint output columns.
@@ -443,15 +443,6 @@ impl PackedBf16 {
     }
 }
 
-/// Panels per kernel call for `rows` rows at this level: up to four when the product
-/// streams weights from memory for one or two rows (more streams in flight).
-fn max_panels(isa: Isa, rows: usize) -> usize {
-    match isa {
-        Isa::Avx512Bf16 if rows <= 2 => 4,
-        _ => 2,
-    }
-}
-
 /// Rows of x per kernel call at this level.
 fn max_rows(isa: Isa) -> usize {
     match isa {
@@ -493,7 +484,7 @@ struct Block<'a> {
 /// products of this loop vectorise well enough there).
 unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
     for r in 0..rows {
-        let mut acc = [0f32; 4 * PANEL];
+        let mut acc = [0f32; 2 * PANEL];
         for (q, accq) in acc.chunks_exact_mut(PANEL).enumerate().take(np) {
             for (t, &off) in a.taps.iter().enumerate() {
                 let w = a.w.add(q * a.panel_len + t * a.pairs * 2 * PANEL);
@@ -528,16 +519,12 @@ mod avx512 {
     use super::{Block, PANEL};
 
     /// # Safety
-    /// `rows <= 12`, `np` in 1..=2 (1..=4 for up to 2 rows), operands as [`Block`] describes; AVX-512 BF16 present.
+    /// `rows <= 12`, `np` in 1..=2, operands as [`Block`] describes; AVX-512 BF16 present.
     pub(super) unsafe fn block(rows: usize, np: usize, a: &Block) {
         macro_rules! go {
             ($($r:literal),*) => {
                 match (rows, np) {
                     $(($r, 1) => kernel::<$r, 1>(a), ($r, 2) => kernel::<$r, 2>(a),)*
-                    (1, 3) => kernel::<1, 3>(a),
-                    (1, 4) => kernel::<1, 4>(a),
-                    (2, 3) => kernel::<2, 3>(a),
-                    (2, 4) => kernel::<2, 4>(a),
                     _ => unreachable!("no {rows}x{np} block"),
                 }
             };
