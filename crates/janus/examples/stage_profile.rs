@@ -3,7 +3,8 @@
 //! STAGE one of `siglip`, `prefill` (the image rows plus 40 text ids), `step` (one
 //! text-to-image step of 2 rows after a 17-token prompt, argmax), `decode` (one greedy
 //! text token after the prefill), `vq` (one 576-code image). Prints the mean time per
-//! repetition.
+//! repetition; with `ROUNDS=N` in the environment, the median of N rounds of REPS (step
+//! and decode restart from the prompt each round, so the cache stays as short).
 
 use std::time::Instant;
 
@@ -19,6 +20,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: stage_profile DIR siglip|prefill|step|decode|vq [REPS] [bf16|f32]");
     };
     let reps: usize = args.get(3).map_or(Ok(8), |s| s.parse())?;
+    // Rounds of `reps` (a step's or a token's cache restarting from the prompt each round).
+    let rounds: usize = std::env::var("ROUNDS").map_or(Ok(1), |s| s.parse())?;
     let dtype = match args.get(4).map(String::as_str) {
         Some("f32") => DType::F32,
         _ => DType::BF16,
@@ -45,31 +48,44 @@ fn main() -> anyhow::Result<()> {
     let mut cache = KvCache::new(&cfg.text, rows, cap, dtype, &dev)?;
     let mut h = m.llm.forward_embeds(&prompt, Some(&mut cache))?;
     let codes = vq_codes(cfg.gen_image_tokens(), cfg.vq.codebook_size);
-    let t0 = Instant::now();
-    for _ in 0..reps {
-        match stage.as_str() {
-            "siglip" => drop(m.encode_images(&px)?),
-            "prefill" => {
-                let mut c = KvCache::new(&cfg.text, 1, prompt.dim(1)?, dtype, &dev)?;
-                drop(m.llm.forward_embeds(&prompt, Some(&mut c))?);
-            }
-            "step" | "decode" => {
-                let t = h.dim(1)?;
-                let last = h.narrow(1, t - 1, 1)?;
-                let x = if stage == "step" {
-                    let codes = m.gen_head_logits(&last)?.argmax(D::Minus1)?;
-                    m.embed_image_codes(&codes)?
-                } else {
-                    let ids = m.llm.lm_head(&last)?.argmax(D::Minus1)?;
-                    m.llm.embed(&ids)?
-                };
-                h = m.llm.forward_embeds(&x, Some(&mut cache))?;
-            }
-            "vq" => drop(decode_codes(m, std::slice::from_ref(&codes))?),
-            other => anyhow::bail!("unknown stage {other}"),
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        if round > 0 && matches!(stage.as_str(), "step" | "decode") {
+            cache.reset();
+            h = m.llm.forward_embeds(&prompt, Some(&mut cache))?;
         }
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            match stage.as_str() {
+                "siglip" => drop(m.encode_images(&px)?),
+                "prefill" => {
+                    let mut c = KvCache::new(&cfg.text, 1, prompt.dim(1)?, dtype, &dev)?;
+                    drop(m.llm.forward_embeds(&prompt, Some(&mut c))?);
+                }
+                "step" | "decode" => {
+                    let t = h.dim(1)?;
+                    let last = h.narrow(1, t - 1, 1)?;
+                    let x = if stage == "step" {
+                        let codes = m.gen_head_logits(&last)?.argmax(D::Minus1)?;
+                        m.embed_image_codes(&codes)?
+                    } else {
+                        let ids = m.llm.lm_head(&last)?.argmax(D::Minus1)?;
+                        m.llm.embed(&ids)?
+                    };
+                    h = m.llm.forward_embeds(&x, Some(&mut cache))?;
+                }
+                "vq" => drop(decode_codes(m, std::slice::from_ref(&codes))?),
+                other => anyhow::bail!("unknown stage {other}"),
+            }
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e3 / reps as f64);
     }
-    let s = t0.elapsed().as_secs_f64() / reps as f64;
-    println!("{stage}: {:.2} ms per repetition ({reps})", s * 1e3);
+    let rounds_ms: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{stage}: {:.2} ms per repetition, median of {rounds} rounds of {reps} ({})",
+        times[times.len() / 2],
+        rounds_ms.join(" ")
+    );
     Ok(())
 }

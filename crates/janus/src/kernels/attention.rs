@@ -321,6 +321,12 @@ fn weighted_sum(
     assert!(v.len() >= (keys - 1) * ldv + dh);
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 if dh.is_multiple_of(32) => {
+            // SAFETY: bounds asserted above; the CPU supports AVX-512 F (the level's
+            // requirement).
+            unsafe { simd::weighted_sum_avx512(p, rows, keys, v, ldv, dh, acc) }
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 | Isa::Avx2 if dh.is_multiple_of(16) => {
             // SAFETY: bounds asserted above; the CPU supports AVX2 (both levels imply it).
             unsafe { simd::weighted_sum_avx2(p, rows, keys, v, ldv, dh, acc) }
@@ -464,6 +470,91 @@ mod simd {
         )
     }
 
+    /// `acc = p · v` (`dh % 32 == 0`), up to 2 query rows and 128 columns per pass: every
+    /// key's values are read once per pass as bf16 pairs, whose two halves (shifted up,
+    /// or masked to the high half) are the even and the odd columns in f32. Each output
+    /// is the same chain of FMAs over the keys as in [`weighted_sum_avx2`], so the two
+    /// levels give the same bits.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_sum_avx512(
+        p: &[f32],
+        rows: usize,
+        keys: usize,
+        v: &[bf16],
+        ldv: usize,
+        dh: usize,
+        acc: &mut [f32],
+    ) {
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = (rows - r0).min(2);
+            let mut c = 0;
+            while c < dh {
+                let blocks = ((dh - c) / 32).min(4);
+                let args = (p, r0, keys, v, ldv, c, dh, &mut *acc);
+                match (nr, blocks) {
+                    (1, 1) => pass::<1, 1>(args),
+                    (1, 2) => pass::<1, 2>(args),
+                    (1, 3) => pass::<1, 3>(args),
+                    (1, _) => pass::<1, 4>(args),
+                    (_, 1) => pass::<2, 1>(args),
+                    (_, 2) => pass::<2, 2>(args),
+                    (_, 3) => pass::<2, 3>(args),
+                    _ => pass::<2, 4>(args),
+                }
+                c += 32 * blocks;
+            }
+            r0 += nr;
+        }
+    }
+
+    /// Query rows `r0..r0 + R`, columns `c..c + 32 C` of [`weighted_sum_avx512`].
+    #[inline(always)]
+    #[allow(clippy::type_complexity)]
+    unsafe fn pass<const R: usize, const C: usize>(
+        (p, r0, keys, v, ldv, c, dh, acc): (
+            &[f32],
+            usize,
+            usize,
+            &[bf16],
+            usize,
+            usize,
+            usize,
+            &mut [f32],
+        ),
+    ) {
+        let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        // [even columns, odd columns] of each 32-column block.
+        let mut a = [[[_mm512_setzero_ps(); 2]; C]; R];
+        for j in 0..keys {
+            let row = v.as_ptr().add(j * ldv + c);
+            let vv: [[__m512; 2]; C] = std::array::from_fn(|b| {
+                let pairs = _mm512_loadu_si512(row.add(32 * b).cast());
+                [
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(pairs)),
+                    _mm512_castsi512_ps(_mm512_and_si512(pairs, high)),
+                ]
+            });
+            for (r, ar) in a.iter_mut().enumerate() {
+                let pj = _mm512_set1_ps(*p.get_unchecked((r0 + r) * keys + j));
+                for (ab, vb) in ar.iter_mut().zip(&vv) {
+                    ab[0] = _mm512_fmadd_ps(pj, vb[0], ab[0]);
+                    ab[1] = _mm512_fmadd_ps(pj, vb[1], ab[1]);
+                }
+            }
+        }
+        // Even and odd columns back in order.
+        let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        for (r, ar) in a.iter().enumerate() {
+            for (b, ab) in ar.iter().enumerate() {
+                let o = acc.as_mut_ptr().add((r0 + r) * dh + c + 32 * b);
+                _mm512_storeu_ps(o, _mm512_permutex2var_ps(ab[0], lo, ab[1]));
+                _mm512_storeu_ps(o.add(16), _mm512_permutex2var_ps(ab[0], hi, ab[1]));
+            }
+        }
+    }
+
     /// `acc = p · v` four query rows at a time, 16 columns per pass (`dh % 16 == 0`).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn weighted_sum_avx2(
@@ -597,6 +688,45 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn weighted_sums_give_the_same_bits_at_every_vector_level() {
+        // Rows and keys of decoding and a few new tokens; widths of 1 to 5 column blocks;
+        // value rows inside a wider cache row.
+        for &(rows, keys, dh) in &[
+            (1, 1, 32),
+            (1, 7, 128),
+            (2, 300, 128),
+            (3, 33, 160),
+            (5, 9, 96),
+        ] {
+            let ldv = dh + 16;
+            let p: Vec<f32> = values(rows * keys, 5 + keys as u32)
+                .into_iter()
+                .map(|x| x.to_f32().abs() / keys as f32)
+                .collect();
+            let v = values(keys * ldv, 9);
+            let mut want = vec![0f32; rows * dh];
+            weighted_sum(&p, rows, keys, &v, ldv, dh, &mut want, Isa::Plain);
+            let mut by_level = Vec::new();
+            for isa in Isa::available().into_iter().filter(|&i| i != Isa::Plain) {
+                let mut got = vec![0f32; rows * dh];
+                weighted_sum(&p, rows, keys, &v, ldv, dh, &mut got, isa);
+                for (o, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{isa:?} {rows}x{keys}x{dh} at {o}: {a} vs {b}"
+                    );
+                }
+                by_level.push((isa, got));
+            }
+            for pair in by_level.windows(2) {
+                let ((i0, a), (i1, b)) = (&pair[0], &pair[1]);
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{i0:?} and {i1:?} differ for {rows}x{keys}x{dh}");
+            }
+        }
     }
 
     #[test]

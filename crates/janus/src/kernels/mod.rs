@@ -108,8 +108,52 @@ pub fn isa() -> Isa {
 /// Work whose many parallel loops are separated by short serial steps (a model's
 /// forward) should run this way: each loop then starts from a pool thread, instead of
 /// the calling thread handing it over and sleeping until the pool is done, every time.
+///
+/// While `f` runs, the pool's other threads stay awake: each takes part through a task
+/// that runs whatever work appears (`rayon::yield_now`) and spins between, until `f`
+/// returns. A parallel loop's halves are then taken up at once instead of after a
+/// futex wake-up (tens of microseconds in a VM, a hundred times per image step), and no
+/// thread goes to sleep between loops. The cost is the spinning: `f`'s serial parts keep
+/// every pool thread busy. The spinning tasks are not waited for: one that picked up
+/// other work (another caller's forward) finishes it after `f` has returned.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    thread_local! {
+        /// How many `on_pool` bodies this thread is inside.
+        static BODIES: Cell<usize> = const { Cell::new(0) };
+    }
+    /// Ends the spinning and leaves the body however `f` leaves (a panic included).
+    struct Leave(Arc<AtomicBool>);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+            BODIES.with(|b| b.set(b.get() - 1));
+        }
+    }
+    rayon::scope(|_| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let spin = stop.clone();
+        rayon::spawn_broadcast(move |_| {
+            // A thread inside a body (this one's, waiting in a join, or another call's)
+            // does not spin: two bodies' threads spinning for each other, each below the
+            // other's body on its stack, would wait for ever.
+            if BODIES.with(Cell::get) > 0 {
+                return;
+            }
+            while !spin.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    for _ in 0..64 {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        });
+        BODIES.with(|b| b.set(b.get() + 1));
+        let _leave = Leave(stop);
+        f()
+    })
 }
 
 /// Splits `0..n` into about `4 * threads` chunks of a multiple of `align` (the last may
@@ -271,6 +315,35 @@ pub(crate) use vectorized_fn;
 #[cfg(test)]
 mod tests {
     use half::bf16;
+    use rayon::prelude::*;
+
+    #[test]
+    fn on_pool_runs_parallel_loops_nests_and_passes_panics_on() {
+        // Run from outside the pool, with parallel loops inside, nested, and from many
+        // threads at once (each call's spinners must stop when it returns).
+        let sums: Vec<u64> = (0..4u64)
+            .into_par_iter()
+            .map(|t| {
+                super::on_pool(|| {
+                    let inner = super::on_pool(|| (0..1000u64).into_par_iter().sum::<u64>());
+                    inner + (0..1000u64).into_par_iter().map(|i| i * t).sum::<u64>()
+                })
+            })
+            .collect();
+        assert_eq!(sums, [499_500, 999_000, 1_498_500, 1_998_000]);
+        let outside = std::thread::spawn(|| super::on_pool(|| 7)).join().unwrap();
+        assert_eq!(outside, 7);
+        // A panic reaches the caller instead of leaving the spinners waiting forever.
+        let caught = std::panic::catch_unwind(|| {
+            super::on_pool(|| {
+                (0..100)
+                    .into_par_iter()
+                    .for_each(|i| assert!(i < 50, "item {i}"));
+            })
+        });
+        assert!(caught.is_err());
+        assert_eq!(super::on_pool(|| 3), 3);
+    }
 
     #[test]
     fn narrow_and_widen_match_half() {

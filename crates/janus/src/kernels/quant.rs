@@ -12,7 +12,12 @@
 //! add) comes once per 512 weights, not once per block, and nothing is shuffled. Q8 stores
 //! `q` as a signed byte, one chunk per 64-byte line; Q4 stores `q + 8`, chunk `u` in the
 //! low nibbles of line `u` and chunk `u + 4` in the high ones (an AND, or a shift and an
-//! AND, to unpack). Lines are 64-byte aligned; the f16 scales have an array of their own.
+//! AND, to unpack).
+//!
+//! Weight rows are stored in *quads* of 4 (the last one padded with zero rows): for each
+//! group, line `s` of the quad's 4 rows lie side by side, so a kernel that takes 4 weight
+//! rows against the same activations reads one sequential stream. Lines are 64-byte
+//! aligned; the f16 scales have an array of their own, `(quads, groups, 4, 16)`.
 //!
 //! # Kernels
 //! The activations are quantised per block too, on the fly, into the same layout, and
@@ -28,10 +33,11 @@
 //!   (1.3% instead of 0.54% of the output RMS, same data); 12 bits add nothing
 //!   measurable, and keep each lane's 32 sums of `256 q_w · q_x` inside i32.
 //!
-//! A tile is one weight row against up to 4 activation rows. Decoding (1 or 2 rows) reads
-//! each weight once, as one sequential stream per thread, at memory speed; prefill
-//! (hundreds of rows) re-reads 32-row blocks of weights from L2 and runs faster than the
-//! bf16 kernel. Every row count takes this one path, so a row's result never depends on
+//! A tile is one quad of weight rows against up to 4 activation rows: each activation
+//! load serves 4 weight rows (with one weight row per tile, the activations' L1 and L2
+//! traffic, 2 to 4 times the weights', held a two-row Q8 product to half the speed of
+//! memory). Decoding (1 or 2 rows) reads each weight once, as one sequential stream per
+//! thread; prefill (hundreds of rows) re-reads blocks of 32 weight rows from L2. Every row count takes this one path, so a row's result never depends on
 //! the batch it came in. Threads split the weight rows, as in [`super::gemm`].
 
 use std::fmt;
@@ -55,6 +61,9 @@ const GROUP_BLOCKS: usize = 16;
 
 /// Weights per group.
 const GROUP: usize = GROUP_BLOCKS * BLOCK;
+
+/// Weight rows per quad (stored interleaved line by line, multiplied together).
+const QUAD: usize = 4;
 
 /// 64-byte chunks per group (4 weights of each block per chunk).
 const CHUNKS: usize = BLOCK / 4;
@@ -140,9 +149,9 @@ pub struct QuantMatrix {
     cols: usize,
     /// Groups per row (`cols` rounded up to 512 weights).
     groups: usize,
-    /// `(rows, groups, lines_per_group)`: the stored quants, see the module doc.
+    /// `(quads, groups, lines_per_group, 4)`: the stored quants, see the module doc.
     quants: Vec<Line>,
-    /// `(rows, groups, 16)`: one scale per block, padding blocks 0.
+    /// `(quads, groups, 4, 16)`: one scale per block, padding blocks and rows 0.
     scales: Vec<f16>,
 }
 
@@ -197,20 +206,27 @@ impl QuantMatrix {
         format: QuantFormat,
         row: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Self {
-        let groups = cols.div_ceil(GROUP);
-        let lines = groups * format.lines_per_group();
-        let mut quants = super::huge_filled(rows * lines, Line([0; 64]));
-        let mut scales = vec![f16::ZERO; rows * groups * GROUP_BLOCKS];
+        let (groups, quads) = (cols.div_ceil(GROUP), rows.div_ceil(QUAD));
+        let lines = groups * format.lines_per_group() * QUAD;
+        let mut quants = super::huge_filled(quads * lines, Line([0; 64]));
+        let mut scales = vec![f16::ZERO; quads * groups * QUAD * GROUP_BLOCKS];
         if groups > 0 {
             quants
                 .par_chunks_mut(lines)
-                .zip(scales.par_chunks_mut(groups * GROUP_BLOCKS))
+                .zip(scales.par_chunks_mut(groups * QUAD * GROUP_BLOCKS))
                 .enumerate()
                 .for_each_init(
                     || vec![0f32; cols],
-                    |buf, (j, (q, s))| {
-                        row(j, buf);
-                        quantize_row(buf, format, q, s);
+                    |buf, (t, (q, s))| {
+                        for r in 0..QUAD {
+                            let j = t * QUAD + r;
+                            if j < rows {
+                                row(j, buf);
+                            } else {
+                                buf.fill(0.0);
+                            }
+                            quantize_row(buf, format, r, q, s);
+                        }
                     },
                 );
         }
@@ -247,16 +263,18 @@ impl QuantMatrix {
     /// The signed `q` of row `j`, group `g`, chunk `u`, chunk byte `b`.
     fn quant(&self, j: usize, g: usize, u: usize, b: usize) -> i32 {
         let lpg = self.format.lines_per_group();
-        let byte = self.quants[(j * self.groups + g) * lpg + u % lpg].0[b];
+        let line = ((j / QUAD * self.groups + g) * lpg + u % lpg) * QUAD + j % QUAD;
+        let byte = self.quants[line].0[b];
         match self.format {
             QuantFormat::Q8 => byte as i8 as i32,
             QuantFormat::Q4 => ((byte >> (4 * (u / lpg))) & 0x0F) as i32 - 8,
         }
     }
 
-    /// The scale of row `j`, group `g`, block `l`.
-    fn scale(&self, j: usize, g: usize, l: usize) -> f32 {
-        self.scales[(j * self.groups + g) * GROUP_BLOCKS + l].to_f32()
+    /// The scale of row `j`, block `b` (group `b / 16`, block `b % 16` in it).
+    fn scale(&self, j: usize, b: usize) -> f16 {
+        let (g, l) = (b / GROUP_BLOCKS, b % GROUP_BLOCKS);
+        self.scales[((j / QUAD * self.groups + g) * QUAD + j % QUAD) * GROUP_BLOCKS + l]
     }
 
     /// The `(rows, cols)` f32 weight the quants stand for, row-major.
@@ -266,7 +284,7 @@ impl QuantMatrix {
             for (c, v) in w[j * self.cols..(j + 1) * self.cols].iter_mut().enumerate() {
                 let (g, l, s) = (c / GROUP, c % GROUP / BLOCK, c % BLOCK);
                 let (u, b) = chunk_pos(l, s);
-                *v = self.quant(j, g, u, b) as f32 * self.scale(j, g, l);
+                *v = self.quant(j, g, u, b) as f32 * self.scale(j, c / BLOCK).to_f32();
             }
         }
         w
@@ -299,13 +317,18 @@ impl QuantMatrix {
         let (groups, level) = (self.groups, Level::of(isa));
         let acts = QuantActs::new(x, m, k, groups, self.format, level);
         let parallel = m * n * k >= 1 << 18;
-        let chunk = if parallel { chunk_len(n, 1, 2) } else { n };
-        let lpg = self.format.lines_per_group();
+        let quads = n.div_ceil(QUAD);
+        let chunk = if parallel {
+            chunk_len(quads, 1, 1)
+        } else {
+            quads
+        };
+        let quad_lines = self.format.lines_per_group() * QUAD;
         // A tile's activation rows stay in L1 while the weights pass. Decoding streams
-        // the weights from memory, best as one unbroken row: it takes both rows per tile
-        // when they fit, else one row at a time, the second pass re-reading the weights
-        // from L2. Prefill takes 4 rows over K blocks that fit (the weights come from L2
-        // anyway), adding up the partial sums.
+        // the weights from memory, best as one unbroken stream: it takes both rows per
+        // tile when they fit, else one row at a time, the second pass re-reading the
+        // weights from L2. Prefill takes 4 rows over K blocks that fit (the weights come
+        // from L2 anyway), adding up the partial sums.
         let group_bytes = acts.lines * 64 + 2 * std::mem::size_of::<Lanes<f32>>();
         let (tile_rows, kb) = if m <= 2 {
             let rows = if m * groups * group_bytes <= DECODE_ACTS {
@@ -320,38 +343,42 @@ impl QuantMatrix {
         };
         let out_ptr = SendPtr(out.as_mut_ptr());
         let run = |c: usize| {
-            let n0 = c * chunk;
-            let n1 = (n0 + chunk).min(n);
-            // Each tile of rows after the first re-reads these weight rows from L2.
-            for j0 in (n0..n1).step_by(REUSE_ROWS) {
-                let j1 = (j0 + REUSE_ROWS).min(n1);
+            let t0 = c * chunk;
+            let t1 = (t0 + chunk).min(quads);
+            // Each tile of rows after the first re-reads these weight quads from L2.
+            for b0 in (t0..t1).step_by(REUSE_QUADS) {
+                let b1 = (b0 + REUSE_QUADS).min(t1);
                 for g0 in (0..groups).step_by(kb) {
                     for i in (0..m).step_by(tile_rows) {
                         let (xo, rows) = (i * groups + g0, tile_rows.min(m - i));
-                        for j in j0..j1 {
+                        for t in b0..b1 {
+                            let tg = t * groups + g0;
                             let args = TileArgs {
                                 xq: acts.q[xo * acts.lines..].as_ptr(),
                                 neg: acts.neg[xo..].as_ptr(),
                                 dx: acts.scale[xo..].as_ptr(),
                                 stride: groups,
                                 groups: kb.min(groups - g0),
-                                wq: self.quants[(j * groups + g0) * lpg..].as_ptr(),
-                                ws: self.scales[(j * groups + g0) * GROUP_BLOCKS..].as_ptr(),
-                                // SAFETY: (i, j) is inside the (m, n) output, asserted above.
-                                out: unsafe { out_ptr.get().add(i * n + j) },
+                                wq: self.quants[tg * quad_lines..].as_ptr(),
+                                ws: self.scales[tg * QUAD * GROUP_BLOCKS..].as_ptr(),
+                                // SAFETY: (i, 4t) is inside the (m, n) output, asserted
+                                // above.
+                                out: unsafe { out_ptr.get().add(i * n + t * QUAD) },
                                 ldo: n,
+                                cols: QUAD.min(n - t * QUAD),
                                 add: g0 > 0,
                             };
                             // SAFETY: the tile stays inside the operands (rows i..i + rows
-                            // < m, weight row j < n, groups g0.. < groups); tasks own
-                            // disjoint output columns; `level` was checked against the CPU.
+                            // < m, quad t of the padded rows, groups g0.. < groups, output
+                            // columns 4t..4t + cols < n); tasks own disjoint output
+                            // columns; `level` was checked against the CPU.
                             unsafe { tile(level, self.format, rows, args) }
                         }
                     }
                 }
             }
         };
-        let chunks = n.div_ceil(chunk);
+        let chunks = quads.div_ceil(chunk);
         if parallel && chunks > 1 {
             (0..chunks).into_par_iter().for_each(run);
         } else {
@@ -361,14 +388,10 @@ impl QuantMatrix {
 }
 
 /// Activation rows a tile takes at most, sharing each weight load.
-///
-/// A tile reads a single weight row: one sequential stream per thread keeps the hardware
-/// prefetcher ahead, where several weight rows per tile (2 to 4 were tried) share 4 KiB
-/// pages between streams and decoded up to 2x slower.
 const TILE_ROWS: usize = 4;
 
-/// Weight rows walked together while every group of activation rows passes over them.
-const REUSE_ROWS: usize = 32;
+/// Weight quads walked together while every group of activation rows passes over them.
+const REUSE_QUADS: usize = 8;
 
 /// Bytes of quantised activations a decoding tile keeps in L1 (32 KiB here) next to the
 /// weights streaming through: more and Q8's two 5632-long rows (25 KiB) ran half as fast.
@@ -379,18 +402,19 @@ const DECODE_ACTS: usize = 16 << 10;
 /// saved).
 const PREFILL_ACTS: usize = 32 << 10;
 
-/// Quantises one row (`w`, `cols` long) into its lines and block scales.
-fn quantize_row(w: &[f32], format: QuantFormat, lines: &mut [Line], scales: &mut [f16]) {
+/// Quantises one row (`w`, `cols` long) into its lines and block scales, as row `r` of
+/// the quad whose lines and scales these are.
+fn quantize_row(w: &[f32], format: QuantFormat, r: usize, lines: &mut [Line], scales: &mut [f16]) {
     let lpg = format.lines_per_group();
-    for (b, scale) in scales.iter_mut().enumerate() {
+    for b in 0..scales.len() / QUAD {
         let c0 = b * BLOCK;
         let src = w.get(c0..(c0 + BLOCK).min(w.len())).unwrap_or(&[]);
         let (s, q) = quantize_block(src, format);
-        *scale = s;
         let (g, l) = (b / GROUP_BLOCKS, b % GROUP_BLOCKS);
+        scales[(g * QUAD + r) * GROUP_BLOCKS + l] = s;
         for (s, &q) in q.iter().enumerate() {
             let (u, byte) = chunk_pos(l, s);
-            let line = &mut lines[g * lpg + u % lpg].0[byte];
+            let line = &mut lines[(g * lpg + u % lpg) * QUAD + r].0[byte];
             match format {
                 QuantFormat::Q8 => *line = q as u8,
                 QuantFormat::Q4 => *line |= ((q + 8) as u8) << (4 * (u / lpg)),
@@ -587,8 +611,8 @@ impl Level {
 
 /// One tile's operands: `groups` groups of activation rows from `xq`, `neg`, `dx` (row
 /// strides: `stride` groups of lines and of `Lanes`; see [`QuantActs`]) and of one weight
-/// row from `wq` and `ws`, and the output column at `out` (stride `ldo`), which the tile
-/// writes, or adds to if `add`.
+/// quad from `wq` and `ws`, and the output at `out` (row stride `ldo`), whose first `cols`
+/// (at most 4) columns the tile writes, or adds to if `add`.
 #[derive(Clone, Copy)]
 struct TileArgs {
     xq: *const Line,
@@ -600,22 +624,41 @@ struct TileArgs {
     ws: *const f16,
     out: *mut f32,
     ldo: usize,
+    cols: usize,
     add: bool,
 }
 
 impl TileArgs {
-    /// Writes (or adds) row `i`'s result.
+    /// Line `s` of group `g` of the quad's weight row `r`.
     ///
     /// # Safety
-    /// `i` is one of the tile's rows.
+    /// `g` < `groups`, `r` < 4, `s` < the format's lines per group `lpg`.
     #[inline(always)]
-    unsafe fn store(&self, i: usize, v: f32) {
-        let out = self.out.add(i * self.ldo);
+    unsafe fn w_line(&self, lpg: usize, g: usize, s: usize, r: usize) -> *const Line {
+        self.wq.add((g * lpg + s) * QUAD + r)
+    }
+
+    /// The 16 block scales of group `g` of the quad's weight row `r`.
+    ///
+    /// # Safety
+    /// `g` < `groups`, `r` < 4.
+    #[inline(always)]
+    unsafe fn w_scales(&self, g: usize, r: usize) -> *const f16 {
+        self.ws.add((g * QUAD + r) * GROUP_BLOCKS)
+    }
+
+    /// Writes (or adds) activation row `i`'s result for the quad's weight row `r`.
+    ///
+    /// # Safety
+    /// `i` is one of the tile's rows, `r` < `cols`.
+    #[inline(always)]
+    unsafe fn store(&self, i: usize, r: usize, v: f32) {
+        let out = self.out.add(i * self.ldo + r);
         *out = if self.add { *out + v } else { v };
     }
 }
 
-/// One tile: `rows` (at most [`TILE_ROWS`]) activation rows times one weight row.
+/// One tile: `rows` (at most [`TILE_ROWS`]) activation rows times one weight quad.
 ///
 /// # Safety
 /// `a` points at operands of that many rows (see [`TileArgs`]) quantised for `format`;
@@ -639,30 +682,32 @@ unsafe fn plain_tile(format: QuantFormat, rows: usize, a: TileArgs) {
     let wide = format == QuantFormat::Q8;
     let lpg = format.lines_per_group();
     let lines = if wide { 2 * CHUNKS } else { CHUNKS };
-    for i in 0..rows {
-        let mut acc = 0f32;
-        for g in 0..a.groups {
-            let xq = a.xq.add((i * a.stride + g) * lines);
-            for l in 0..GROUP_BLOCKS {
-                let mut dot = 0i32;
-                for s in 0..BLOCK {
-                    let (u, e) = chunk_pos(l, s);
-                    let byte = (*a.wq.add(g * lpg + u % lpg)).0[e];
-                    let (w, x) = if wide {
-                        let x = xq.add(2 * u + e % 2).cast::<[u8; 2]>().add(e / 2).read();
-                        (byte as i8 as i32, i16::from_le_bytes(x) as i32)
-                    } else {
-                        let w = ((byte >> (4 * (u / lpg))) & 0x0F) as i32 - 8;
-                        (w, (*xq.add(u)).0[e] as i8 as i32)
-                    };
-                    dot += w * x;
+    for r in 0..a.cols {
+        for i in 0..rows {
+            let mut acc = 0f32;
+            for g in 0..a.groups {
+                let xq = a.xq.add((i * a.stride + g) * lines);
+                for l in 0..GROUP_BLOCKS {
+                    let mut dot = 0i32;
+                    for s in 0..BLOCK {
+                        let (u, e) = chunk_pos(l, s);
+                        let byte = (*a.w_line(lpg, g, u % lpg, r)).0[e];
+                        let (w, x) = if wide {
+                            let x = xq.add(2 * u + e % 2).cast::<[u8; 2]>().add(e / 2).read();
+                            (byte as i8 as i32, i16::from_le_bytes(x) as i32)
+                        } else {
+                            let w = ((byte >> (4 * (u / lpg))) & 0x0F) as i32 - 8;
+                            (w, (*xq.add(u)).0[e] as i8 as i32)
+                        };
+                        dot += w * x;
+                    }
+                    let dx = (*a.dx.add(i * a.stride + g)).0[l];
+                    let dw = (*a.w_scales(g, r).add(l)).to_f32();
+                    acc += dot as f32 * (dw * dx);
                 }
-                let dx = (*a.dx.add(i * a.stride + g)).0[l];
-                let dw = (*a.ws.add(g * GROUP_BLOCKS + l)).to_f32();
-                acc += dot as f32 * (dw * dx);
             }
+            a.store(i, r, acc);
         }
-        a.store(i, acc);
     }
 }
 
@@ -717,10 +762,13 @@ mod tests {
     #[test]
     fn sizes_match_bits_per_weight_on_whole_lines() {
         for f in FORMATS {
-            let (rows, cols) = (3, 2048);
+            let (rows, cols) = (8, 2048);
             let q = QuantMatrix::quantize_f32(&values(rows * cols, 1), rows, cols, f);
             assert_eq!((q.rows(), q.cols(), q.format()), (rows, cols, f));
             let want = (rows * cols) as f64 * f.bits_per_weight() / 8.0;
+            assert_eq!(q.size_bytes() as f64, want, "{f:?}");
+            // Rows are stored in quads: 5 take the room of 8.
+            let q = QuantMatrix::quantize_f32(&values(5 * cols, 1), 5, cols, f);
             assert_eq!(q.size_bytes() as f64, want, "{f:?}");
         }
     }
@@ -736,10 +784,9 @@ mod tests {
                 w[last..].fill(-0.3);
                 let q = QuantMatrix::quantize_f32(&w, rows, cols, f);
                 let deq = q.dequantize();
-                let blocks = q.groups * GROUP_BLOCKS;
                 for j in 0..rows {
                     for c in 0..cols {
-                        let d = q.scales[j * blocks + c / BLOCK].to_f32().abs();
+                        let d = q.scale(j, c / BLOCK).to_f32().abs();
                         let (v, r) = (w[j * cols + c], deq[j * cols + c]);
                         // Q4 clips the largest magnitude's opposite twin, +8 steps, at +7.
                         let clipped = f == QuantFormat::Q4 && (v / -d).abs() > 7.5;
@@ -751,7 +798,7 @@ mod tests {
                     }
                 }
                 // The scale is as small as f16 allows: one f16 step less would clip.
-                for (b, s) in q.scales[..cols.div_ceil(BLOCK)].iter().enumerate() {
+                for (b, s) in (0..cols.div_ceil(BLOCK)).map(|b| (b, q.scale(0, b))) {
                     let top = w[b * BLOCK..((b + 1) * BLOCK).min(cols)]
                         .iter()
                         .fold(0f32, |a, v| a.max(v.abs()));

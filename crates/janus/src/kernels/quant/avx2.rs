@@ -1,29 +1,34 @@
 //! AVX2 quant kernels (see the parent module for the layout): a 256-bit register holds
-//! half a chunk, blocks 0..8 or 8..16.
+//! half a chunk, blocks 0..8 or 8..16. The quad's weight rows are taken one at a time
+//! (16 registers hold no more), the activations coming from L1 for each.
 
 use std::arch::x86_64::*;
 
-use super::{TileArgs, BLOCK, CHUNKS, GROUP_BLOCKS};
+use super::{TileArgs, BLOCK, CHUNKS};
 
 /// # Safety
 /// As [`super::tile`] for Q4, with AVX2 + FMA + F16C present.
 pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
-    match rows {
-        1 => kernel_q4::<1>(a),
-        2 => kernel_q4::<2>(a),
-        3 => kernel_q4::<3>(a),
-        _ => kernel_q4::<4>(a),
+    for r in 0..a.cols {
+        match rows {
+            1 => kernel_q4::<1>(a, r),
+            2 => kernel_q4::<2>(a, r),
+            3 => kernel_q4::<3>(a, r),
+            _ => kernel_q4::<4>(a, r),
+        }
     }
 }
 
 /// # Safety
 /// As [`super::tile`] for Q8, with AVX2 + FMA + F16C present.
 pub(super) unsafe fn tile_q8(rows: usize, a: TileArgs) {
-    match rows {
-        1 => kernel_q8::<1>(a),
-        2 => kernel_q8::<2>(a),
-        3 => kernel_q8::<3>(a),
-        _ => kernel_q8::<4>(a),
+    for r in 0..a.cols {
+        match rows {
+            1 => kernel_q8::<1>(a, r),
+            2 => kernel_q8::<2>(a, r),
+            3 => kernel_q8::<3>(a, r),
+            _ => kernel_q8::<4>(a, r),
+        }
     }
 }
 
@@ -34,10 +39,11 @@ unsafe fn sum(v: __m256) -> f32 {
     lanes.iter().sum()
 }
 
-/// Q4 weights times int8 activations with `VPMADDUBSW` (nibble x int8 pairs stay far
-/// inside i16) and `VPMADDWD`: each block's products land in its dword lane.
+/// Q4 weights (the quad's row `r`) times int8 activations with `VPMADDUBSW` (nibble x
+/// int8 pairs stay far inside i16) and `VPMADDWD`: each block's products land in its
+/// dword lane.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kernel_q4<const R: usize>(a: TileArgs) {
+unsafe fn kernel_q4<const R: usize>(a: TileArgs, r: usize) {
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
@@ -53,7 +59,7 @@ unsafe fn kernel_q4<const R: usize>(a: TileArgs) {
                 _mm256_load_si256(neg.add(half))
             });
             for c in 0..CHUNKS / 2 {
-                let line = a.wq.add(g * CHUNKS / 2 + c);
+                let line = a.w_line(CHUNKS / 2, g, c, r);
                 let v = _mm256_load_si256(line.cast::<__m256i>().add(half));
                 let lo = _mm256_and_si256(v, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
@@ -64,7 +70,7 @@ unsafe fn kernel_q4<const R: usize>(a: TileArgs) {
                     *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
                 }
             }
-            let ws = a.ws.add(g * GROUP_BLOCKS + 8 * half);
+            let ws = a.w_scales(g, r).add(8 * half);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
             for (i, acc) in acc.iter_mut().enumerate() {
                 let dx = a.dx.add(i * a.stride + g).cast::<f32>().add(8 * half);
@@ -74,13 +80,14 @@ unsafe fn kernel_q4<const R: usize>(a: TileArgs) {
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        a.store(i, sum(*acc));
+        a.store(i, r, sum(*acc));
     }
 }
 
-/// Q8 weights times 12-bit activations, as the AVX-512 kernel with `VPMADDWD`.
+/// Q8 weights (the quad's row `r`) times 12-bit activations, as the AVX-512 kernel with
+/// `VPMADDWD`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
+unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
     let odd = _mm256_set1_epi16(0xFF00u16 as i16);
     let mut acc = [_mm256_setzero_ps(); R];
     for g in 0..a.groups {
@@ -91,7 +98,7 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
             };
             let mut dot = [_mm256_setzero_si256(); R];
             for u in 0..CHUNKS {
-                let line = a.wq.add(g * CHUNKS + u);
+                let line = a.w_line(CHUNKS, g, u, r);
                 let v = _mm256_load_si256(line.cast::<__m256i>().add(half));
                 let even = _mm256_slli_epi16::<8>(v);
                 let odd = _mm256_and_si256(v, odd);
@@ -102,7 +109,7 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
                 }
             }
             // The 1/256 undoes the shift (exactly: a power of two).
-            let ws = a.ws.add(g * GROUP_BLOCKS + 8 * half);
+            let ws = a.w_scales(g, r).add(8 * half);
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
             let dw = _mm256_mul_ps(dw, _mm256_set1_ps(1.0 / 256.0));
             for (i, acc) in acc.iter_mut().enumerate() {
@@ -113,7 +120,7 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        a.store(i, sum(*acc));
+        a.store(i, r, sum(*acc));
     }
 }
 

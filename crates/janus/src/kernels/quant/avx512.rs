@@ -1,17 +1,18 @@
 //! AVX-512 VNNI quant kernels (see the parent module for the layout).
 
+use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::{TileArgs, BLOCK, CHUNKS, GROUP_BLOCKS};
+use super::{TileArgs, BLOCK, CHUNKS, QUAD};
 
 /// # Safety
 /// As [`super::tile`] for Q4, with AVX-512 F/BW/VNNI present.
 pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
     match rows {
-        1 => kernel_q4::<1>(a),
-        2 => kernel_q4::<2>(a),
-        3 => kernel_q4::<3>(a),
-        _ => kernel_q4::<4>(a),
+        1 => kernel::<false, 1>(a),
+        2 => kernel::<false, 2>(a),
+        3 => kernel::<false, 3>(a),
+        _ => kernel::<false, 4>(a),
     }
 }
 
@@ -19,89 +20,109 @@ pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
 /// As [`super::tile`] for Q8, with AVX-512 F/BW/VNNI present.
 pub(super) unsafe fn tile_q8(rows: usize, a: TileArgs) {
     match rows {
-        1 => kernel_q8::<1>(a),
-        2 => kernel_q8::<2>(a),
-        3 => kernel_q8::<3>(a),
-        _ => kernel_q8::<4>(a),
+        1 => kernel::<true, 1>(a),
+        2 => kernel::<true, 2>(a),
+        3 => kernel::<true, 3>(a),
+        _ => kernel::<true, 4>(a),
     }
 }
 
-/// Q4 weights times int8 activations: `VPDPBUSD` sums each block's 4 products per chunk
-/// into the block's dword lane.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn kernel_q4<const R: usize>(a: TileArgs) {
-    let low = _mm512_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); R];
-    for g in 0..a.groups {
-        let x = |i: usize, u: usize| {
-            _mm512_load_si512(a.xq.add((i * a.stride + g) * CHUNKS + u).cast())
-        };
-        // From -8 Σ q_x, the dot of the nibbles (q_w + 8) ends at Σ q_w q_x.
-        // Two sums per row (low and high nibbles) halve the dependency chains.
-        let mut dot: [[__m512i; 2]; R] = std::array::from_fn(|i| {
-            let neg = _mm512_load_si512(a.neg.add(i * a.stride + g).cast());
-            [neg, _mm512_setzero_si512()]
-        });
-        for c in 0..CHUNKS / 2 {
-            let v = _mm512_load_si512(a.wq.add(g * CHUNKS / 2 + c).cast());
-            let lo = _mm512_and_si512(v, low);
-            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-            for (i, dot) in dot.iter_mut().enumerate() {
-                dot[0] = _mm512_dpbusd_epi32(dot[0], lo, x(i, c));
-                dot[1] = _mm512_dpbusd_epi32(dot[1], hi, x(i, c + CHUNKS / 2));
-            }
-        }
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(a.ws.add(g * GROUP_BLOCKS).cast()));
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let dx = _mm512_load_ps(a.dx.add(i * a.stride + g).cast());
-            let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(dot[i][0], dot[i][1]));
-            *acc = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx), *acc);
-        }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        a.store(i, _mm512_reduce_add_ps(*acc));
-    }
+/// `acc + ` the lane-wise sums of word products of `a` and `b` (`VPDPWSSD`), written out
+/// because LLVM splits the intrinsic into `VPMADDWD` + `VPADDD` for generic x86-64.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpwssd(mut acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    asm!(
+        "vpdpwssd {acc}, {a}, {b}",
+        acc = inout(zmm_reg) acc,
+        a = in(zmm_reg) a,
+        b = in(zmm_reg) b,
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
 }
 
-/// Q8 weights times 12-bit activations: a chunk's words shifted up by 8 are 256 times its
-/// even weights, masked to the high byte 256 times its odd ones; `VPDPWSSD` with the even
-/// and the odd activations then sums each block's products in its dword lane.
+/// One weight quad times `R` activation rows, both formats (`Q8` or Q4).
+///
+/// Each weight line unpacks into two operands, each multiplied with its own activation
+/// line into the block's dword lane:
+/// - Q8 (12-bit activations, `VPDPWSSD`): a chunk's words shifted up by 8 are 256 times
+///   its even weights, masked to the high byte 256 times its odd ones, against the even
+///   and the odd activation lines; the 1/256 is folded into the scale (exactly: a power
+///   of two).
+/// - Q4 (int8 activations, `VPDPBUSD`): the low nibbles are chunk `s`, the high ones
+///   chunk `s + 4`; the sums start at `-8 Σ q_x`, so the dot of the stored `q_w + 8`
+///   ends at `Σ q_w q_x`.
+///
+/// Every activation load serves the quad's 4 weight rows. With a single activation row
+/// the two operands sum into separate registers (8 chains of dependent products, not 4).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn kernel_q8<const R: usize>(a: TileArgs) {
-    let odd = _mm512_set1_epi16(0xFF00u16 as i16);
-    let mut acc = [_mm512_setzero_ps(); R];
+unsafe fn kernel<const Q8: bool, const R: usize>(a: TileArgs) {
+    let lines = if Q8 { CHUNKS } else { CHUNKS / 2 };
+    let unscale = _mm512_set1_ps(if Q8 { 1.0 / 256.0 } else { 1.0 });
+    let (high, low) = (_mm512_set1_epi16(0xFF00u16 as i16), _mm512_set1_epi8(0x0F));
+    let unpack = |v: __m512i| -> [__m512i; 2] {
+        if Q8 {
+            [_mm512_slli_epi16::<8>(v), _mm512_and_si512(v, high)]
+        } else {
+            [
+                _mm512_and_si512(v, low),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(v), low),
+            ]
+        }
+    };
+    let split = usize::from(R == 1);
+    let mut acc = [[_mm512_setzero_ps(); R]; QUAD];
     for g in 0..a.groups {
-        let x = |i: usize, line: usize| {
-            _mm512_load_si512(a.xq.add((i * a.stride + g) * 2 * CHUNKS + line).cast())
-        };
-        // Four sums per row (even and odd weights of even and odd lines): the chains of
-        // dependent VPDPWSSD, not the loads, bound this loop at one or two rows.
-        let mut dot = [[_mm512_setzero_si512(); 4]; R];
-        for u in 0..CHUNKS {
-            let v = _mm512_load_si512(a.wq.add(g * CHUNKS + u).cast());
-            let even = _mm512_slli_epi16::<8>(v);
-            let odd = _mm512_and_si512(v, odd);
-            let s = 2 * (u % 2);
-            for (i, dot) in dot.iter_mut().enumerate() {
-                dot[s] = _mm512_dpwssd_epi32(dot[s], even, x(i, 2 * u));
-                dot[s + 1] = _mm512_dpwssd_epi32(dot[s + 1], odd, x(i, 2 * u + 1));
+        let mut dot = [[[_mm512_setzero_si512(); 2]; R]; QUAD];
+        if !Q8 {
+            for i in 0..R {
+                let neg = _mm512_load_si512(a.neg.add(i * a.stride + g).cast());
+                for dot in dot.iter_mut() {
+                    dot[i][0] = neg;
+                }
             }
         }
-        // The 1/256 undoes the shift (exactly: a power of two).
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(a.ws.add(g * GROUP_BLOCKS).cast()));
-        let dw = _mm512_mul_ps(dw, _mm512_set1_ps(1.0 / 256.0));
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let dx = _mm512_load_ps(a.dx.add(i * a.stride + g).cast());
-            let sum = _mm512_add_epi32(
-                _mm512_add_epi32(dot[i][0], dot[i][1]),
-                _mm512_add_epi32(dot[i][2], dot[i][3]),
-            );
-            let dot = _mm512_cvtepi32_ps(sum);
-            *acc = _mm512_fmadd_ps(dot, _mm512_mul_ps(dw, dx), *acc);
+        for s in 0..lines {
+            let w: [[__m512i; 2]; QUAD] =
+                std::array::from_fn(|r| unpack(_mm512_load_si512(a.w_line(lines, g, s, r).cast())));
+            // The activation lines that pair with this weight line's two operands.
+            let pair = if Q8 {
+                [2 * s, 2 * s + 1]
+            } else {
+                [s, s + lines]
+            };
+            for i in 0..R {
+                let row = a.xq.add((i * a.stride + g) * 2 * lines);
+                let x = pair.map(|l| _mm512_load_si512(row.add(l).cast()));
+                for (dot, w) in dot.iter_mut().zip(&w) {
+                    for h in 0..2 {
+                        let d = &mut dot[i][h * split];
+                        *d = if Q8 {
+                            dpwssd(*d, w[h], x[h])
+                        } else {
+                            _mm512_dpbusd_epi32(*d, w[h], x[h])
+                        };
+                    }
+                }
+            }
+        }
+        let dx: [__m512; R] =
+            std::array::from_fn(|i| _mm512_load_ps(a.dx.add(i * a.stride + g).cast()));
+        for r in 0..QUAD {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(a.w_scales(g, r).cast()));
+            let dw = _mm512_mul_ps(dw, unscale);
+            for i in 0..R {
+                let sum = _mm512_add_epi32(dot[r][i][0], dot[r][i][1]);
+                let sum = _mm512_cvtepi32_ps(sum);
+                acc[r][i] = _mm512_fmadd_ps(sum, _mm512_mul_ps(dw, dx[i]), acc[r][i]);
+            }
         }
     }
-    for (i, acc) in acc.iter().enumerate() {
-        a.store(i, _mm512_reduce_add_ps(*acc));
+    for (r, acc) in acc.iter().enumerate().take(a.cols) {
+        for (i, acc) in acc.iter().enumerate() {
+            a.store(i, r, _mm512_reduce_add_ps(*acc));
+        }
     }
 }
 
