@@ -108,15 +108,20 @@ pub fn isa() -> Isa {
 /// Work whose many parallel loops are separated by short serial steps (a model's
 /// forward) should run this way: each loop then starts from a pool thread, instead of
 /// the calling thread handing it over and sleeping until the pool is done, every time.
-///
-/// While `f` runs, the pool's other threads stay awake: each takes part through a task
-/// that runs whatever work appears (`rayon::yield_now`) and spins between, until `f`
-/// returns. A parallel loop's halves are then taken up at once instead of after a
-/// futex wake-up (tens of microseconds in a VM, a hundred times per image step), and no
-/// thread goes to sleep between loops. The cost is the spinning: `f`'s serial parts keep
-/// every pool thread busy. The spinning tasks are not waited for: one that picked up
-/// other work (another caller's forward) finishes it after `f` has returned.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
+/// [`on_pool`], with the pool's other threads kept awake while `f` runs: each takes part
+/// through a task that runs whatever work appears (`rayon::yield_now`) and spins between,
+/// until `f` returns. A parallel loop's halves are then taken up at once instead of after
+/// a futex wake-up (tens of microseconds in a VM; an image step has about a hundred
+/// loops of well under a millisecond each). The cost is the spinning: `f`'s serial parts
+/// keep every pool thread busy, and SigLIP (long loops) measured about 8 % slower this
+/// way (1.36-1.41 s against 1.23-1.30 s, alternating runs; the cause was not isolated),
+/// so it is for forwards of a few rows. The spinning tasks are not waited for: one that picked
+/// up other work (another caller's forward) finishes it after `f` has returned.
+pub fn on_pool_spinning<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::cell::Cell;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -318,31 +323,34 @@ mod tests {
     use rayon::prelude::*;
 
     #[test]
-    fn on_pool_runs_parallel_loops_nests_and_passes_panics_on() {
+    fn spinning_pool_runs_parallel_loops_nests_and_passes_panics_on() {
         // Run from outside the pool, with parallel loops inside, nested, and from many
         // threads at once (each call's spinners must stop when it returns).
         let sums: Vec<u64> = (0..4u64)
             .into_par_iter()
             .map(|t| {
-                super::on_pool(|| {
-                    let inner = super::on_pool(|| (0..1000u64).into_par_iter().sum::<u64>());
+                super::on_pool_spinning(|| {
+                    let inner =
+                        super::on_pool_spinning(|| (0..1000u64).into_par_iter().sum::<u64>());
                     inner + (0..1000u64).into_par_iter().map(|i| i * t).sum::<u64>()
                 })
             })
             .collect();
         assert_eq!(sums, [499_500, 999_000, 1_498_500, 1_998_000]);
-        let outside = std::thread::spawn(|| super::on_pool(|| 7)).join().unwrap();
+        let outside = std::thread::spawn(|| super::on_pool_spinning(|| 7))
+            .join()
+            .unwrap();
         assert_eq!(outside, 7);
         // A panic reaches the caller instead of leaving the spinners waiting forever.
         let caught = std::panic::catch_unwind(|| {
-            super::on_pool(|| {
+            super::on_pool_spinning(|| {
                 (0..100)
                     .into_par_iter()
                     .for_each(|i| assert!(i < 50, "item {i}"));
             })
         });
         assert!(caught.is_err());
-        assert_eq!(super::on_pool(|| 3), 3);
+        assert_eq!(super::on_pool_spinning(|| 3), 3);
     }
 
     #[test]

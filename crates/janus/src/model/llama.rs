@@ -386,6 +386,10 @@ impl DecoderLayer {
     }
 }
 
+/// Positions (batch rows times tokens) up to which a forward keeps the thread pool
+/// spinning ([`crate::kernels::on_pool_spinning`]).
+const SPINNING_ROWS: usize = 16;
+
 /// The decoder: token embeddings, layers, final RMSNorm and the LM head.
 #[derive(Debug, Clone)]
 pub struct Llama {
@@ -537,7 +541,13 @@ impl Llama {
             }
             Ok(h)
         };
-        h = crate::kernels::on_pool(move || layers(h))?;
+        // A few rows (decoding, image steps) keep the pool spinning between the layers'
+        // many short loops; longer inputs sleep between them as usual.
+        h = if b * t <= SPINNING_ROWS {
+            crate::kernels::on_pool_spinning(move || layers(h))?
+        } else {
+            crate::kernels::on_pool(move || layers(h))?
+        };
         if let Some(c) = cache {
             c.len += t;
         }
