@@ -37,8 +37,9 @@
 //! load serves 4 weight rows (with one weight row per tile, the activations' L1 and L2
 //! traffic, 2 to 4 times the weights', held a two-row Q8 product to half the speed of
 //! memory). Decoding (1 or 2 rows) reads each weight once, as one sequential stream per
-//! thread; prefill (hundreds of rows) re-reads blocks of 32 weight rows from L2. Every row count takes this one path, so a row's result never depends on
-//! the batch it came in. Threads split the weight rows, as in [`super::gemm`].
+//! thread; prefill (hundreds of rows) re-reads blocks of 32 weight rows from L2. Every
+//! row count takes this one path, so a row's result never depends on the batch it came
+//! in. Threads split the weight quads, as [`super::gemm`] splits rows.
 
 use std::fmt;
 use std::str::FromStr;
