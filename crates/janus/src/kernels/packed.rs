@@ -67,12 +67,28 @@ impl PackedBf16 {
             .for_each(|(p, panel)| {
                 for r in 0..PANEL.min(n - p * PANEL) {
                     let row = &w[(p * PANEL + r) * k..][..k];
-                    for (c, v) in row.iter().enumerate() {
-                        panel[(c / 2) * 2 * PANEL + 2 * r + c % 2] = *v;
+                    // A pair at a time (an odd k's last value pairs with the zero).
+                    for (pair, dst) in row.chunks(2).zip(panel.chunks_exact_mut(2 * PANEL)) {
+                        dst[2 * r..2 * r + pair.len()].copy_from_slice(pair);
                     }
                 }
             });
         Self { n, k, pairs, data }
+    }
+
+    /// Row `j` (`k` values) of the matrix, as f32, into `out`.
+    ///
+    /// # Panics
+    /// If `j >= n` or `out` does not hold `k` values.
+    pub fn row_f32(&self, j: usize, out: &mut [f32]) {
+        assert!(j < self.n && out.len() == self.k);
+        let panel = &self.data[(j / PANEL) * self.pairs * 2 * PANEL..];
+        let r = j % PANEL;
+        for (dst, src) in out.chunks_mut(2).zip(panel.chunks_exact(2 * PANEL)) {
+            for (d, s) in dst.iter_mut().zip(&src[2 * r..]) {
+                *d = s.to_f32();
+            }
+        }
     }
 
     /// The row-major `(n, k)` matrix back.
@@ -80,8 +96,8 @@ impl PackedBf16 {
         let mut w = vec![bf16::ZERO; self.n * self.k];
         for (i, row) in w.chunks_exact_mut(self.k.max(1)).enumerate().take(self.n) {
             let panel = &self.data[(i / PANEL) * self.pairs * 2 * PANEL..];
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = panel[(c / 2) * 2 * PANEL + 2 * (i % PANEL) + c % 2];
+            for (dst, src) in row.chunks_mut(2).zip(panel.chunks_exact(2 * PANEL)) {
+                dst.copy_from_slice(&src[2 * (i % PANEL)..][..dst.len()]);
             }
         }
         w
@@ -601,7 +617,14 @@ mod tests {
     fn pack_unpack_round_trips() {
         for &(n, k) in &[(1, 1), (5, 3), (16, 8), (17, 33), (40, 2)] {
             let w = values(n * k, 9);
-            assert_eq!(PackedBf16::pack(&w, n, k).unpack(), w, "{n}x{k}");
+            let p = PackedBf16::pack(&w, n, k);
+            assert_eq!(p.unpack(), w, "{n}x{k}");
+            for j in 0..n {
+                let mut row = vec![f32::NAN; k];
+                p.row_f32(j, &mut row);
+                let want: Vec<f32> = w[j * k..][..k].iter().map(|v| v.to_f32()).collect();
+                assert_eq!(row, want, "{n}x{k} row {j}");
+            }
         }
     }
 

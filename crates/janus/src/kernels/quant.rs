@@ -185,6 +185,11 @@ impl QuantMatrix {
         })
     }
 
+    /// Quantises a packed bf16 weight (no row-major copy of it is made).
+    pub fn quantize_packed(w: &super::packed::PackedBf16, format: QuantFormat) -> Self {
+        Self::quantize_rows(w.rows(), w.cols(), format, |j, row| w.row_f32(j, row))
+    }
+
     /// Quantises a row-major f32 `(rows, cols)` weight.
     ///
     /// # Panics
@@ -827,13 +832,16 @@ mod tests {
     }
 
     #[test]
-    fn bf16_and_f32_inputs_quantise_alike() {
-        let w: Vec<bf16> = values(7 * 100, 5).into_iter().map(bf16::from_f32).collect();
+    fn bf16_f32_and_packed_inputs_quantise_alike() {
+        let w: Vec<bf16> = values(7 * 101, 5).into_iter().map(bf16::from_f32).collect();
         let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let packed = super::super::packed::PackedBf16::pack(&w, 7, 101);
         for f in FORMATS {
-            let a = QuantMatrix::quantize_bf16(&w, 7, 100, f).dequantize();
-            let b = QuantMatrix::quantize_f32(&wf, 7, 100, f).dequantize();
+            let a = QuantMatrix::quantize_bf16(&w, 7, 101, f).dequantize();
+            let b = QuantMatrix::quantize_f32(&wf, 7, 101, f).dequantize();
+            let c = QuantMatrix::quantize_packed(&packed, f).dequantize();
             assert_eq!(a, b, "{f:?}");
+            assert_eq!(a, c, "{f:?}");
         }
     }
 

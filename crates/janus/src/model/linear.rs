@@ -116,7 +116,7 @@ impl Linear {
     /// Replaces a dense CPU weight by its quantised form (no-op when already quantised).
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
         if let Weight::Packed(p) = &self.weight {
-            let q = QuantMatrix::quantize_bf16(&p.unpack(), p.rows(), p.cols(), format);
+            let q = QuantMatrix::quantize_packed(p, format);
             self.weight = Weight::Quant(Arc::new(q));
             return Ok(());
         }
