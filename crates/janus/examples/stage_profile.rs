@@ -17,7 +17,9 @@ use janus::pipeline::{DTypeChoice, Pipeline};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(dir), Some(stage)) = (args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: stage_profile DIR siglip|prefill|step|decode|vq [REPS] [bf16|f32]");
+        anyhow::bail!(
+            "usage: stage_profile DIR siglip|prefill|step|decode|vq [REPS] [bf16|f32] [q8|q4]"
+        );
     };
     let reps: usize = args.get(3).map_or(Ok(8), |s| s.parse())?;
     // Rounds of `reps` (a step's or a token's cache restarting from the prompt each round).

@@ -491,17 +491,17 @@ mod simd {
             let mut c = 0;
             while c < dh {
                 let blocks = ((dh - c) / 32).min(4);
-                let args = (p, r0, keys, v, ldv, c, dh, &mut *acc);
-                match (nr, blocks) {
-                    (1, 1) => pass::<1, 1>(args),
-                    (1, 2) => pass::<1, 2>(args),
-                    (1, 3) => pass::<1, 3>(args),
-                    (1, _) => pass::<1, 4>(args),
-                    (_, 1) => pass::<2, 1>(args),
-                    (_, 2) => pass::<2, 2>(args),
-                    (_, 3) => pass::<2, 3>(args),
-                    _ => pass::<2, 4>(args),
-                }
+                let pass = match (nr, blocks) {
+                    (1, 1) => pass::<1, 1>,
+                    (1, 2) => pass::<1, 2>,
+                    (1, 3) => pass::<1, 3>,
+                    (1, _) => pass::<1, 4>,
+                    (_, 1) => pass::<2, 1>,
+                    (_, 2) => pass::<2, 2>,
+                    (_, 3) => pass::<2, 3>,
+                    _ => pass::<2, 4>,
+                };
+                pass(p, r0, keys, v, ldv, c, dh, acc);
                 c += 32 * blocks;
             }
             r0 += nr;
@@ -509,19 +509,18 @@ mod simd {
     }
 
     /// Query rows `r0..r0 + R`, columns `c..c + 32 C` of [`weighted_sum_avx512`].
-    #[inline(always)]
-    #[allow(clippy::type_complexity)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn pass<const R: usize, const C: usize>(
-        (p, r0, keys, v, ldv, c, dh, acc): (
-            &[f32],
-            usize,
-            usize,
-            &[bf16],
-            usize,
-            usize,
-            usize,
-            &mut [f32],
-        ),
+        p: &[f32],
+        r0: usize,
+        keys: usize,
+        v: &[bf16],
+        ldv: usize,
+        c: usize,
+        dh: usize,
+        acc: &mut [f32],
     ) {
         let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
         // [even columns, odd columns] of each 32-column block.

@@ -119,14 +119,14 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// loops of well under a millisecond each). The cost is the spinning: `f`'s serial parts
 /// keep every pool thread busy, and SigLIP (long loops) measured about 8 % slower this
 /// way (1.36-1.41 s against 1.23-1.30 s, alternating runs; the cause was not isolated),
-/// so it is for forwards of a few rows. The spinning tasks are not waited for: one that picked
-/// up other work (another caller's forward) finishes it after `f` has returned.
+/// so it is for forwards of a few rows. The spinning tasks are not waited for: one that
+/// picked up other work (another caller's forward) finishes it after `f` has returned.
 pub fn on_pool_spinning<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::cell::Cell;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     thread_local! {
-        /// How many `on_pool` bodies this thread is inside.
+        /// How many `on_pool_spinning` bodies this thread is inside.
         static BODIES: Cell<usize> = const { Cell::new(0) };
     }
     /// Ends the spinning and leaves the body however `f` leaves (a panic included).

@@ -400,7 +400,9 @@ const TILE_ROWS: usize = 4;
 const REUSE_QUADS: usize = 8;
 
 /// Bytes of quantised activations a decoding tile keeps in L1 (32 KiB here) next to the
-/// weights streaming through: more and Q8's two 5632-long rows (25 KiB) ran half as fast.
+/// weights streaming through. Beyond it (Q8's two 5632-long rows: 25 KiB) the rows go one
+/// at a time: with one weight row per tile, both at once ran half as fast; with quads,
+/// both at once and one at a time measured the same.
 const DECODE_ACTS: usize = 16 << 10;
 
 /// Bytes of quantised activations a prefill tile keeps in L1: longer rows are cut into
