@@ -103,6 +103,20 @@ impl PackedBf16 {
         w
     }
 
+    /// An all-zero `(n, k)` matrix, for a caller that writes panels itself (see
+    /// [`Self::panels_mut`]).
+    pub fn zeros(n: usize, k: usize) -> Self {
+        let pairs = k.div_ceil(2);
+        let data = vec![bf16::ZERO; n.div_ceil(PANEL) * pairs * 2 * PANEL];
+        Self { n, k, pairs, data }
+    }
+
+    /// The packed values: panel `p`, column pair `c`, row `r` of the panel at
+    /// `(p * pairs + c) * 2 * PANEL + 2 * r` (two values), `pairs = k.div_ceil(2)`.
+    pub fn panels_mut(&mut self) -> &mut [bf16] {
+        &mut self.data
+    }
+
     /// Rows (output features).
     pub fn rows(&self) -> usize {
         self.n
@@ -219,16 +233,7 @@ impl PackedBf16 {
     /// If `row` does not hold `k` values or `grouped` is too short for row `i`.
     pub fn put_row(&self, row: &[bf16], i: usize, grouped: &mut [bf16], isa: Isa) {
         assert_eq!(row.len(), self.k);
-        let mr = max_rows(isa);
-        let (g, r) = (i / mr, i % mr);
-        let dst = &mut grouped[g * mr * 2 * self.pairs..][..mr * 2 * self.pairs];
-        let pairs = row.chunks_exact(2);
-        if let [last] = pairs.remainder() {
-            dst[2 * ((self.pairs - 1) * mr + r)..][..2].copy_from_slice(&[*last, bf16::ZERO]);
-        }
-        for (pair, d) in pairs.zip(dst.chunks_exact_mut(2 * mr)) {
-            d[2 * r..][..2].copy_from_slice(pair);
-        }
+        put_row(row, self.pairs, i, grouped, isa);
     }
 
     /// [`Self::matmul`] over x already regrouped (rows `0..m` put by [`Self::put_row`]),
@@ -262,7 +267,7 @@ impl PackedBf16 {
         // SAFETY: bounds asserted above; `out` is borrowed mutably for the call.
         unsafe {
             let out = out.as_mut_ptr();
-            self.grouped_range(grouped, 0..m, panels, depth.div_ceil(2), out, isa)
+            self.grouped_range(grouped, 0..m, panels, depth.div_ceil(2), out, self.n, isa)
         };
     }
 
@@ -328,18 +333,20 @@ impl PackedBf16 {
     }
 
     /// Rows `rows` of the regrouped x (starting at a group boundary) times panels `panels`
-    /// over column pairs `0..pairs`, written to `out` `(m, n)`.
+    /// over column pairs `0..pairs`, written to `out` (row stride `ldo`).
     ///
     /// # Safety
-    /// `grouped` holds the rows, `out` the `(rows.end, n)` outputs, and no other thread
-    /// writes these outputs meanwhile.
-    unsafe fn grouped_range(
+    /// `grouped` holds the rows, `out` the `(rows.end, ldo)` outputs (`n <= ldo`), and no
+    /// other thread writes these outputs meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn grouped_range(
         &self,
         grouped: &[bf16],
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         pairs: usize,
         out: *mut f32,
+        ldo: usize,
         isa: Isa,
     ) {
         let mr = max_rows(isa);
@@ -360,7 +367,7 @@ impl PackedBf16 {
                 };
                 let i = rows.start + g * mr;
                 let count = mr.min(rows.end - i);
-                self.block(isa, x, i, count, p, np, 0, pairs, &[0], out, self.n, false);
+                self.block(isa, x, i, count, p, np, 0, pairs, &[0], out, ldo, false);
             }
         }
     }
@@ -373,22 +380,13 @@ impl PackedBf16 {
         let mr = max_rows(isa);
         let panels = n.div_ceil(PANEL);
         let group_bytes = 4 * mr * self.pairs;
-        let block_rows = (X_BLOCK_BYTES / group_bytes).max(1) * mr;
+        let block_rows = block_rows(k, isa);
         let super_rows = (X_SUPER_BYTES / (group_bytes * block_rows / mr)).max(1) * block_rows;
         let threads = rayon::current_num_threads();
         let out_ptr = SendPtr(out.as_mut_ptr());
         for s0 in (0..m).step_by(super_rows) {
             let s_rows = super_rows.min(m - s0);
-            let mut grouped = vec![bf16::ZERO; self.grouped_len(s_rows, isa)];
-            grouped
-                .par_chunks_mut(2 * mr * self.pairs)
-                .enumerate()
-                .for_each(|(g, dst)| {
-                    for r in 0..mr.min(s_rows - g * mr) {
-                        let row = &x[(s0 + g * mr + r) * k..][..k];
-                        self.put_row(row, r, dst, isa);
-                    }
-                });
+            let grouped = regroup(x, k, s0..s0 + s_rows, isa);
             // Equal row blocks (multiples of mr), so no task gets a small remainder.
             let row_blocks = s_rows.div_ceil(block_rows);
             let block_rows = s_rows.div_ceil(row_blocks).div_ceil(mr) * mr;
@@ -407,7 +405,7 @@ impl PackedBf16 {
                 // output rows, hence disjoint outputs; `grouped` holds the super block.
                 unsafe {
                     let out = out_ptr.get().add(s0 * n);
-                    self.grouped_range(&grouped, rows, panels, self.pairs, out, isa)
+                    self.grouped_range(&grouped, rows, panels, self.pairs, out, n, isa)
                 };
             });
         }
@@ -456,6 +454,44 @@ impl PackedBf16 {
             Isa::Avx512Bf16 => avx512::block(rows, np, &args),
             _ => plain_block(rows, np, &args),
         }
+    }
+}
+
+/// Rows of x that products with many rows take per block (see [`X_BLOCK_BYTES`]): a
+/// multiple of [`PackedBf16::group_rows`].
+pub(crate) fn block_rows(k: usize, isa: Isa) -> usize {
+    let mr = max_rows(isa);
+    (X_BLOCK_BYTES / (4 * mr * k.div_ceil(2))).max(1) * mr
+}
+
+/// Rows `rows` of x (`k` values each) regrouped for [`PackedBf16::grouped_range`] (see
+/// [`PackedBf16::put_row`]), in parallel.
+pub(crate) fn regroup(x: &[bf16], k: usize, rows: std::ops::Range<usize>, isa: Isa) -> Vec<bf16> {
+    let (mr, pairs) = (max_rows(isa), k.div_ceil(2));
+    let mut grouped = vec![bf16::ZERO; rows.len().div_ceil(mr) * mr * 2 * pairs];
+    grouped
+        .par_chunks_mut(2 * mr * pairs)
+        .enumerate()
+        .for_each(|(g, dst)| {
+            for r in 0..mr.min(rows.len() - g * mr) {
+                let row = &x[(rows.start + g * mr + r) * k..][..k];
+                put_row(row, pairs, r, dst, isa);
+            }
+        });
+    grouped
+}
+
+/// [`PackedBf16::put_row`] for a row of `pairs` column pairs.
+fn put_row(row: &[bf16], pairs: usize, i: usize, grouped: &mut [bf16], isa: Isa) {
+    let mr = max_rows(isa);
+    let (g, r) = (i / mr, i % mr);
+    let dst = &mut grouped[g * mr * 2 * pairs..][..mr * 2 * pairs];
+    let row_pairs = row.chunks_exact(2);
+    if let [last] = row_pairs.remainder() {
+        dst[2 * ((pairs - 1) * mr + r)..][..2].copy_from_slice(&[*last, bf16::ZERO]);
+    }
+    for (pair, d) in row_pairs.zip(dst.chunks_exact_mut(2 * mr)) {
+        d[2 * r..][..2].copy_from_slice(pair);
     }
 }
 

@@ -203,9 +203,13 @@ impl Linear {
                 let x = x.contiguous()?;
                 with_cpu_slice::<bf16, _>(&x, |xs| p.matmul(xs, m, &mut out, kernels::isa()))
             }
-            (Weight::Quant(q), DType::BF16 | DType::F32) => {
-                let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-                with_cpu_slice::<f32, _>(&x32, |xs| q.matmul(xs, m, &mut out, kernels::isa()))
+            (Weight::Quant(q), DType::BF16) => {
+                let x = x.contiguous()?;
+                with_cpu_slice::<bf16, _>(&x, |xs| q.matmul_bf16(xs, m, &mut out, kernels::isa()))
+            }
+            (Weight::Quant(q), DType::F32) => {
+                let x = x.contiguous()?;
+                with_cpu_slice::<f32, _>(&x, |xs| q.matmul(xs, m, &mut out, kernels::isa()))
             }
             _ => None,
         };

@@ -4,6 +4,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::{TileArgs, BLOCK, CHUNKS, QUAD};
+use half::bf16;
 
 /// # Safety
 /// As [`super::tile`] for Q4, with AVX-512 F/BW/VNNI present.
@@ -145,4 +146,107 @@ pub(super) unsafe fn quantize_act_block(x: &[f32], top: f32, q: &mut [i32; BLOCK
         _mm512_storeu_si512(q.as_mut_ptr().add(16 * h).cast(), qv);
     }
     d
+}
+
+/// [`super::dequantize_panels`] (Q8, the same bits): per group and line, 16 rows of 32
+/// column pairs each are dequantised in registers (`VCVTNEPS2BF16`, nearest even like
+/// `narrow`; the products `q d` are never subnormal or NaN) and transposed, so each
+/// destination line (one pair, 16 rows) is one 64-byte store.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16 present; `rows` rows from `j0` (a multiple of 4) exist in `w`, at most
+/// 32 of them; `data` holds `rows.div_ceil(16)` panels of `pairs = w.cols.div_ceil(2)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn dequantize_q8(
+    w: &super::QuantMatrix,
+    j0: usize,
+    rows: usize,
+    data: *mut bf16,
+    pairs: usize,
+) {
+    use super::{GROUP, GROUP_BLOCKS, PANEL};
+    // Lane i of quarter h takes block 4h + i / 4's scale.
+    let base = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let index: [__m512i; 4] =
+        std::array::from_fn(|h| _mm512_add_epi32(base, _mm512_set1_epi32(4 * h as i32)));
+    for g in 0..w.groups {
+        let valid = pairs.saturating_sub(g * GROUP / 2).min(GROUP / 2);
+        for r0 in (0..rows).step_by(PANEL) {
+            let nr = PANEL.min(rows - r0);
+            let panel = data.add(r0 / PANEL * pairs * 2 * PANEL + g * GROUP / 2 * 2 * PANEL);
+            let mut scales = [[_mm512_setzero_ps(); 4]; PANEL];
+            for (r, s) in scales.iter_mut().enumerate().take(nr) {
+                let j = j0 + r0 + r;
+                let at = ((j / QUAD * w.groups + g) * QUAD + j % QUAD) * GROUP_BLOCKS;
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(w.scales.as_ptr().add(at).cast()));
+                *s = index.map(|i| _mm512_permutexvar_ps(i, d));
+            }
+            for u in 0..CHUNKS {
+                // Row r's pairs 0..16 (blocks 0..8) and 16..32 (blocks 8..16) of this line.
+                let mut halves = [[_mm512_setzero_si512(); PANEL]; 2];
+                for r in 0..nr {
+                    let j = j0 + r0 + r;
+                    let line = w
+                        .quants
+                        .as_ptr()
+                        .add(((j / QUAD * w.groups + g) * CHUNKS + u) * QUAD + j % QUAD);
+                    let bf: [__m256i; 4] = std::array::from_fn(|h| {
+                        let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                            line.cast::<u8>().add(16 * h).cast(),
+                        ));
+                        let v = _mm512_mul_ps(_mm512_cvtepi32_ps(q), scales[r][h]);
+                        std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
+                    });
+                    for (k, half) in halves.iter_mut().enumerate() {
+                        let lo = _mm512_castsi256_si512(bf[2 * k]);
+                        half[r] = _mm512_inserti64x4::<1>(lo, bf[2 * k + 1]);
+                    }
+                }
+                for (k, half) in halves.iter_mut().enumerate() {
+                    transpose16(half);
+                    // half[i] is pair e2 = 16k + i of the 16 rows: block e2 / 2, column
+                    // pair 2u + e2 % 2 of it.
+                    for (i, v) in half.iter().enumerate() {
+                        let e2 = 16 * k + i;
+                        let c = e2 / 2 * BLOCK / 2 + 2 * u + e2 % 2;
+                        if c < valid {
+                            _mm512_storeu_si512(panel.add(c * 2 * PANEL).cast(), *v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Transposes a 16 x 16 matrix of dwords (row `i` in `m[i]`) in place.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(m: &mut [__m512i; 16]) {
+    // Pairs of rows interleaved, then pairs of pairs: lane (128 bits) L of t2[4i + k] holds
+    // rows 4i..4i + 4 of column 4L + k.
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(m[2 * i], m[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(m[2 * i], m[2 * i + 1]);
+    }
+    let mut t2 = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        t2[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        t2[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        t2[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        t2[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    // Then the lanes: column 4L + k gathers lane L of t2[k], t2[4 + k], t2[8 + k],
+    // t2[12 + k].
+    for k in 0..4 {
+        let p = _mm512_shuffle_i32x4::<0x88>(t2[k], t2[4 + k]);
+        let q = _mm512_shuffle_i32x4::<0xDD>(t2[k], t2[4 + k]);
+        let p2 = _mm512_shuffle_i32x4::<0x88>(t2[8 + k], t2[12 + k]);
+        let q2 = _mm512_shuffle_i32x4::<0xDD>(t2[8 + k], t2[12 + k]);
+        m[k] = _mm512_shuffle_i32x4::<0x88>(p, p2);
+        m[4 + k] = _mm512_shuffle_i32x4::<0x88>(q, q2);
+        m[8 + k] = _mm512_shuffle_i32x4::<0xDD>(p, p2);
+        m[12 + k] = _mm512_shuffle_i32x4::<0xDD>(q, q2);
+    }
 }
