@@ -124,6 +124,42 @@ vectorized_fn! {
     }
 }
 
+/// `out = round(a + b)` in bf16 (the sum in f32, as PyTorch's and candle's bf16 add), in
+/// parallel chunks.
+pub fn add_bf16(a: &[bf16], b: &[bf16], out: &mut [bf16], isa: Isa) {
+    assert!(a.len() == b.len() && out.len() == a.len());
+    if a.len() <= PARALLEL_MIN {
+        return add_chunk(isa, a, b, out);
+    }
+    a.par_chunks(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .zip(out.par_chunks_mut(CHUNK))
+        .for_each(|((a, b), out)| add_chunk(isa, a, b, out));
+}
+
+vectorized_fn! {
+    fn add_chunk(isa: Isa, a: &[bf16], b: &[bf16], out: &mut [bf16]) {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = narrow(widen(a) + widen(b));
+        }
+    }
+}
+
+/// `out = round(x)`, f32 to bf16 (nearest even), in parallel chunks.
+pub fn round_bf16(x: &[f32], out: &mut [bf16], isa: Isa) {
+    assert!(out.len() == x.len());
+    if x.len() <= PARALLEL_MIN {
+        return round_into(isa, x, out);
+    }
+    x.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .for_each(|(x, out)| round_into(isa, x, out));
+}
+
+/// Elements below which the elementwise maps run on the calling thread (a decoding
+/// step's rows: handing them to the pool costs more than the work).
+const PARALLEL_MIN: usize = 1 << 14;
+
 /// Elements per vectorised chunk of the activation functions.
 const CHUNK: usize = 512;
 
@@ -398,6 +434,35 @@ mod tests {
 
     fn w4() -> Vec<bf16> {
         spread(4, 15)
+    }
+
+    #[test]
+    fn adds_and_roundings_match_half_at_every_level_and_length() {
+        // Short (one thread) and long (parallel chunks, a partial last one) lengths.
+        for len in [1, 7, 513, PARALLEL_MIN + 1, 3 * CHUNK * 20 + 5] {
+            let (a, b) = (spread(len, 3), spread(len, 4));
+            let x: Vec<f32> = a
+                .iter()
+                .zip(&b)
+                .map(|(a, b)| a.to_f32() * 1.37 + b.to_f32())
+                .collect();
+            let sum: Vec<u16> = a.iter().zip(&b).map(|(a, b)| (*a + *b).to_bits()).collect();
+            let rounded: Vec<u16> = x.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            for isa in Isa::available() {
+                let mut o = vec![bf16::NAN; len];
+                add_bf16(&a, &b, &mut o, isa);
+                assert!(
+                    o.iter().map(|v| v.to_bits()).eq(sum.iter().copied()),
+                    "add {isa:?} {len}"
+                );
+                let mut o = vec![bf16::NAN; len];
+                round_bf16(&x, &mut o, isa);
+                assert!(
+                    o.iter().map(|v| v.to_bits()).eq(rounded.iter().copied()),
+                    "round {isa:?} {len}"
+                );
+            }
+        }
     }
 
     #[test]

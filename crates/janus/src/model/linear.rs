@@ -227,11 +227,11 @@ impl Linear {
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         let y = match x.dtype() {
-            DType::BF16 => Tensor::from_vec(
-                out.into_iter().map(bf16::from_f32).collect::<Vec<_>>(),
-                shape,
-                x.device(),
-            )?,
+            DType::BF16 => {
+                let mut y = vec![bf16::ZERO; out.len()];
+                kernels::fused::round_bf16(&out, &mut y, kernels::isa());
+                Tensor::from_vec(y, shape, x.device())?
+            }
             _ => Tensor::from_vec(out, shape, x.device())?,
         };
         Ok(Some(y))

@@ -532,12 +532,12 @@ impl Llama {
                     mask,
                     cache.as_deref_mut().map(|c| (c, i)),
                 )?;
-                h = (residual + y)?;
+                h = super::ops::add(&residual, &y)?;
                 let residual = h.clone();
                 let y = layer
                     .mlp
                     .forward(&layer.post_attention_layernorm.forward(&h)?)?;
-                h = (residual + y)?;
+                h = super::ops::add(&residual, &y)?;
             }
             Ok(h)
         };

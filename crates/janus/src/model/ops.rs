@@ -204,6 +204,27 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
 }
 
+/// `a + b` (same shapes), as candle adds them; one parallel vectorised pass for bf16 CPU
+/// tensors without gradient (candle's bf16 add runs on one thread). The residual adds.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    use crate::kernels::{fused::add_bf16, isa, with_cpu_slice};
+    let fast = [a, b]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op());
+    if fast && a.dims() == b.dims() {
+        let (x, y) = (a.contiguous()?, b.contiguous()?);
+        let mut out = vec![half::bf16::ZERO; x.elem_count()];
+        let done = with_cpu_slice::<half::bf16, _>(&x, |xs| {
+            with_cpu_slice::<half::bf16, _>(&y, |ys| add_bf16(xs, ys, &mut out, isa()))
+        })
+        .flatten();
+        if done.is_some() {
+            return Tensor::from_vec(out, x.dims(), x.device());
+        }
+    }
+    a + b
+}
+
 /// `silu(gate) * up` (SwiGLU); one vectorised pass for bf16 CPU tensors without gradient.
 ///
 /// # Shapes
@@ -447,6 +468,32 @@ mod tests {
                 "width {d}"
             );
         }
+    }
+
+    #[test]
+    fn residual_add_equals_candle_bit_for_bit_and_keeps_gradients() {
+        for n in [1, 7, 513, 40_000] {
+            let (a, b) = (rand_bf16(n, 1, 6.0), rand_bf16(n, 2, 0.01));
+            let want = (&a + &b).unwrap().to_vec1::<half::bf16>().unwrap();
+            assert_eq!(
+                add(&a, &b).unwrap().to_vec1::<half::bf16>().unwrap(),
+                want,
+                "{n}"
+            );
+        }
+        // A tracked input takes candle's op, so the gradient reaches it.
+        let v = candle_core::Var::from_tensor(&rand_bf16(3, 3, 1.0)).unwrap();
+        let c = rand_bf16(3, 4, 1.0);
+        let y = add(v.as_tensor(), &c)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(v.as_tensor()).unwrap();
+        assert_eq!(
+            g.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap(),
+            [1.0; 3]
+        );
     }
 
     #[test]

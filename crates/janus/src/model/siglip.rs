@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::linear::Linear;
 
-use super::ops::{attention_heads_merged, gelu, AttnMask, LayerNorm};
+use super::ops::{add, attention_heads_merged, gelu, AttnMask, LayerNorm};
 use crate::config::VisionConfig;
 
 #[derive(Debug, Clone)]
@@ -65,9 +65,9 @@ impl Block {
 
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        let x = add(x, &self.attn.forward(&self.norm1.forward(x)?)?)?;
         let h = gelu(&self.fc1.forward(&self.norm2.forward(&x)?)?)?;
-        x + self.fc2.forward(&h)?
+        add(&x, &self.fc2.forward(&h)?)
     }
 }
 

@@ -139,7 +139,7 @@ impl Module for ResnetBlock {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
-        x + h
+        super::ops::add(&x, &h)
     }
 }
 
@@ -180,7 +180,7 @@ impl Module for AttnBlock {
         let probs = softmax_last(&scores)?;
         let out = v.matmul(&probs.transpose(1, 2)?.contiguous()?)?; // (B, C, HWq)
         let out = self.proj_out.forward(&out.reshape((b, c, h, w))?)?;
-        x + out
+        super::ops::add(x, &out)
     }
 }
 
