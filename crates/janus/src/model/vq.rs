@@ -205,14 +205,9 @@ impl Level {
         match &self.resample {
             None => Ok(h),
             Some(c) if upsample => {
-                // Nearest x2 in f32 then back, as the reference's Upsample does for bf16.
-                let (_, _, hh, ww) = h.dims4()?;
-                let dtype = h.dtype();
-                let up = h
-                    .to_dtype(DType::F32)?
-                    .upsample_nearest2d(hh * 2, ww * 2)?
-                    .to_dtype(dtype)?;
-                c.forward(&up)
+                // The reference's Upsample goes through f32 for bf16; nearest copies values,
+                // so the round trip changes no bits and is left out.
+                c.forward(&upsample2x(&h)?)
             }
             Some(c) => {
                 // Downsample: pad right and bottom by one, then a stride-2 3x3 conv.
@@ -223,6 +218,34 @@ impl Level {
             }
         }
     }
+}
+
+/// Nearest-neighbour upsampling by 2 of `(B, C, H, W)`: a parallel copy for bf16 CPU
+/// tensors without gradient (candle's runs on one thread), candle's op otherwise.
+fn upsample2x(x: &Tensor) -> Result<Tensor> {
+    use half::bf16;
+    use rayon::prelude::*;
+    let (b, c, h, w) = x.dims4()?;
+    if x.device().is_cpu() && x.dtype() == DType::BF16 && !x.track_op() && h * w > 0 {
+        let x = x.contiguous()?;
+        let mut out = vec![bf16::ZERO; b * c * 4 * h * w];
+        let done = crate::kernels::with_cpu_slice::<bf16, _>(&x, |xs| {
+            out.par_chunks_mut(4 * w)
+                .zip(xs.par_chunks(w))
+                .for_each(|(rows, src)| {
+                    // Source row i of a plane becomes output rows 2i and 2i + 1.
+                    let (top, bottom) = rows.split_at_mut(2 * w);
+                    for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
+                        pair.fill(v);
+                    }
+                    bottom.copy_from_slice(top);
+                })
+        });
+        if done.is_some() {
+            return Tensor::from_vec(out, (b, c, 2 * h, 2 * w), x.device());
+        }
+    }
+    x.upsample_nearest2d(2 * h, 2 * w)
 }
 
 fn mid(c: usize, vb: VarBuilder) -> Result<(ResnetBlock, AttnBlock, ResnetBlock)> {
@@ -484,5 +507,42 @@ impl VqModel {
         let z = self.codes_to_latent(codes, h, w)?;
         // On a pool thread, as the LLM's forward (see `kernels::on_pool`).
         crate::kernels::on_pool(|| self.decoder.forward(&self.post_quant_conv.forward(&z)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn bf16_upsampling_equals_candles_through_f32() {
+        for (b, c, h, w) in [(1, 1, 1, 1), (2, 3, 5, 7), (1, 4, 24, 24)] {
+            let n = b * c * h * w;
+            let x = Tensor::arange(0f32, n as f32, &Device::Cpu)
+                .unwrap()
+                .affine(0.37, -3.0)
+                .unwrap()
+                .sin()
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .reshape((b, c, h, w))
+                .unwrap();
+            let want = x
+                .to_dtype(DType::F32)
+                .unwrap()
+                .upsample_nearest2d(2 * h, 2 * w)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let got = super::upsample2x(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let (got, want) = (got.flatten_all().unwrap(), want.flatten_all().unwrap());
+            assert_eq!(
+                got.to_vec1::<half::bf16>().unwrap(),
+                want.to_vec1::<half::bf16>().unwrap(),
+                "{b}x{c}x{h}x{w}"
+            );
+        }
     }
 }
