@@ -31,7 +31,9 @@ fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let quant = args.get(5).map(|q| q.parse()).transpose()?;
     let dir = std::path::Path::new(dir);
+    let t_load = Instant::now();
     let pipe = Pipeline::load_quantized(dir, DTypeChoice::Fixed(dtype), quant, &dev)?;
+    eprintln!("loaded in {:.2} s", t_load.elapsed().as_secs_f64());
     janus::kernels::tune_allocator();
     let m = &pipe.model;
     let cfg = m.config();

@@ -239,9 +239,46 @@ pub fn tune_allocator() {
 /// A vector of `len` copies of `value` backed by transparent huge pages where the kernel allows it
 /// (Linux with THP in `madvise` or `always` mode; plain pages elsewhere). Streaming
 /// gigabytes of weights per token through 4 KiB pages costs a TLB walk every 4 KiB and
-/// stops the hardware prefetchers at every page boundary.
-pub(crate) fn huge_filled<T: Clone>(len: usize, value: T) -> Vec<T> {
-    let mut v: Vec<T> = Vec::with_capacity(len);
+/// stops the hardware prefetchers at every page boundary. Filled by rayon's threads (see
+/// [`huge_filled_with`]).
+pub(crate) fn huge_filled<T: Clone + Send + Sync>(len: usize, value: T) -> Vec<T> {
+    let fill = |_: usize, out: &mut [std::mem::MaybeUninit<T>]| {
+        for v in out {
+            v.write(value.clone());
+        }
+    };
+    // SAFETY: `fill` writes every value of its chunk. Chunks of 1 MiB or so.
+    unsafe { huge_filled_with(len, fill, (1 << 20) / std::mem::size_of::<T>().max(1)) }
+}
+
+/// [`huge_filled`] with the values written by `fill(start, chunk)` on rayon's threads,
+/// for chunks of `chunk` values (the last one shorter) starting at `start`. The pages are
+/// first touched by the threads that fill them, so the kernel's zeroing of fresh pages is
+/// spread over the pool as well.
+///
+/// # Safety
+/// `fill` writes every value of the chunk it is given.
+pub(crate) unsafe fn huge_filled_with<T: Send>(
+    len: usize,
+    fill: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync,
+    chunk: usize,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v = huge_capacity(len);
+    let chunk = chunk.max(1);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, out)| fill(i * chunk, out));
+    // SAFETY: `fill` wrote each of the `len` values (its contract).
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// An empty vector with room for `len` values, backed by transparent huge pages where the
+/// kernel allows it (see [`huge_filled`]).
+fn huge_capacity<T>(len: usize) -> Vec<T> {
+    let v: Vec<T> = Vec::with_capacity(len);
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
@@ -254,7 +291,6 @@ pub(crate) fn huge_filled<T: Clone>(len: usize, value: T) -> Vec<T> {
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
         }
     }
-    v.resize(len, value);
     v
 }
 

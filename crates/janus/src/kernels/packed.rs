@@ -61,18 +61,25 @@ impl PackedBf16 {
         assert!(w.len() >= n * k);
         let pairs = k.div_ceil(2);
         let panels = n.div_ceil(PANEL);
-        let mut data = super::huge_filled(panels * pairs * 2 * PANEL, bf16::ZERO);
-        data.par_chunks_mut(pairs * 2 * PANEL)
-            .enumerate()
-            .for_each(|(p, panel)| {
-                for r in 0..PANEL.min(n - p * PANEL) {
-                    let row = &w[(p * PANEL + r) * k..][..k];
-                    // A pair at a time (an odd k's last value pairs with the zero).
-                    for (pair, dst) in row.chunks(2).zip(panel.chunks_exact_mut(2 * PANEL)) {
-                        dst[2 * r..2 * r + pair.len()].copy_from_slice(pair);
-                    }
-                }
+        // Every value is written once, by the thread that packs its panel (the pages'
+        // first touch, so their zeroing by the kernel is spread over the threads too).
+        let panel_len = pairs * 2 * PANEL;
+        let fill = |at: usize, out: &mut [std::mem::MaybeUninit<bf16>]| {
+            let p = at / panel_len;
+            // Rows past `n` are empty: zeros, as is the pair of an odd k's last value.
+            let rows: [&[bf16]; PANEL] = std::array::from_fn(|r| match p * PANEL + r {
+                j if j < n => &w[j * k..(j + 1) * k],
+                _ => &[],
             });
+            for (c, dst) in out.chunks_exact_mut(2 * PANEL).enumerate() {
+                for (d, row) in dst.chunks_exact_mut(2).zip(&rows) {
+                    d[0].write(row.get(2 * c).copied().unwrap_or(bf16::ZERO));
+                    d[1].write(row.get(2 * c + 1).copied().unwrap_or(bf16::ZERO));
+                }
+            }
+        };
+        // SAFETY: `fill` writes every value of its chunk, a whole panel.
+        let data = unsafe { super::huge_filled_with(panels * panel_len, fill, panel_len) };
         Self { n, k, pairs, data }
     }
 

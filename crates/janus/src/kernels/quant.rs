@@ -220,6 +220,7 @@ impl QuantMatrix {
     ) -> Self {
         let (groups, quads) = (cols.div_ceil(GROUP), rows.div_ceil(QUAD));
         let lines = groups * format.lines_per_group() * QUAD;
+        let isa = super::isa();
         let mut quants = super::huge_filled(quads * lines, Line([0; 64]));
         let mut scales = vec![f16::ZERO; quads * groups * QUAD * GROUP_BLOCKS];
         if groups > 0 {
@@ -237,7 +238,7 @@ impl QuantMatrix {
                             } else {
                                 buf.fill(0.0);
                             }
-                            quantize_row(buf, format, r, q, s);
+                            quantize_row(isa, buf, format, r, q, s);
                         }
                     },
                 );
@@ -551,22 +552,29 @@ vectorized_fn! {
     }
 }
 
-/// Quantises one row (`w`, `cols` long) into its lines and block scales, as row `r` of
-/// the quad whose lines and scales these are.
-fn quantize_row(w: &[f32], format: QuantFormat, r: usize, lines: &mut [Line], scales: &mut [f16]) {
-    let lpg = format.lines_per_group();
-    for b in 0..scales.len() / QUAD {
-        let c0 = b * BLOCK;
-        let src = w.get(c0..(c0 + BLOCK).min(w.len())).unwrap_or(&[]);
-        let (s, q) = quantize_block(src, format);
-        let (g, l) = (b / GROUP_BLOCKS, b % GROUP_BLOCKS);
-        scales[(g * QUAD + r) * GROUP_BLOCKS + l] = s;
-        for (s, &q) in q.iter().enumerate() {
-            let (u, byte) = chunk_pos(l, s);
-            let line = &mut lines[(g * lpg + u % lpg) * QUAD + r].0[byte];
-            match format {
-                QuantFormat::Q8 => *line = q as u8,
-                QuantFormat::Q4 => *line |= ((q + 8) as u8) << (4 * (u / lpg)),
+vectorized_fn! {
+    /// Quantises one row (`w`, `cols` long) into its lines and block scales, as row `r` of
+    /// the quad whose lines and scales these are.
+    /// (Compiled per vector level: the division and rounding vectorise, the same bits.)
+    fn quantize_row(isa: Isa, w: &[f32], format: QuantFormat, r: usize, lines: &mut [Line], scales: &mut [f16]) {
+        let lpg = format.lines_per_group();
+        for b in 0..scales.len() / QUAD {
+            let c0 = b * BLOCK;
+            let src = w.get(c0..(c0 + BLOCK).min(w.len())).unwrap_or(&[]);
+            let (s, q) = quantize_block(src, format);
+            let (g, l) = (b / GROUP_BLOCKS, b % GROUP_BLOCKS);
+            scales[(g * QUAD + r) * GROUP_BLOCKS + l] = s;
+            // Chunk u takes quants 4u..4u + 4, in bytes 4l..4l + 4 of its line.
+            for (u, q4) in q.chunks_exact(4).enumerate() {
+                let (u0, byte) = chunk_pos(l, 4 * u);
+                debug_assert_eq!(u0, u);
+                let line = &mut lines[(g * lpg + u % lpg) * QUAD + r].0[byte..byte + 4];
+                for (dst, &q) in line.iter_mut().zip(q4) {
+                    match format {
+                        QuantFormat::Q8 => *dst = q as u8,
+                        QuantFormat::Q4 => *dst |= ((q + 8) as u8) << (4 * (u / lpg)),
+                    }
+                }
             }
         }
     }
@@ -577,12 +585,24 @@ fn quantize_row(w: &[f32], format: QuantFormat, r: usize, lines: &mut [Line], sc
 /// The scale is the f16 at or above `max|w| / 127` (Q8) or `max|w| / 8` (Q4) in
 /// magnitude, so `|w / d|` never passes 127 (or 8), and each quant is `w / d` rounded to
 /// nearest: `|w - d q| <= |d| / 2`, except Q4's +8 clipped to +7 (`<= |d|`).
+#[inline(always)]
 fn quantize_block(w: &[f32], format: QuantFormat) -> (f16, [i8; BLOCK]) {
     let mut q = [0i8; BLOCK];
-    // The value of largest magnitude, with its sign (the first one on ties).
-    let top = w
-        .iter()
-        .fold(0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+    // The value of largest magnitude, with its sign (the first one on ties; NaNs never):
+    // the largest magnitude as integer bits first, a maximum that vectorises.
+    let magnitude = |v: f32| match v.to_bits() & 0x7fff_ffff {
+        nan if nan > 0x7f80_0000 => 0,
+        m => m,
+    };
+    let most = w.iter().map(|&v| magnitude(v)).max().unwrap_or(0);
+    let top = match most {
+        0 => 0.0,
+        _ => w
+            .iter()
+            .copied()
+            .find(|&v| magnitude(v) == most)
+            .unwrap_or(0.0),
+    };
     let (scale, lo, hi) = match format {
         QuantFormat::Q8 => (scale_up(top.abs() / 127.0), -127.0, 127.0),
         // Q4_0: the largest magnitude lands on -8, the code with no positive twin.
