@@ -105,7 +105,7 @@ fn run(args: &[String]) {
         .filter(|&i| i != Isa::Plain || has("plain"))
         .collect();
     let shapes: Vec<(&str, usize, usize, usize)> = if has("rows") {
-        let rows = [1, 2, 3, 4, 8, 16, 32, 64, 128];
+        let rows = [1, 2, 3, 4, 8, 16, 24, 32, 48, 64, 128];
         rows.map(|m| ("up_proj", m, 5632, 2048)).to_vec()
     } else if has("hot") {
         let rows = [1, 2, 4, 64];

@@ -147,8 +147,18 @@ pub fn on_pool_spinning<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             if BODIES.with(Cell::get) > 0 {
                 return;
             }
+            // Nor does a thread that is waiting in a join of a task it took up: the
+            // spinner would sit on top of that task, whose caller (possibly the body)
+            // cannot go on until the spinner returns. Such a spinner finds no work, so
+            // it gives up after `SPIN_IDLE` without any (gaps between the loops of a
+            // step are tens of microseconds).
+            let mut idle_since = std::time::Instant::now();
             while !spin.load(Ordering::Acquire) {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle_since = std::time::Instant::now();
+                } else if idle_since.elapsed() > SPIN_IDLE {
+                    return;
+                } else {
                     for _ in 0..64 {
                         std::hint::spin_loop();
                     }
@@ -160,6 +170,10 @@ pub fn on_pool_spinning<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         f()
     })
 }
+
+/// How long a spinning pool thread (see [`on_pool_spinning`]) waits for work before it
+/// leaves.
+const SPIN_IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Splits `0..n` into about `4 * threads` chunks of a multiple of `align` (the last may
 /// be shorter), for rayon work lists that balance without tiny tasks.
