@@ -303,6 +303,15 @@ impl QuantMatrix {
         w
     }
 
+    /// Panics unless `x` (`x_len` values) and `out` (`out_len`) hold `m` rows.
+    fn check_operands(&self, x_len: usize, m: usize, out_len: usize) {
+        let (n, k) = (self.rows, self.cols);
+        assert!(
+            x_len >= m * k && out_len >= m * n,
+            "matmul of {n}x{k} weights: {x_len} inputs, {out_len} outputs for {m} rows"
+        );
+    }
+
     /// [`Self::matmul`] of bf16 activations. Q8 with many rows ([`DEQUANT_ROWS`] or more:
     /// prefill) at the AVX-512 BF16 level takes the bf16 kernel instead: each task dequantises a
     /// pair of weight panels (32 rows) into bf16 and runs every row over them with
@@ -315,17 +324,14 @@ impl QuantMatrix {
     /// # Panics
     /// As [`Self::matmul`].
     pub fn matmul_bf16(&self, x: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
-        let (n, k) = (self.rows, self.cols);
-        assert!(
-            x.len() >= m * k && out.len() >= m * n,
-            "matmul of {n}x{k} weights: {} inputs, {} outputs for {m} rows",
-            x.len(),
-            out.len()
-        );
+        self.check_operands(x.len(), m, out.len());
         if self.format == QuantFormat::Q8 && m >= DEQUANT_ROWS && isa == Isa::Avx512Bf16 {
             return self.matmul_dequantized(x, m, out, isa);
         }
-        let x32: Vec<f32> = x[..m * k].iter().map(|&v| super::widen(v)).collect();
+        let x32: Vec<f32> = x[..m * self.cols]
+            .iter()
+            .map(|&v| super::widen(v))
+            .collect();
         self.matmul(&x32, m, out, isa)
     }
 
@@ -375,12 +381,7 @@ impl QuantMatrix {
     /// If a slice is shorter than its shape says (callers check shapes first).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
         let (n, k) = (self.rows, self.cols);
-        assert!(
-            x.len() >= m * k && out.len() >= m * n,
-            "matmul of {n}x{k} weights: {} inputs, {} outputs for {m} rows",
-            x.len(),
-            out.len()
-        );
+        self.check_operands(x.len(), m, out.len());
         if m == 0 || n == 0 {
             return;
         }

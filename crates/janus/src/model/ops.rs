@@ -207,22 +207,10 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 /// `a + b` (same shapes), as candle adds them; one parallel vectorised pass for bf16 CPU
 /// tensors without gradient (candle's bf16 add runs on one thread). The residual adds.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    use crate::kernels::{fused::add_bf16, isa, with_cpu_slice};
-    let fast = [a, b]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op());
-    if fast && a.dims() == b.dims() {
-        let (x, y) = (a.contiguous()?, b.contiguous()?);
-        let mut out = vec![half::bf16::ZERO; x.elem_count()];
-        let done = with_cpu_slice::<half::bf16, _>(&x, |xs| {
-            with_cpu_slice::<half::bf16, _>(&y, |ys| add_bf16(xs, ys, &mut out, isa()))
-        })
-        .flatten();
-        if done.is_some() {
-            return Tensor::from_vec(out, x.dims(), x.device());
-        }
+    match elementwise_bf16(a, b, crate::kernels::fused::add_bf16)? {
+        Some(y) => Ok(y),
+        None => a + b,
     }
-    a + b
 }
 
 /// `silu(gate) * up` (SwiGLU); one vectorised pass for bf16 CPU tensors without gradient.
@@ -230,22 +218,36 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// gate and up `(..., F)` -> `(..., F)`
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    use crate::kernels::{fused::silu_mul_bf16, isa, with_cpu_slice};
-    let fast = [gate, up]
+    match elementwise_bf16(gate, up, crate::kernels::fused::silu_mul_bf16)? {
+        Some(y) => Ok(y),
+        None => gate.silu()? * up,
+    }
+}
+
+/// `kernel(a, b, out)` over two bf16 CPU tensors of the same shape that track no
+/// gradient; `None` for any other pair (the caller's candle ops then keep the gradient).
+fn elementwise_bf16(
+    a: &Tensor,
+    b: &Tensor,
+    kernel: fn(&[half::bf16], &[half::bf16], &mut [half::bf16], crate::kernels::Isa),
+) -> Result<Option<Tensor>> {
+    use crate::kernels::{isa, with_cpu_slice};
+    let fast = [a, b]
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op());
-    if fast && gate.dims() == up.dims() {
-        let (g, u) = (gate.contiguous()?, up.contiguous()?);
-        let mut out = vec![half::bf16::ZERO; g.elem_count()];
-        let done = with_cpu_slice::<half::bf16, _>(&g, |gs| {
-            with_cpu_slice::<half::bf16, _>(&u, |us| silu_mul_bf16(gs, us, &mut out, isa()))
-        })
-        .flatten();
-        if done.is_some() {
-            return Tensor::from_vec(out, g.dims(), g.device());
-        }
+    if !fast || a.dims() != b.dims() {
+        return Ok(None);
     }
-    gate.silu()? * up
+    let (x, y) = (a.contiguous()?, b.contiguous()?);
+    let mut out = vec![half::bf16::ZERO; x.elem_count()];
+    let done = with_cpu_slice::<half::bf16, _>(&x, |xs| {
+        with_cpu_slice::<half::bf16, _>(&y, |ys| kernel(xs, ys, &mut out, isa()))
+    })
+    .flatten();
+    match done {
+        Some(()) => Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?)),
+        None => Ok(None),
+    }
 }
 
 /// Scaled dot-product attention with an optional additive mask.
