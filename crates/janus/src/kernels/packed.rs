@@ -468,7 +468,7 @@ impl PackedBf16 {
 /// multiple of [`PackedBf16::group_rows`].
 pub(crate) fn block_rows(k: usize, isa: Isa) -> usize {
     let mr = max_rows(isa);
-    (X_BLOCK_BYTES / (4 * mr * k.div_ceil(2))).max(1) * mr
+    (X_BLOCK_BYTES / (4 * mr * k.div_ceil(2)).max(1)).max(1) * mr
 }
 
 /// Rows `rows` of x (`k` values each) regrouped for [`PackedBf16::grouped_range`] (see

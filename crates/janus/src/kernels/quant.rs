@@ -325,7 +325,8 @@ impl QuantMatrix {
     /// As [`Self::matmul`].
     pub fn matmul_bf16(&self, x: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
         self.check_operands(x.len(), m, out.len());
-        if self.format == QuantFormat::Q8 && m >= DEQUANT_ROWS && isa == Isa::Avx512Bf16 {
+        let many = m >= DEQUANT_ROWS && self.cols > 0;
+        if self.format == QuantFormat::Q8 && many && isa == Isa::Avx512Bf16 {
             return self.matmul_dequantized(x, m, out, isa);
         }
         let x32: Vec<f32> = x[..m * self.cols]
@@ -992,8 +993,14 @@ mod tests {
             q.matmul(&[], 2, &mut out, Isa::Plain);
             assert_eq!(out, [0.0; 6]);
             assert_eq!(q.dequantize(), Vec::<f32>::new());
+            // Many rows of nothing (the bf16 entry, which may take the panel path).
+            let mut out = vec![f32::NAN; 3 * DEQUANT_ROWS];
+            q.matmul_bf16(&[], DEQUANT_ROWS, &mut out, super::super::isa());
+            assert!(out.iter().all(|&v| v == 0.0));
             let q = QuantMatrix::quantize_f32(&[], 0, 40, f);
             q.matmul(&[1.0; 40], 1, &mut [], super::super::isa());
+            let x = vec![bf16::ONE; 40 * DEQUANT_ROWS];
+            q.matmul_bf16(&x, DEQUANT_ROWS, &mut [], super::super::isa());
             assert_eq!(q.size_bytes(), 0);
         }
     }
