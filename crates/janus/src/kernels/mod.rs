@@ -197,6 +197,36 @@ pub(crate) fn with_cpu_slice<T: candle_core::WithDType, R>(
     Some(f(data.get(start..end)?))
 }
 
+/// Runs `f(i)` for every `i` in `0..n` on the pool's threads, each taking the next index
+/// as it finishes one (an atomic counter), so all finish within one item of each other.
+/// For streams of many short, equal items (a decoding product's weight slices): rayon's
+/// splitting of a range hands each thread a fixed half up front, and a thread that starts
+/// late or runs slower holds the other one idle at the end.
+pub(crate) fn par_claim(n: usize, f: impl Fn(usize) + Sync) {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = rayon::current_num_threads().min(n);
+    if threads <= 1 {
+        return (0..n).for_each(f);
+    }
+    let next = AtomicUsize::new(0);
+    (0..threads).into_par_iter().for_each(|_| loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        f(i);
+    });
+}
+
+/// Items of a [`par_claim`] work list over `n` units (at least `min_len`): 16 per thread,
+/// so the last one to finish is short.
+pub(crate) fn claim_len(n: usize, min_len: usize) -> usize {
+    n.div_ceil(16 * rayon::current_num_threads())
+        .max(min_len)
+        .max(1)
+}
+
 /// Runs `f(data, offset, [stride0, stride1, stride2])` on a rank-4 CPU tensor of element
 /// type `T` whose last dimension is contiguous (a strided view such as a KV-cache prefix
 /// or a permuted projection).
@@ -371,6 +401,29 @@ pub(crate) use vectorized_fn;
 mod tests {
     use half::bf16;
     use rayon::prelude::*;
+
+    #[test]
+    fn claimed_work_runs_every_item_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for n in [0, 1, 2, 3, 17, 1000] {
+            let runs: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            super::par_claim(n, |i| {
+                runs[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                runs.iter().all(|r| r.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
+            // Inside a spinning forward too (a pool thread's nested loop).
+            let total = AtomicUsize::new(0);
+            super::on_pool_spinning(|| {
+                super::par_claim(n, |i| drop(total.fetch_add(i, Ordering::Relaxed)))
+            });
+            assert_eq!(total.into_inner(), n * n.saturating_sub(1) / 2);
+        }
+        assert_eq!(super::claim_len(0, 0), 1);
+        assert!(super::claim_len(1000, 4) >= 4);
+    }
 
     #[test]
     fn spinning_pool_runs_parallel_loops_nests_and_passes_panics_on() {

@@ -165,7 +165,12 @@ impl PackedBf16 {
             (x, k)
         };
         let panels = n.div_ceil(PANEL);
-        let per_task = if m * n * k >= 1 << 18 {
+        let parallel = m * n * k >= 1 << 18;
+        // Decoding (a row or two) streams the weights: short slices claimed in turn.
+        let claimed = parallel && m <= 2;
+        let per_task = if claimed {
+            super::claim_len(panels, MIN_PANELS)
+        } else if parallel {
             chunk_len(panels, 1, MIN_PANELS)
         } else {
             panels
@@ -213,7 +218,9 @@ impl PackedBf16 {
                 }
             }
         };
-        if tasks > 1 {
+        if tasks > 1 && claimed {
+            super::par_claim(tasks, task);
+        } else if tasks > 1 {
             (0..tasks).into_par_iter().for_each(task);
         } else {
             task(0);
@@ -683,6 +690,9 @@ mod tests {
             (67, 70, 300),
             (16, 33, 5),
             (29, 16, 1),
+            // Decoding products large enough to split into claimed slices.
+            (1, 700, 390),
+            (2, 1000, 150),
         ] {
             let x = values(m * k, 21);
             let w = values(n * k, 22);

@@ -394,10 +394,13 @@ impl QuantMatrix {
         let acts = QuantActs::new(x, m, k, groups, self.format, level);
         let parallel = m * n * k >= 1 << 18;
         let quads = n.div_ceil(QUAD);
-        let chunk = if parallel {
-            chunk_len(quads, 1, 1)
-        } else {
+        let chunk = if !parallel {
             quads
+        } else if m <= 2 {
+            // Decoding: short slices of the weight stream, claimed in turn.
+            super::claim_len(quads, REUSE_QUADS)
+        } else {
+            chunk_len(quads, 1, 1)
         };
         let quad_lines = self.format.lines_per_group() * QUAD;
         // A tile's activation rows stay in L1 while the weights pass. Decoding streams
@@ -455,7 +458,9 @@ impl QuantMatrix {
             }
         };
         let chunks = quads.div_ceil(chunk);
-        if parallel && chunks > 1 {
+        if parallel && chunks > 1 && m <= 2 {
+            super::par_claim(chunks, run);
+        } else if parallel && chunks > 1 {
             (0..chunks).into_par_iter().for_each(run);
         } else {
             (0..chunks).for_each(run);
@@ -689,6 +694,24 @@ impl QuantActs {
         );
         let one = |(((q, neg), scale), row): Row| {
             for g in 0..groups {
+                #[cfg(target_arch = "x86_64")]
+                if level == Level::Avx512 {
+                    let src = row.get(g * GROUP..((g + 1) * GROUP).min(k)).unwrap_or(&[]);
+                    let lines = &mut q[g * lines..(g + 1) * lines];
+                    // SAFETY: `level` was checked against the CPU; `lines` holds the
+                    // group's lines.
+                    unsafe {
+                        avx512::quantize_act_group(
+                            src,
+                            top,
+                            wide,
+                            lines,
+                            &mut neg[g],
+                            &mut scale[g],
+                        )
+                    };
+                    continue;
+                }
                 for l in 0..GROUP_BLOCKS {
                     let c0 = g * GROUP + l * BLOCK;
                     let src = row.get(c0..(c0 + BLOCK).min(k)).unwrap_or(&[]);
@@ -703,17 +726,28 @@ impl QuantActs {
                             _ => quantize_act_block(src, top, &mut block),
                         }
                     };
-                    for (s, &v) in block.iter().enumerate() {
-                        let (u, e) = chunk_pos(l, s);
+                    // Values 4u..4u + 4 go to bytes 4l..4l + 4 of chunk u (see
+                    // `chunk_pos`); 12-bit ones as words, the even values to the
+                    // chunk's even line and the odd ones to its odd line.
+                    for (u, v) in block.chunks_exact(4).enumerate() {
                         if wide {
-                            let line = &mut q[(g * CHUNKS + u) * 2 + e % 2].0;
-                            line[e / 2 * 2..e / 2 * 2 + 2]
-                                .copy_from_slice(&(v as i16).to_le_bytes());
+                            for (t, line) in q[(g * CHUNKS + u) * 2..][..2].iter_mut().enumerate() {
+                                let pair = [v[t] as i16, v[t + 2] as i16];
+                                let bytes = (pair[0] as u16 as u32) | (pair[1] as u16 as u32) << 16;
+                                line.0[4 * l..4 * l + 4].copy_from_slice(&bytes.to_le_bytes());
+                            }
                         } else {
-                            q[g * CHUNKS + u].0[e] = v as i8 as u8;
+                            let bytes = v.iter().map(|&q| q as i8 as u8);
+                            for (d, b) in
+                                q[g * CHUNKS + u].0[4 * l..4 * l + 4].iter_mut().zip(bytes)
+                            {
+                                *d = b;
+                            }
                         }
                     }
-                    neg[g].0[l] = -8 * block.iter().sum::<i32>();
+                    if !wide {
+                        neg[g].0[l] = -8 * block.iter().sum::<i32>();
+                    }
                 }
             }
         };
@@ -1069,6 +1103,33 @@ mod tests {
                         assert_eq!(a.0, b.0, "{level:?} k={k} {f:?}");
                     }
                 }
+            }
+        }
+        // Ties: each block's largest value is `top`, so its scale is 1 and every other
+        // value, x.5, is its own quant before rounding (to even, at every level).
+        let k = 600;
+        for f in FORMATS {
+            let top = if f == QuantFormat::Q8 { TOP12 } else { 127.0 };
+            let x: Vec<f32> = (0..2 * k)
+                .map(|i| match i % BLOCK {
+                    5 => top,
+                    _ => (i % 9) as f32 - 4.5,
+                })
+                .collect();
+            let groups = k.div_ceil(GROUP);
+            let want = QuantActs::new(&x, 2, k, groups, f, Level::Plain);
+            assert!(want
+                .scale
+                .iter()
+                .flat_map(|s| s.0)
+                .all(|d| d == 1.0 || d == 0.0));
+            for level in levels() {
+                let got = QuantActs::new(&x, 2, k, groups, f, level);
+                assert!(
+                    got.q.iter().zip(&want.q).all(|(a, b)| a.0 == b.0),
+                    "{level:?} {f:?}"
+                );
+                assert!(got.neg.iter().zip(&want.neg).all(|(a, b)| a.0 == b.0));
             }
         }
     }

@@ -148,6 +148,84 @@ pub(super) unsafe fn quantize_act_block(x: &[f32], top: f32, q: &mut [i32; BLOCK
     d
 }
 
+/// [`super::QuantActs::new`]'s work for one group of an activation row, all 16 blocks at
+/// once (the same values as the per-block code): `x` the group's values (at most 512; past
+/// its end, zeros), quantised per block to `-top..=top` into `lines` (8 int8 lines, or
+/// with `wide` 16 lines of 12-bit words), the blocks' scales into `scale` and, int8 only,
+/// `-8 Σ q` per block into `neg`. The blocks' largest magnitudes and sums come from one
+/// 16 x 16 transpose each instead of 16 horizontal reductions, and the quants reach their
+/// chunks through a third: block `l`'s quants, narrowed, become register `l`, whose dword
+/// `u` belongs in lane `l` of line `u`.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI present; `lines` holds 8 lines (16 with `wide`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn quantize_act_group(
+    x: &[f32],
+    top: f32,
+    wide: bool,
+    lines: &mut [super::Line],
+    neg: &mut super::Lanes<i32>,
+    scale: &mut super::Lanes<f32>,
+) {
+    use super::{GROUP, GROUP_BLOCKS};
+    let n = x.len().min(GROUP);
+    assert!(lines.len() >= if wide { 2 * CHUNKS } else { CHUNKS });
+    let mask = |from: usize| ((1u32 << n.saturating_sub(from).min(16)) - 1) as __mmask16;
+    // Block l is v[2l], v[2l + 1]; masked-off lanes are not read.
+    let v: [__m512; 2 * GROUP_BLOCKS] = std::array::from_fn(|i| {
+        _mm512_maskz_loadu_ps(mask(16 * i), x.as_ptr().wrapping_add(16 * i))
+    });
+    let mut t: [__m512i; GROUP_BLOCKS] = std::array::from_fn(|l| {
+        let m = _mm512_max_ps(_mm512_abs_ps(v[2 * l]), _mm512_abs_ps(v[2 * l + 1]));
+        _mm512_castps_si512(m)
+    });
+    transpose16(&mut t);
+    let amax = t.iter().fold(_mm512_setzero_ps(), |a, &r| {
+        _mm512_max_ps(a, _mm512_castsi512_ps(r))
+    });
+    // As `act_scale`, lane by lane (IEEE division: the same quotients).
+    let ok = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(amax, _mm512_set1_ps(1e-30));
+    let topv = _mm512_set1_ps(top);
+    _mm512_store_ps(scale.0.as_mut_ptr(), _mm512_maskz_div_ps(ok, amax, topv));
+    let mut inv = [0f32; GROUP_BLOCKS];
+    _mm512_storeu_ps(inv.as_mut_ptr(), _mm512_maskz_div_ps(ok, topv, amax));
+    // 12-bit words of a block in the order of their lines: dword 2u holds values 4u and
+    // 4u + 2 (chunk u's even line), dword 2u + 1 values 4u + 1 and 4u + 3 (its odd line).
+    let order = _mm512_set_epi16(
+        31, 29, 30, 28, 27, 25, 26, 24, 23, 21, 22, 20, 19, 17, 18, 16, 15, 13, 14, 12, 11, 9, 10,
+        8, 7, 5, 6, 4, 3, 1, 2, 0,
+    );
+    for (l, t) in t.iter_mut().enumerate() {
+        let s = _mm512_set1_ps(inv[l]);
+        // Rounds to nearest even (MXCSR's default), as `round_even`.
+        let q = [0, 1].map(|h| _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * l + h], s)));
+        *t = if wide {
+            let lo = _mm512_castsi256_si512(_mm512_cvtepi32_epi16(q[0]));
+            let w = _mm512_inserti64x4::<1>(lo, _mm512_cvtepi32_epi16(q[1]));
+            _mm512_permutexvar_epi16(order, w)
+        } else {
+            let lo = _mm256_castsi128_si256(_mm512_cvtepi32_epi8(q[0]));
+            _mm512_castsi256_si512(_mm256_inserti128_si256::<1>(lo, _mm512_cvtepi32_epi8(q[1])))
+        };
+    }
+    transpose16(&mut t);
+    if wide {
+        for (line, t) in lines.iter_mut().zip(&t) {
+            _mm512_store_si512(line.0.as_mut_ptr().cast(), *t);
+        }
+    } else {
+        // Each lane's sum of its 4 signed bytes per line: the block's Σ q.
+        let (ones, mut sum) = (_mm512_set1_epi8(1), _mm512_setzero_si512());
+        for (line, t) in lines.iter_mut().zip(&t[..CHUNKS]) {
+            _mm512_store_si512(line.0.as_mut_ptr().cast(), *t);
+            sum = _mm512_dpbusd_epi32(sum, ones, *t);
+        }
+        let neg8 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<3>(sum));
+        _mm512_store_si512(neg.0.as_mut_ptr().cast(), neg8);
+    }
+}
+
 /// [`super::dequantize_panels`] (Q8, the same bits): per group and line, 16 rows of 32
 /// column pairs each are dequantised in registers (`VCVTNEPS2BF16`, nearest even like
 /// `narrow`; the products `q d` are never subnormal or NaN) and transposed, so each
