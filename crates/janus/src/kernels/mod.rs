@@ -417,7 +417,9 @@ mod tests {
             // Inside a spinning forward too (a pool thread's nested loop).
             let total = AtomicUsize::new(0);
             super::on_pool_spinning(|| {
-                super::par_claim(n, |i| drop(total.fetch_add(i, Ordering::Relaxed)))
+                super::par_claim(n, |i| {
+                    total.fetch_add(i, Ordering::Relaxed);
+                })
             });
             assert_eq!(total.into_inner(), n * n.saturating_sub(1) / 2);
         }
