@@ -86,26 +86,33 @@ pub fn rope_bf16(
     assert!(dh.is_multiple_of(2) && x.len() == b * t * h * dh && out.len() == x.len());
     assert!(pos.len() == b * t);
     // One (b, h) plane of the output per chunk.
-    out.par_chunks_mut(t * dh)
-        .enumerate()
-        .for_each(|(bh, plane)| {
-            let (bi, hi) = (bh / h, bh % h);
-            for (i, dst) in plane.chunks_exact_mut(dh).enumerate() {
-                let p = pos[bi * t + i];
-                let src = &x[((bi * t + i) * h + hi) * dh..][..dh];
-                rope_row(isa, src, &cos[p * dh..][..dh], &sin[p * dh..][..dh], dst);
-            }
-        });
+    let plane = |(bh, plane): (usize, &mut [bf16])| {
+        let (bi, hi) = (bh / h, bh % h);
+        for (i, dst) in plane.chunks_exact_mut(dh).enumerate() {
+            let p = pos[bi * t + i];
+            let src = &x[((bi * t + i) * h + hi) * dh..][..dh];
+            rope_row(isa, src, &cos[p * dh..][..dh], &sin[p * dh..][..dh], dst);
+        }
+    };
+    // A decoding step's few rows take about a microsecond: less than a parallel loop's
+    // start.
+    if x.len() <= PARALLEL_MIN {
+        out.chunks_mut(t * dh).enumerate().for_each(plane);
+    } else {
+        out.par_chunks_mut(t * dh).enumerate().for_each(plane);
+    }
 }
 
 vectorized_fn! {
     fn rope_row(isa: Isa, x: &[bf16], cos: &[f32], sin: &[f32], out: &mut [bf16]) {
         let half = x.len() / 2;
         let r = |v: f32| widen(narrow(v));
-        let (x_lo, x_hi) = x.split_at(half);
-        let (c_lo, c_hi) = cos.split_at(half);
-        let (s_lo, s_hi) = sin.split_at(half);
-        let (o_lo, o_hi) = out.split_at_mut(half);
+        // Every slice cut to `half` exactly, so the loop runs without bounds checks and
+        // vectorises.
+        let (x_lo, x_hi) = (&x[..half], &x[half..2 * half]);
+        let (c_lo, c_hi) = (&cos[..half], &cos[half..2 * half]);
+        let (s_lo, s_hi) = (&sin[..half], &sin[half..2 * half]);
+        let (o_lo, o_hi) = out[..2 * half].split_at_mut(half);
         // First half: x·cos - x[j + half]·sin; second: x·cos + x[j - half]·sin.
         for j in 0..half {
             let (lo, hi) = (widen(x_lo[j]), widen(x_hi[j]));
