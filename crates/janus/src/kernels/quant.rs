@@ -1,6 +1,11 @@
 //! Weight-only quantised matrix products `out = x · wᵀ`: 8-bit (Q8) and 4-bit (Q4) weights
-//! in blocks of 32 along K with one f16 scale per block, so 8.5 and 4.5 bits per weight
-//! (GGML's Q8_0 and Q4_0 arithmetic in a layout of our own).
+//! in blocks of 32 along K with one scale per block (GGML's Q8_0 and Q4_0 arithmetic in a
+//! layout of our own). A block's scale is stored as a signed byte `s` times an f32 `D` that
+//! the 16 blocks of a group (512 weights of a row) share, `d = D s`, as GGML's k-quants
+//! store their sub-block scales: 8 + 10/32 and 4 + 10/32 bits per weight, where one f16
+//! scale per block took 8.5 and 4.5 (4% fewer bytes for Q4 to stream). `s` is rounded
+//! away from zero, so a block's `|d|` is at most 1/|s| above its own ideal scale: within
+//! 0.8% for the blocks whose ideal scale is over half of the group's largest.
 //!
 //! # Layout
 //! A weight row is cut into *groups* of 16 blocks (512 weights; the row is padded with
@@ -17,7 +22,8 @@
 //! Weight rows are stored in *quads* of 4 (the last one padded with zero rows): for each
 //! group, line `s` of the quad's 4 rows lie side by side, so a kernel that takes 4 weight
 //! rows against the same activations reads one sequential stream. Lines are 64-byte
-//! aligned; the f16 scales have an array of their own, `(quads, groups, 4, 16)`.
+//! aligned; the scale bytes have an array of their own, `(quads, groups, 4, 16)` (a quad's
+//! group on one line), and the shared scales another, `(quads, groups, 4)`.
 //!
 //! # Kernels
 //! The activations are quantised per block too, on the fly, into the same layout, and
@@ -49,7 +55,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use half::{bf16, f16};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::packed::{self, PackedBf16, PANEL};
@@ -96,13 +102,14 @@ impl QuantFormat {
         }
     }
 
-    /// Storage per weight, the f16 block scale included (padding to whole groups aside).
+    /// Storage per weight, the block scales included (padding to whole groups aside).
     pub fn bits_per_weight(self) -> f64 {
         let quant = match self {
             QuantFormat::Q8 => 8.0,
             QuantFormat::Q4 => 4.0,
         };
-        quant + 16.0 / BLOCK as f64
+        // A byte per block, 4 bytes per group.
+        quant + (8.0 + 32.0 / GROUP_BLOCKS as f64) / BLOCK as f64
     }
 
     /// 64-byte lines per group.
@@ -158,8 +165,10 @@ pub struct QuantMatrix {
     groups: usize,
     /// `(quads, groups, lines_per_group, 4)`: the stored quants, see the module doc.
     quants: Vec<Line>,
-    /// `(quads, groups, 4, 16)`: one scale per block, padding blocks and rows 0.
-    scales: Vec<f16>,
+    /// `(quads, groups, 4, 16)`: each block's scale byte `s`, padding blocks and rows 0.
+    subs: Vec<i8>,
+    /// `(quads, groups, 4)`: each row's group scale `D` (block scales `D s`).
+    supers: Vec<f32>,
 }
 
 impl fmt::Debug for QuantMatrix {
@@ -222,15 +231,17 @@ impl QuantMatrix {
         let lines = groups * format.lines_per_group() * QUAD;
         let isa = super::isa();
         let mut quants = super::huge_filled(quads * lines, Line([0; 64]));
-        let mut scales = vec![f16::ZERO; quads * groups * QUAD * GROUP_BLOCKS];
+        let mut subs = vec![0i8; quads * groups * QUAD * GROUP_BLOCKS];
+        let mut supers = vec![0f32; quads * groups * QUAD];
         if groups > 0 {
             quants
                 .par_chunks_mut(lines)
-                .zip(scales.par_chunks_mut(groups * QUAD * GROUP_BLOCKS))
+                .zip(subs.par_chunks_mut(groups * QUAD * GROUP_BLOCKS))
+                .zip(supers.par_chunks_mut(groups * QUAD))
                 .enumerate()
                 .for_each_init(
                     || vec![0f32; cols],
-                    |buf, (t, (q, s))| {
+                    |buf, (t, ((q, s), d))| {
                         for r in 0..QUAD {
                             let j = t * QUAD + r;
                             if j < rows {
@@ -238,7 +249,7 @@ impl QuantMatrix {
                             } else {
                                 buf.fill(0.0);
                             }
-                            quantize_row(isa, buf, format, r, q, s);
+                            quantize_row(isa, buf, format, r, q, s, d);
                         }
                     },
                 );
@@ -249,7 +260,8 @@ impl QuantMatrix {
             cols,
             groups,
             quants,
-            scales,
+            subs,
+            supers,
         }
     }
 
@@ -270,7 +282,9 @@ impl QuantMatrix {
 
     /// Bytes of quants and scales held (padding to whole groups included).
     pub fn size_bytes(&self) -> usize {
-        self.quants.len() * std::mem::size_of::<Line>() + self.scales.len() * 2
+        self.quants.len() * std::mem::size_of::<Line>()
+            + self.subs.len()
+            + self.supers.len() * std::mem::size_of::<f32>()
     }
 
     /// The signed `q` of row `j`, group `g`, chunk `u`, chunk byte `b`.
@@ -285,9 +299,10 @@ impl QuantMatrix {
     }
 
     /// The scale of row `j`, block `b` (group `b / 16`, block `b % 16` in it).
-    fn scale(&self, j: usize, b: usize) -> f16 {
+    fn scale(&self, j: usize, b: usize) -> f32 {
         let (g, l) = (b / GROUP_BLOCKS, b % GROUP_BLOCKS);
-        self.scales[((j / QUAD * self.groups + g) * QUAD + j % QUAD) * GROUP_BLOCKS + l]
+        let at = (j / QUAD * self.groups + g) * QUAD + j % QUAD;
+        block_scale(self.subs[at * GROUP_BLOCKS + l], self.supers[at])
     }
 
     /// The `(rows, cols)` f32 weight the quants stand for, row-major.
@@ -297,7 +312,7 @@ impl QuantMatrix {
             for (c, v) in w[j * self.cols..(j + 1) * self.cols].iter_mut().enumerate() {
                 let (g, l, s) = (c / GROUP, c % GROUP / BLOCK, c % BLOCK);
                 let (u, b) = chunk_pos(l, s);
-                *v = self.quant(j, g, u, b) as f32 * self.scale(j, c / BLOCK).to_f32();
+                *v = self.quant(j, g, u, b) as f32 * self.scale(j, c / BLOCK);
             }
         }
         w
@@ -439,7 +454,8 @@ impl QuantMatrix {
                                 stride: groups,
                                 groups: kb.min(groups - g0),
                                 wq: self.quants[tg * quad_lines..].as_ptr(),
-                                ws: self.scales[tg * QUAD * GROUP_BLOCKS..].as_ptr(),
+                                ws: self.subs[tg * QUAD * GROUP_BLOCKS..].as_ptr(),
+                                wd: self.supers[tg * QUAD..].as_ptr(),
                                 // SAFETY: (i, 4t) is inside the (m, n) output, asserted
                                 // above.
                                 out: unsafe { out_ptr.get().add(i * n + t * QUAD) },
@@ -524,9 +540,9 @@ vectorized_fn! {
         for g in 0..w.groups {
             for (r, dr) in d.iter_mut().enumerate().take(rows) {
                 let j = j0 + r;
-                let at = ((j / QUAD * w.groups + g) * QUAD + j % QUAD) * GROUP_BLOCKS;
-                for (v, s) in dr.iter_mut().zip(&w.scales[at..]) {
-                    *v = s.to_f32();
+                let at = (j / QUAD * w.groups + g) * QUAD + j % QUAD;
+                for (v, &s) in dr.iter_mut().zip(&w.subs[at * GROUP_BLOCKS..]) {
+                    *v = block_scale(s, w.supers[at]);
                 }
             }
             // Pairs of this group inside the row (the last group's may run past it).
@@ -566,38 +582,60 @@ vectorized_fn! {
     /// Quantises one row (`w`, `cols` long) into its lines and block scales, as row `r` of
     /// the quad whose lines and scales these are.
     /// (Compiled per vector level: the division and rounding vectorise, the same bits.)
-    fn quantize_row(isa: Isa, w: &[f32], format: QuantFormat, r: usize, lines: &mut [Line], scales: &mut [f16]) {
+    fn quantize_row(
+        isa: Isa,
+        w: &[f32],
+        format: QuantFormat,
+        r: usize,
+        lines: &mut [Line],
+        subs: &mut [i8],
+        supers: &mut [f32],
+    ) {
         let lpg = format.lines_per_group();
-        for b in 0..scales.len() / QUAD {
-            let c0 = b * BLOCK;
-            let src = w.get(c0..(c0 + BLOCK).min(w.len())).unwrap_or(&[]);
-            let (s, q) = quantize_block(src, format);
-            let (g, l) = (b / GROUP_BLOCKS, b % GROUP_BLOCKS);
-            scales[(g * QUAD + r) * GROUP_BLOCKS + l] = s;
-            // Chunk u takes quants 4u..4u + 4, in bytes 4l..4l + 4 of its line.
-            for (u, q4) in q.chunks_exact(4).enumerate() {
-                let (u0, byte) = chunk_pos(l, 4 * u);
-                debug_assert_eq!(u0, u);
-                let line = &mut lines[(g * lpg + u % lpg) * QUAD + r].0[byte..byte + 4];
-                for (dst, &q) in line.iter_mut().zip(q4) {
-                    match format {
-                        QuantFormat::Q8 => *dst = q as u8,
-                        QuantFormat::Q4 => *dst |= ((q + 8) as u8) << (4 * (u / lpg)),
-                    }
-                }
+        let block = |b: usize| w.get(b * BLOCK..((b + 1) * BLOCK).min(w.len())).unwrap_or(&[]);
+        for g in 0..supers.len() / QUAD {
+            let ideal: [f32; GROUP_BLOCKS] =
+                std::array::from_fn(|l| ideal_scale(block(g * GROUP_BLOCKS + l), format));
+            let (d, s) = group_scales(&ideal);
+            supers[g * QUAD + r] = d;
+            subs[(g * QUAD + r) * GROUP_BLOCKS..][..GROUP_BLOCKS].copy_from_slice(&s);
+            for (l, &s) in s.iter().enumerate() {
+                let q = quantize_block(block(g * GROUP_BLOCKS + l), block_scale(s, d), format);
+                quantize_row_block(lines, lpg, g, l, r, &q, format);
             }
         }
     }
 }
 
-/// One block's scale and quants (`w` at most [`BLOCK`] long; the rest is zero padding).
-///
-/// The scale is the f16 at or above `max|w| / 127` (Q8) or `max|w| / 8` (Q4) in
-/// magnitude, so `|w / d|` never passes 127 (or 8), and each quant is `w / d` rounded to
-/// nearest: `|w - d q| <= |d| / 2`, except Q4's +8 clipped to +7 (`<= |d|`).
+/// Stores block `l` of group `g` of the quad's row `r`, quants `q`, in its `lines`.
 #[inline(always)]
-fn quantize_block(w: &[f32], format: QuantFormat) -> (f16, [i8; BLOCK]) {
-    let mut q = [0i8; BLOCK];
+fn quantize_row_block(
+    lines: &mut [Line],
+    lpg: usize,
+    g: usize,
+    l: usize,
+    r: usize,
+    q: &[i8; BLOCK],
+    format: QuantFormat,
+) {
+    // Chunk u takes quants 4u..4u + 4, in bytes 4l..4l + 4 of its line.
+    for (u, q4) in q.chunks_exact(4).enumerate() {
+        let (u0, byte) = chunk_pos(l, 4 * u);
+        debug_assert_eq!(u0, u);
+        let line = &mut lines[(g * lpg + u % lpg) * QUAD + r].0[byte..byte + 4];
+        for (dst, &q) in line.iter_mut().zip(q4) {
+            match format {
+                QuantFormat::Q8 => *dst = q as u8,
+                QuantFormat::Q4 => *dst |= ((q + 8) as u8) << (4 * (u / lpg)),
+            }
+        }
+    }
+}
+
+/// A block's ideal scale (`w` at most [`BLOCK`] long): `max|w| / 127` (Q8), or for Q4
+/// `-top / 8` with `top` the value of largest magnitude, so that it lands on -8.
+#[inline(always)]
+fn ideal_scale(w: &[f32], format: QuantFormat) -> f32 {
     // The value of largest magnitude, with its sign (the first one on ties; NaNs never):
     // the largest magnitude as integer bits first, a maximum that vectorises.
     let magnitude = |v: f32| match v.to_bits() & 0x7fff_ffff {
@@ -613,31 +651,56 @@ fn quantize_block(w: &[f32], format: QuantFormat) -> (f16, [i8; BLOCK]) {
             .find(|&v| magnitude(v) == most)
             .unwrap_or(0.0),
     };
-    let (scale, lo, hi) = match format {
-        QuantFormat::Q8 => (scale_up(top.abs() / 127.0), -127.0, 127.0),
+    match format {
+        QuantFormat::Q8 => top.abs() / 127.0,
         // Q4_0: the largest magnitude lands on -8, the code with no positive twin.
-        QuantFormat::Q4 if top > 0.0 => (-scale_up(top / 8.0), -8.0, 7.0),
-        QuantFormat::Q4 => (scale_up(-top / 8.0), -8.0, 7.0),
+        QuantFormat::Q4 => top / -8.0,
+    }
+}
+
+/// A group's shared scale `D` and scale bytes `s` for its blocks' ideal scales: `D` is
+/// the largest magnitude over 127 and each `s` is `ideal / D` rounded away from zero, so
+/// `|D s|` is at or just above the ideal (a block then never needs a quant beyond its
+/// range but for f32 rounding, which its clamp absorbs). A group whose `D` is zero or
+/// subnormal (weights below 1e-36) gets zeros.
+fn group_scales(ideal: &[f32; GROUP_BLOCKS]) -> (f32, [i8; GROUP_BLOCKS]) {
+    let most = ideal.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = most / 127.0;
+    if !d.is_normal() {
+        return (0.0, [0; GROUP_BLOCKS]);
+    }
+    let s = ideal.map(|e| {
+        let s = e / d;
+        let s = if s >= 0.0 { s.ceil() } else { s.floor() };
+        s.clamp(-127.0, 127.0) as i8
+    });
+    (d, s)
+}
+
+/// The scale of a block with scale byte `s` in a group with shared scale `d`: one f32
+/// product, the same in every kernel.
+#[inline(always)]
+fn block_scale(s: i8, d: f32) -> f32 {
+    f32::from(s) * d
+}
+
+/// One block's quants at scale `d` (`w` at most [`BLOCK`] long; the rest is zero
+/// padding): `w / d` rounded to nearest and clamped to the format's range, so
+/// `|w - d q| <= |d| / 2` where `|d|` is at least the block's ideal scale, except Q4's +8
+/// clipped to +7 (`<= |d|`).
+#[inline(always)]
+fn quantize_block(w: &[f32], d: f32, format: QuantFormat) -> [i8; BLOCK] {
+    let mut q = [0i8; BLOCK];
+    let (lo, hi) = match format {
+        QuantFormat::Q8 => (-127.0, 127.0),
+        QuantFormat::Q4 => (-8.0, 7.0),
     };
-    let d = scale.to_f32();
     if d != 0.0 {
         for (q, &v) in q.iter_mut().zip(w) {
             *q = (v / d).round().clamp(lo, hi) as i8;
         }
     }
-    (scale, q)
-}
-
-/// The smallest f16 at or above `d >= 0` (f16::MAX for anything beyond it).
-fn scale_up(d: f32) -> f16 {
-    let s = f16::from_f32(d);
-    if !s.is_finite() || s == f16::MAX {
-        f16::MAX
-    } else if s.to_f32() >= d {
-        s
-    } else {
-        f16::from_bits(s.to_bits() + 1)
-    }
+    q
 }
 
 /// Activations quantised per block into the weights' group layout: int8 for Q4 (one
@@ -829,7 +892,8 @@ struct TileArgs {
     stride: usize,
     groups: usize,
     wq: *const Line,
-    ws: *const f16,
+    ws: *const i8,
+    wd: *const f32,
     out: *mut f32,
     ldo: usize,
     cols: usize,
@@ -846,13 +910,15 @@ impl TileArgs {
         self.wq.add((g * lpg + s) * QUAD + r)
     }
 
-    /// The 16 block scales of group `g` of the quad's weight row `r`.
+    /// The 16 scale bytes of group `g` of the quad's weight row `r`, and their shared
+    /// scale (block scales [`block_scale`]`(s, d)`).
     ///
     /// # Safety
     /// `g` < `groups`, `r` < 4.
     #[inline(always)]
-    unsafe fn w_scales(&self, g: usize, r: usize) -> *const f16 {
-        self.ws.add((g * QUAD + r) * GROUP_BLOCKS)
+    unsafe fn w_scales(&self, g: usize, r: usize) -> (*const i8, f32) {
+        let at = g * QUAD + r;
+        (self.ws.add(at * GROUP_BLOCKS), *self.wd.add(at))
     }
 
     /// Writes (or adds) activation row `i`'s result for the quad's weight row `r`.
@@ -910,7 +976,8 @@ unsafe fn plain_tile(format: QuantFormat, rows: usize, a: TileArgs) {
                         dot += w * x;
                     }
                     let dx = (*a.dx.add(i * a.stride + g)).0[l];
-                    let dw = (*a.w_scales(g, r).add(l)).to_f32();
+                    let (s, d) = a.w_scales(g, r);
+                    let dw = block_scale(*s.add(l), d);
                     acc += dot as f32 * (dw * dx);
                 }
             }
@@ -963,8 +1030,8 @@ mod tests {
             err.contains("q5") && err.contains("q8") && err.contains("q4"),
             "{err}"
         );
-        assert_eq!(QuantFormat::Q8.bits_per_weight(), 8.5);
-        assert_eq!(QuantFormat::Q4.bits_per_weight(), 4.5);
+        assert_eq!(QuantFormat::Q8.bits_per_weight(), 8.3125);
+        assert_eq!(QuantFormat::Q4.bits_per_weight(), 4.3125);
     }
 
     #[test]
@@ -994,7 +1061,7 @@ mod tests {
                 let deq = q.dequantize();
                 for j in 0..rows {
                     for c in 0..cols {
-                        let d = q.scale(j, c / BLOCK).to_f32().abs();
+                        let d = q.scale(j, c / BLOCK).abs();
                         let (v, r) = (w[j * cols + c], deq[j * cols + c]);
                         // Q4 clips the largest magnitude's opposite twin, +8 steps, at +7.
                         let clipped = f == QuantFormat::Q4 && (v / -d).abs() > 7.5;
@@ -1005,15 +1072,31 @@ mod tests {
                         );
                     }
                 }
-                // The scale is as small as f16 allows: one f16 step less would clip.
-                for (b, s) in (0..cols.div_ceil(BLOCK)).map(|b| (b, q.scale(0, b))) {
-                    let top = w[b * BLOCK..((b + 1) * BLOCK).min(cols)]
-                        .iter()
-                        .fold(0f32, |a, v| a.max(v.abs()));
-                    let codes = if f == QuantFormat::Q8 { 127.0 } else { 8.0 };
-                    let below = f16::from_bits(s.to_bits().saturating_sub(1)).to_f32();
-                    assert!(s.to_f32().abs() * codes >= top, "{f:?} block {b}");
-                    assert!(top == 0.0 || below.abs() * codes < top, "{f:?} block {b}");
+                // Each scale is as small as its byte allows: a byte one step nearer zero
+                // would clip the block's largest magnitude (f32 rounding of the product
+                // aside); the group's largest takes the byte 127.
+                for j in 0..rows {
+                    for b in 0..cols.div_ceil(BLOCK) {
+                        let top = w[j * cols..][b * BLOCK..((b + 1) * BLOCK).min(cols)]
+                            .iter()
+                            .fold(0f32, |a, v| a.max(v.abs()));
+                        let g = b / GROUP_BLOCKS;
+                        let at = (j / QUAD * q.groups + g) * QUAD + j % QUAD;
+                        let (byte, shared) =
+                            (q.subs[at * GROUP_BLOCKS + b % GROUP_BLOCKS], q.supers[at]);
+                        let codes = if f == QuantFormat::Q8 { 127.0 } else { 8.0 };
+                        let d = q.scale(j, b).abs();
+                        assert!(d * codes >= top * (1.0 - 1e-6), "{f:?} row {j} block {b}");
+                        let below = (f32::from(byte).abs() - 1.0) * shared;
+                        assert!(top == 0.0 || below * codes < top, "{f:?} row {j} block {b}");
+                        let group = (0..GROUP_BLOCKS)
+                            .map(|l| q.subs[at * GROUP_BLOCKS + l].unsigned_abs())
+                            .max();
+                        assert!(
+                            group == Some(127) || shared == 0.0,
+                            "{f:?} row {j} group {g}"
+                        );
+                    }
                 }
             }
         }

@@ -70,8 +70,7 @@ unsafe fn kernel_q4<const R: usize>(a: TileArgs, r: usize) {
                     *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
                 }
             }
-            let ws = a.w_scales(g, r).add(8 * half);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
+            let dw = scales(&a, g, r, half);
             for (i, acc) in acc.iter_mut().enumerate() {
                 let dx = a.dx.add(i * a.stride + g).cast::<f32>().add(8 * half);
                 let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
@@ -109,9 +108,7 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
                 }
             }
             // The 1/256 undoes the shift (exactly: a power of two).
-            let ws = a.w_scales(g, r).add(8 * half);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(ws.cast()));
-            let dw = _mm256_mul_ps(dw, _mm256_set1_ps(1.0 / 256.0));
+            let dw = _mm256_mul_ps(scales(&a, g, r, half), _mm256_set1_ps(1.0 / 256.0));
             for (i, acc) in acc.iter_mut().enumerate() {
                 let dx = a.dx.add(i * a.stride + g).cast::<f32>().add(8 * half);
                 let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
@@ -122,6 +119,19 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
     for (i, acc) in acc.iter().enumerate() {
         a.store(i, r, sum(*acc));
     }
+}
+
+/// Half `half` (8 blocks) of the block scales of group `g` of the quad's row `r`, as
+/// [`super::block_scale`] computes them.
+///
+/// # Safety
+/// As [`super::TileArgs::w_scales`]; AVX2 present.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scales(a: &TileArgs, g: usize, r: usize, half: usize) -> __m256 {
+    let (s, d) = a.w_scales(g, r);
+    let s = _mm256_cvtepi8_epi32(_mm_loadl_epi64(s.add(8 * half).cast()));
+    _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d))
 }
 
 /// [`super::quantize_act_block`] with AVX2 (the same values).

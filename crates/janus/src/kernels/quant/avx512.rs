@@ -111,8 +111,10 @@ unsafe fn kernel<const Q8: bool, const R: usize>(a: TileArgs) {
         let dx: [__m512; R] =
             std::array::from_fn(|i| _mm512_load_ps(a.dx.add(i * a.stride + g).cast()));
         for r in 0..QUAD {
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(a.w_scales(g, r).cast()));
-            let dw = _mm512_mul_ps(dw, unscale);
+            // `block_scale`: the bytes times the shared scale, one product each.
+            let (s, d) = a.w_scales(g, r);
+            let s = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(s.cast())));
+            let dw = _mm512_mul_ps(_mm512_mul_ps(s, _mm512_set1_ps(d)), unscale);
             for i in 0..R {
                 let sum = _mm512_add_epi32(dot[r][i][0], dot[r][i][1]);
                 let sum = _mm512_cvtepi32_ps(sum);
@@ -255,8 +257,10 @@ pub(super) unsafe fn dequantize_q8(
             let mut scales = [[_mm512_setzero_ps(); 4]; PANEL];
             for (r, s) in scales.iter_mut().enumerate().take(nr) {
                 let j = j0 + r0 + r;
-                let at = ((j / QUAD * w.groups + g) * QUAD + j % QUAD) * GROUP_BLOCKS;
-                let d = _mm512_cvtph_ps(_mm256_loadu_si256(w.scales.as_ptr().add(at).cast()));
+                let at = (j / QUAD * w.groups + g) * QUAD + j % QUAD;
+                let b = _mm_loadu_si128(w.subs.as_ptr().add(at * GROUP_BLOCKS).cast());
+                let b = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+                let d = _mm512_mul_ps(b, _mm512_set1_ps(w.supers[at]));
                 *s = index.map(|i| _mm512_permutexvar_ps(i, d));
             }
             for u in 0..CHUNKS {
