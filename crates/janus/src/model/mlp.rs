@@ -36,6 +36,18 @@ impl MlpProjector {
         }
         Ok(Self { layers })
     }
+
+    /// Quantises the layers with at least 512 input features (a narrower one, such as
+    /// the generation aligner's first, 8 -> 2048, would be padded to 512 columns per row
+    /// and grow).
+    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
+        for layer in &mut self.layers {
+            if layer.shape().1 >= 512 {
+                layer.quantize(format)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Module for MlpProjector {
@@ -91,5 +103,48 @@ impl Module for GenHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = gelu(&self.output_mlp_projector.forward(x)?)?;
         self.vision_head.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::collections::HashMap;
+
+    #[test]
+    fn projectors_quantise_their_wide_layers_only() {
+        let (input, embed) = (8, 512);
+        let dev = Device::Cpu;
+        let rand = |shape: &[usize], seed: u64| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n as u64)
+                .map(|i| ((i * 7919 + seed * 104_729) % 1000) as f32 / 25_000.0 - 0.02)
+                .collect();
+            Tensor::from_vec(v, shape, &dev).unwrap()
+        };
+        let tensors = HashMap::from([
+            ("layers.0.weight".to_string(), rand(&[embed, input], 1)),
+            ("layers.0.bias".to_string(), rand(&[embed], 2)),
+            ("layers.2.weight".to_string(), rand(&[embed, embed], 3)),
+            ("layers.2.bias".to_string(), rand(&[embed], 4)),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let cfg = MlpConfig {
+            input_dim: input,
+            n_embed: embed,
+            depth: 2,
+        };
+        let plain = MlpProjector::new(&cfg, vb).unwrap();
+        let mut quant = plain.clone();
+        quant.quantize(QuantFormat::Q8).unwrap();
+        let formats: Vec<_> = quant.layers.iter().map(Linear::quant_format).collect();
+        assert_eq!(formats, [None, Some(QuantFormat::Q8)]);
+        let x = rand(&[3, input], 5).affine(20.0, 0.0).unwrap();
+        let (a, b) = (plain.forward(&x).unwrap(), quant.forward(&x).unwrap());
+        let err = (&a - &b).unwrap().sqr().unwrap().mean_all().unwrap();
+        let rms = a.sqr().unwrap().mean_all().unwrap();
+        let rel = (err.to_scalar::<f32>().unwrap() / rms.to_scalar::<f32>().unwrap()).sqrt();
+        assert!(rel > 0.0 && rel < 0.02, "relative error {rel}");
     }
 }

@@ -78,11 +78,13 @@ impl Janus {
         })
     }
 
-    /// Quantises the LLM's projections, its LM head and the generation head to `format`
-    /// (weight-only; SigLIP, the aligners, the embeddings and the VQ model stay as
-    /// loaded). CPU only.
+    /// Quantises what an image or text step streams to `format` (weight-only): the LLM's
+    /// projections, its LM head, the generation head and the generation aligner's
+    /// 2048 x 2048 layer. SigLIP and its aligner (once per image), the embeddings and the
+    /// VQ model stay as loaded. CPU only.
     pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
         self.llm.quantize(format)?;
+        self.gen_aligner.quantize(format)?;
         self.gen_head.quantize(format)
     }
 
