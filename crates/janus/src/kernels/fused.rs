@@ -163,6 +163,40 @@ pub fn round_bf16(x: &[f32], out: &mut [bf16], isa: Isa) {
         .for_each(|(x, out)| round_into(isa, x, out));
 }
 
+/// [`round_bf16`] of `x + bias` with `bias` added to every row (`x` rows of
+/// `bias.len()`): `round(x + b)`, the f32 sum a separate bias add gives, in one parallel
+/// pass. Without a bias, [`round_bf16`].
+pub fn round_bf16_bias(x: &[f32], bias: Option<&[f32]>, out: &mut [bf16], isa: Isa) {
+    let Some(b) = bias.filter(|b| !b.is_empty()) else {
+        return round_bf16(x, out, isa);
+    };
+    let n = b.len();
+    assert!(out.len() == x.len() && n > 0 && x.len().is_multiple_of(n));
+    // Whole rows per task, about CHUNK values or more.
+    let rows = CHUNK.div_ceil(n);
+    let task = |(x, out): (&[f32], &mut [bf16])| {
+        for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            round_bias_into(isa, x, b, out);
+        }
+    };
+    if x.len() <= PARALLEL_MIN {
+        task((x, out));
+    } else {
+        x.par_chunks(rows * n)
+            .zip(out.par_chunks_mut(rows * n))
+            .for_each(task);
+    }
+}
+
+vectorized_fn! {
+    /// `out = round(x + b)`, f32 to bf16 (nearest even), one row.
+    fn round_bias_into(isa: Isa, x: &[f32], b: &[f32], out: &mut [bf16]) {
+        for ((o, &v), &b) in out.iter_mut().zip(x).zip(b) {
+            *o = narrow(v + b);
+        }
+    }
+}
+
 /// Elements below which the elementwise maps run on the calling thread (a decoding
 /// step's rows: handing them to the pool costs more than the work).
 const PARALLEL_MIN: usize = 1 << 14;
@@ -470,6 +504,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bias_roundings_match_a_separate_add_at_every_level() {
+        // Rows of odd widths; one thread and parallel row blocks (a partial last one).
+        for (rows, n) in [(1, 1), (3, 7), (5, 513), (40, 515), (70, 1000)] {
+            let x: Vec<f32> = spread(rows * n, 5)
+                .iter()
+                .map(|v| v.to_f32() * 3.1)
+                .collect();
+            let b: Vec<f32> = spread(n, 6).iter().map(|v| v.to_f32() * 0.7).collect();
+            let want: Vec<u16> = x
+                .chunks(n)
+                .flat_map(|row| {
+                    row.iter()
+                        .zip(&b)
+                        .map(|(x, b)| bf16::from_f32(x + b).to_bits())
+                })
+                .collect();
+            for isa in Isa::available() {
+                let mut o = vec![bf16::NAN; rows * n];
+                round_bf16_bias(&x, Some(&b), &mut o, isa);
+                assert!(
+                    o.iter().map(|v| v.to_bits()).eq(want.iter().copied()),
+                    "{isa:?} {rows}x{n}"
+                );
+            }
+        }
+        let mut o = [bf16::NAN; 2];
+        round_bf16_bias(&[1.0, 2.0], None, &mut o, Isa::Plain);
+        assert_eq!(o, [bf16::ONE, bf16::from_f32(2.0)]);
     }
 
     #[test]

@@ -144,10 +144,32 @@ impl PackedBf16 {
     /// # Panics
     /// If `x` or `out` is shorter than its shape.
     pub fn matmul(&self, x: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
+        assert!(out.len() >= m * self.n);
+        // SAFETY: `out` holds the (m, n) output.
+        unsafe { self.matmul_raw(x, m, out.as_mut_ptr(), isa) }
+    }
+
+    /// [`Self::matmul`] into a new `(m, n)` vector, which is not zeroed first (every
+    /// element is written; a prefill's outputs are tens of megabytes).
+    pub fn matmul_to_vec(&self, x: &[bf16], m: usize, isa: Isa) -> Vec<f32> {
+        // SAFETY: the product writes each of the m * n values (the tests fill outputs
+        // with NaN first and check every element).
+        unsafe { super::filled_by(m * self.n, |out| self.matmul_raw(x, m, out, isa)) }
+    }
+
+    /// [`Self::matmul`] into `m * n` values at `out`, which it writes before it reads
+    /// any (partial sums over K blocks are added to what the first block wrote).
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `m * n` f32 values.
+    unsafe fn matmul_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let (n, k) = (self.n, self.k);
-        assert!(x.len() >= m * k && out.len() >= m * n);
+        assert!(x.len() >= m * k);
         if m == 0 || n == 0 {
             return;
+        }
+        if k == 0 {
+            return std::ptr::write_bytes(out, 0, m * n);
         }
         if m >= BLOCKED_ROWS {
             return self.matmul_blocked(x, m, out, isa);
@@ -177,7 +199,7 @@ impl PackedBf16 {
         };
         let tasks = panels.div_ceil(per_task);
         let mr = max_rows(isa);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out);
         let kb = if m <= 4 { self.pairs } else { K_BLOCK / 2 };
         let task = |t: usize| {
             let p0 = t * per_task;
@@ -389,7 +411,10 @@ impl PackedBf16 {
     /// The product for many rows: x regrouped in super blocks of about
     /// [`X_SUPER_BYTES`] (in parallel), each worked on by tasks of (row block, panel
     /// range).
-    fn matmul_blocked(&self, x: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
+    ///
+    /// # Safety
+    /// As [`Self::matmul_raw`].
+    unsafe fn matmul_blocked(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let (n, k) = (self.n, self.k);
         let mr = max_rows(isa);
         let panels = n.div_ceil(PANEL);
@@ -397,7 +422,7 @@ impl PackedBf16 {
         let block_rows = block_rows(k, isa);
         let super_rows = (X_SUPER_BYTES / (group_bytes * block_rows / mr)).max(1) * block_rows;
         let threads = rayon::current_num_threads();
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out);
         for s0 in (0..m).step_by(super_rows) {
             let s_rows = super_rows.min(m - s0);
             let grouped = regroup(x, k, s0..s0 + s_rows, isa);
@@ -693,6 +718,9 @@ mod tests {
             // Decoding products large enough to split into claimed slices.
             (1, 700, 390),
             (2, 1000, 150),
+            // Nothing to sum: zeros, whatever the output held.
+            (3, 5, 0),
+            (20, 5, 0),
         ] {
             let x = values(m * k, 21);
             let w = values(n * k, 22);
@@ -702,6 +730,7 @@ mod tests {
             for isa in Isa::available() {
                 let mut got = vec![f32::NAN; m * n];
                 packed.matmul(&x, m, &mut got, isa);
+                assert_eq!(packed.matmul_to_vec(&x, m, isa), got, "{isa:?} {m}x{n}x{k}");
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() <= 1e-5 * k as f32 + 1e-5,

@@ -340,6 +340,23 @@ impl QuantMatrix {
     /// As [`Self::matmul`].
     pub fn matmul_bf16(&self, x: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
         self.check_operands(x.len(), m, out.len());
+        // SAFETY: `out` holds the (m, rows) output (checked).
+        unsafe { self.matmul_bf16_raw(x, m, out.as_mut_ptr(), isa) }
+    }
+
+    /// [`Self::matmul_bf16`] into a new `(m, rows)` vector, not zeroed first.
+    pub fn matmul_bf16_to_vec(&self, x: &[bf16], m: usize, isa: Isa) -> Vec<f32> {
+        self.check_operands(x.len(), m, m * self.rows);
+        // SAFETY: the product writes every one of the m * rows values.
+        unsafe { super::filled_by(m * self.rows, |out| self.matmul_bf16_raw(x, m, out, isa)) }
+    }
+
+    /// [`Self::matmul_bf16`] into `m * rows` values at `out`, each written before it is
+    /// read.
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `m * rows` f32 values; `x` holds `m` rows (checked).
+    unsafe fn matmul_bf16_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let many = m >= DEQUANT_ROWS && self.cols > 0;
         if self.format == QuantFormat::Q8 && many && isa == Isa::Avx512Bf16 {
             return self.matmul_dequantized(x, m, out, isa);
@@ -348,19 +365,22 @@ impl QuantMatrix {
             .iter()
             .map(|&v| super::widen(v))
             .collect();
-        self.matmul(&x32, m, out, isa)
+        self.matmul_raw(&x32, m, out, isa)
     }
 
     /// The product through bf16 panels (see [`Self::matmul_bf16`]), at any level (the
     /// tests run it at every one).
-    fn matmul_dequantized(&self, x: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
+    ///
+    /// # Safety
+    /// As [`Self::matmul_bf16_raw`].
+    unsafe fn matmul_dequantized(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let (n, k) = (self.rows, self.cols);
         if m == 0 || n == 0 {
             return;
         }
         let pair_rows = 2 * PANEL;
         let block_rows = packed::block_rows(k, isa);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out);
         for r0 in (0..m).step_by(block_rows) {
             let rows = block_rows.min(m - r0);
             let grouped = packed::regroup(x, k, r0..r0 + rows, isa);
@@ -396,13 +416,30 @@ impl QuantMatrix {
     /// # Panics
     /// If a slice is shorter than its shape says (callers check shapes first).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
-        let (n, k) = (self.rows, self.cols);
         self.check_operands(x.len(), m, out.len());
+        // SAFETY: `out` holds the (m, rows) output (checked).
+        unsafe { self.matmul_raw(x, m, out.as_mut_ptr(), isa) }
+    }
+
+    /// [`Self::matmul`] into a new `(m, rows)` vector, not zeroed first.
+    pub fn matmul_to_vec(&self, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
+        self.check_operands(x.len(), m, m * self.rows);
+        // SAFETY: the product writes every one of the m * rows values.
+        unsafe { super::filled_by(m * self.rows, |out| self.matmul_raw(x, m, out, isa)) }
+    }
+
+    /// [`Self::matmul`] into `m * rows` values at `out`, each written before it is read
+    /// (K blocks after the first add to what it wrote).
+    ///
+    /// # Safety
+    /// `out` is valid for writes of `m * rows` f32 values; `x` holds `m` rows (checked).
+    unsafe fn matmul_raw(&self, x: &[f32], m: usize, out: *mut f32, isa: Isa) {
+        let (n, k) = (self.rows, self.cols);
         if m == 0 || n == 0 {
             return;
         }
         if k == 0 {
-            out[..m * n].fill(0.0);
+            std::ptr::write_bytes(out, 0, m * n);
             return;
         }
         let (groups, level) = (self.groups, Level::of(isa));
@@ -435,7 +472,7 @@ impl QuantMatrix {
             let most = (PREFILL_ACTS / (TILE_ROWS * group_bytes)).max(1);
             (TILE_ROWS, groups.div_ceil(groups.div_ceil(most)))
         };
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = SendPtr(out);
         let run = |c: usize| {
             let t0 = c * chunk;
             let t1 = (t0 + chunk).min(quads);
@@ -1238,6 +1275,7 @@ mod tests {
                 for isa in Isa::available() {
                     let mut got = vec![f32::NAN; m * rows];
                     q.matmul(&x, m, &mut got, isa);
+                    assert_eq!(q.matmul_to_vec(&x, m, isa), got, "{f:?} {isa:?}");
                     for i in 0..m {
                         for j in 0..rows {
                             // Sums in another order: a few f32 roundings of the terms.
@@ -1356,17 +1394,20 @@ mod tests {
             q.matmul(&x32, m, &mut int, Isa::Plain);
             let int_err = relative_rms(&int, &exact);
             let mut want = vec![0.0; m * rows];
-            q.matmul_dequantized(&x, m, &mut want, Isa::Plain);
+            // SAFETY: `want` holds the (m, rows) output.
+            unsafe { q.matmul_dequantized(&x, m, want.as_mut_ptr(), Isa::Plain) };
             let err = relative_rms(&want, &exact);
             assert!(err < 1.05 * int_err, "{rows}x{cols}: {err} vs {int_err}");
             for isa in Isa::available() {
                 let mut got = vec![f32::NAN; m * rows];
-                q.matmul_dequantized(&x, m, &mut got, isa);
+                // SAFETY: as above.
+                unsafe { q.matmul_dequantized(&x, m, got.as_mut_ptr(), isa) };
                 assert!(relative_rms(&got, &want) < 1e-6, "{isa:?} {rows}x{cols}");
                 // The public entry takes this path (or the integer one) by itself.
                 let mut got = vec![f32::NAN; m * rows];
                 q.matmul_bf16(&x, m, &mut got, isa);
                 assert!(relative_rms(&got, &exact) < 1.05 * int_err, "{isa:?}");
+                assert_eq!(q.matmul_bf16_to_vec(&x, m, isa), got, "{isa:?}");
             }
         }
     }

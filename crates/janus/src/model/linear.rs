@@ -188,51 +188,57 @@ impl Linear {
             candle_core::bail!("linear layer takes {k} input features, got shape {dims:?}");
         }
         let m = x.elem_count() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        let done = match (&self.weight, x.dtype()) {
+        let isa = kernels::isa();
+        let out = match (&self.weight, x.dtype()) {
             (Weight::Dense(w), DType::BF16) if w.dtype() == DType::BF16 && !w.track_op() => {
                 let (x, w) = (x.contiguous()?, w.contiguous()?);
                 with_cpu_slice::<bf16, _>(&x, |xs| {
                     with_cpu_slice::<bf16, _>(&w, |ws| {
-                        matmul_bf16(xs, ws, m, n, k, &mut out, kernels::isa())
+                        let mut out = vec![0f32; m * n];
+                        matmul_bf16(xs, ws, m, n, k, &mut out, isa);
+                        out
                     })
                 })
                 .flatten()
             }
             (Weight::Packed(p), DType::BF16) => {
                 let x = x.contiguous()?;
-                with_cpu_slice::<bf16, _>(&x, |xs| p.matmul(xs, m, &mut out, kernels::isa()))
+                with_cpu_slice::<bf16, _>(&x, |xs| p.matmul_to_vec(xs, m, isa))
             }
             (Weight::Quant(q), DType::BF16) => {
                 let x = x.contiguous()?;
-                with_cpu_slice::<bf16, _>(&x, |xs| q.matmul_bf16(xs, m, &mut out, kernels::isa()))
+                with_cpu_slice::<bf16, _>(&x, |xs| q.matmul_bf16_to_vec(xs, m, isa))
             }
             (Weight::Quant(q), DType::F32) => {
                 let x = x.contiguous()?;
-                with_cpu_slice::<f32, _>(&x, |xs| q.matmul(xs, m, &mut out, kernels::isa()))
+                with_cpu_slice::<f32, _>(&x, |xs| q.matmul_to_vec(xs, m, isa))
             }
             _ => None,
         };
-        if done.is_none() {
+        let Some(mut out) = out else {
             return Ok(None);
-        }
-        if let Some(b) = &self.bias {
-            let b = b.to_dtype(DType::F32)?.contiguous()?;
-            with_cpu_slice::<f32, _>(&b, |bs| {
-                for row in out.chunks_exact_mut(n) {
-                    row.iter_mut().zip(bs).for_each(|(o, b)| *o += b);
-                }
-            });
-        }
+        };
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         let y = match x.dtype() {
             DType::BF16 => {
+                // The bias added on the way to bf16, in parallel (f32 sum, then rounded).
                 let mut y = vec![bf16::ZERO; out.len()];
-                kernels::fused::round_bf16(&out, &mut y, kernels::isa());
+                kernels::fused::round_bf16_bias(&out, bias.as_deref(), &mut y, isa);
                 Tensor::from_vec(y, shape, x.device())?
             }
-            _ => Tensor::from_vec(out, shape, x.device())?,
+            _ => {
+                if let Some(b) = &bias {
+                    for row in out.chunks_exact_mut(n) {
+                        row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+                    }
+                }
+                Tensor::from_vec(out, shape, x.device())?
+            }
         };
         Ok(Some(y))
     }
