@@ -12,6 +12,12 @@ by the size of the checkpoint's weight files.
 The workload itself (token ids, stages, warm-up) is defined in torch_bench.py's docstring
 and docs/benchmarks.md; both programs implement it identically.
 
+With `--rounds N` the whole set runs N times, PyTorch first in odd rounds and last in even
+ones, so a drift of the machine's speed (other tenants' load moves memory bandwidth by a
+quarter within minutes on a shared host) favours neither side. Each ratio is then taken
+within a round, and the table shows per stage the median of each side's numbers and the
+median of the per-round ratios with their range.
+
 Usage:
   python scripts/bench/side_by_side.py --model /work/bench-models/janus-pro-1b --markdown
   python scripts/bench/side_by_side.py --model fixtures/models/tiny-janus --quant none --quant q8
@@ -26,6 +32,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import statistics
 import time
 from pathlib import Path
 
@@ -98,14 +105,21 @@ def fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def table(torch_r: dict, janus_rs: dict[str, dict], checkpoint_mb: float, parallel: int) -> list[list[str]]:
-    """Rows of the comparison: a header, then one row per stage."""
+def ratio_of(kind: str, torch_v: float, janus_v: float) -> float:
+    """How many times better janus is on one measurement (see LEGEND)."""
+    return {"time": torch_v / janus_v, "rate": janus_v / torch_v, "memory": janus_v / torch_v}[kind]
+
+
+def table(torch_rs: list[dict], janus_rs: dict[str, list[dict]], checkpoint_mb: float, parallel: int) -> list[list[str]]:
+    """Rows of the comparison: a header, then one row per stage. With several rounds, each
+    side's number is its median and the ratio the median of the rounds' own ratios, with
+    their range."""
     header = ["stage", "PyTorch"]
     for q in janus_rs:
         header += [f"janus ({q})", "ratio"]
     stages = [
         ("siglip_s", "SigLIP + aligner, 1 image (s)", "time"),
-        ("prefill_s", f"prefill, {torch_r['prefill_tokens']} tokens (s)", "time"),
+        ("prefill_s", f"prefill, {torch_rs[0]['prefill_tokens']} tokens (s)", "time"),
         ("decode_tok_s", "decode (tokens/s)", "rate"),
         ("t2i_step_s", f"text-to-image step, {2 * parallel} rows (ms)", "time"),
         ("vq_decode_s", "VQ decode, 1 image (s)", "time"),
@@ -114,17 +128,18 @@ def table(torch_r: dict, janus_rs: dict[str, dict], checkpoint_mb: float, parall
     rows = [header]
     for key, label, kind in stages:
         scale = 1000 if key == "t2i_step_s" else 1
-        row = [label, fmt(torch_r[key] * scale)]
-        for r in janus_rs.values():
-            ratio = {"time": torch_r[key] / r[key], "rate": r[key] / torch_r[key], "memory": r[key] / torch_r[key]}[
-                kind
-            ]
-            ratio = f"{ratio:.2f}x"
-            row += [fmt(r[key] * scale), ratio]
+        row = [label, fmt(statistics.median(r[key] for r in torch_rs) * scale)]
+        for rounds in janus_rs.values():
+            ratios = [ratio_of(kind, t[key], j[key]) for t, j in zip(torch_rs, rounds, strict=True)]
+            ratio = f"{statistics.median(ratios):.2f}x"
+            if len(ratios) > 1:
+                ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+            row += [fmt(statistics.median(r[key] for r in rounds) * scale), ratio]
         rows.append(row)
-    row = ["peak RSS / checkpoint size", f"{torch_r['peak_rss_mb'] / checkpoint_mb:.2f}"]
-    for r in janus_rs.values():
-        row += [f"{r['peak_rss_mb'] / checkpoint_mb:.2f}", ""]
+    peak = statistics.median(r["peak_rss_mb"] for r in torch_rs)
+    row = ["peak RSS / checkpoint size", f"{peak / checkpoint_mb:.2f}"]
+    for rounds in janus_rs.values():
+        row += [f"{statistics.median(r['peak_rss_mb'] for r in rounds) / checkpoint_mb:.2f}", ""]
     rows.append(row)
     return rows
 
@@ -155,6 +170,12 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--threads", type=int, help="threads for both sides (default: all cores)")
     ap.add_argument("--markdown", action="store_true", help="print a section ready for docs/benchmarks.md")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run everything this many times, alternating which side goes first; ratios are medians over rounds",
+    )
     args = ap.parse_args()
     quants = list(dict.fromkeys(args.quant or ["none"]))
     model = str(args.model.resolve())
@@ -173,19 +194,31 @@ def main() -> None:
         *threads,
         "--json",
     ]
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     commands = [torch_cmd]
-    torch_r = run_json(torch_cmd)
-    janus_rs = {}
+    janus_cmds = {}
     for q in quants:
         quant = ["--quant", q] if q != "none" else []
         cmd = [args.janus, *threads, "bench", "--model", model, "--dtype", args.dtype, *quant, *workload, "--json"]
         commands.append(cmd)
-        janus_rs[f"{args.dtype}{'' if q == 'none' else ' ' + q}"] = run_json(cmd)
-    for r in janus_rs.values():
-        if r["prefill_tokens"] != torch_r["prefill_tokens"]:
-            raise SystemExit(
-                f"prefill lengths differ: PyTorch {torch_r['prefill_tokens']}, janus {r['prefill_tokens']}"
-            )
+        janus_cmds[f"{args.dtype}{'' if q == 'none' else ' ' + q}"] = cmd
+    torch_rs: list[dict] = []
+    janus_rs: dict[str, list[dict]] = {name: [] for name in janus_cmds}
+    for r in range(args.rounds):
+        # Odd rounds (1st, 3rd, ...) start with PyTorch, even ones end with it.
+        if r % 2 == 0:
+            torch_rs.append(run_json(torch_cmd))
+        for name, cmd in janus_cmds.items():
+            janus_rs[name].append(run_json(cmd))
+        if r % 2 == 1:
+            torch_rs.append(run_json(torch_cmd))
+    for rounds in janus_rs.values():
+        for t, j in zip(torch_rs, rounds, strict=True):
+            if j["prefill_tokens"] != t["prefill_tokens"]:
+                raise SystemExit(
+                    f"prefill lengths differ: PyTorch {t['prefill_tokens']}, janus {j['prefill_tokens']}"
+                )
     files = weight_files(args.model)
     checkpoint_mb = sum(f.stat().st_size for f in files) / 2**20
 
@@ -194,14 +227,16 @@ def main() -> None:
         **info,
         "checkpoint": f"{model} ({', '.join(f.name for f in files)}, {checkpoint_mb:.0f} MiB)",
         "threads": args.threads or f"all ({info['cores']})",
+        "rounds": f"{args.rounds} (PyTorch first in odd rounds, last in even ones)" if args.rounds > 1 else "1",
         "load average": f"{load_before} before, {load_average()} after the runs (1, 5, 15 min)",
     }
-    rows = table(torch_r, janus_rs, checkpoint_mb, args.parallel)
+    rows = table(torch_rs, janus_rs, checkpoint_mb, args.parallel)
     if args.markdown:
         print("| | |\n|---|---|")
         for k, v in info.items():
             print(f"| {k} | {v} |")
-        print("\nCommands, run one after the other:\n\n```sh")
+        runs = "one after the other" if args.rounds == 1 else f"one after the other, {args.rounds} rounds"
+        print(f"\nCommands, run {runs}:\n\n```sh")
         for cmd in commands:
             print(shlex.join(cmd))
         print("```\n")
