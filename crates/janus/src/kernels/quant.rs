@@ -631,8 +631,12 @@ vectorized_fn! {
         let lpg = format.lines_per_group();
         let block = |b: usize| w.get(b * BLOCK..((b + 1) * BLOCK).min(w.len())).unwrap_or(&[]);
         for g in 0..supers.len() / QUAD {
-            let ideal: [f32; GROUP_BLOCKS] =
-                std::array::from_fn(|l| ideal_scale(block(g * GROUP_BLOCKS + l), format));
+            // A plain loop (not `array::from_fn`, which is not inlined) so that this
+            // compiles at the body's vector level.
+            let mut ideal = [0f32; GROUP_BLOCKS];
+            for (l, e) in ideal.iter_mut().enumerate() {
+                *e = ideal_scale(block(g * GROUP_BLOCKS + l), format);
+            }
             let (d, s) = group_scales(&ideal);
             supers[g * QUAD + r] = d;
             subs[(g * QUAD + r) * GROUP_BLOCKS..][..GROUP_BLOCKS].copy_from_slice(&s);
@@ -700,6 +704,7 @@ fn ideal_scale(w: &[f32], format: QuantFormat) -> f32 {
 /// `|D s|` is at or just above the ideal (a block then never needs a quant beyond its
 /// range but for f32 rounding, which its clamp absorbs). A group whose `D` is zero or
 /// subnormal (weights below 1e-36) gets zeros.
+#[inline(always)]
 fn group_scales(ideal: &[f32; GROUP_BLOCKS]) -> (f32, [i8; GROUP_BLOCKS]) {
     let most = ideal.iter().fold(0f32, |a, v| a.max(v.abs()));
     let d = most / 127.0;
