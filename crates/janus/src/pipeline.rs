@@ -149,9 +149,8 @@ impl Pipeline {
         Self::load_quantized(dir, dtype, None, device)
     }
 
-    /// [`Self::load`], then quantises the LLM and generation-head weights to `quant`
-    /// (see [`Janus::quantize`]; CPU only). Each layer's full-precision weight is freed as
-    /// soon as it is converted, so peak memory stays near the loaded model's size.
+    /// [`Self::load`] with the LLM and generation-head weights quantised to `quant` as they
+    /// load (see [`Janus::load`]; CPU only).
     pub fn load_quantized(
         dir: &Path,
         dtype: DTypeChoice,
@@ -170,10 +169,7 @@ impl Pipeline {
         check_vocab(&cfg, &tokenizer)?;
         let image_processor = ImageProcessorConfig::from_model_dir(dir)?;
         let vb = weights::var_builder(&store, cfg.layout, dtype, device);
-        let mut model = Janus::new(&cfg, vb)?;
-        if let Some(q) = quant {
-            model.quantize(q)?;
-        }
+        let model = Janus::load(&cfg, vb, quant)?;
         tracing::info!(
             "loaded {} ({} layout, {:?}{}) in {:.2}s",
             dir.display(),

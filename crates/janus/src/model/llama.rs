@@ -197,8 +197,14 @@ enum Positions {
     PerRow(Tensor),
 }
 
-fn linear(cfg_bias: bool, i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
-    Linear::load(i, o, cfg_bias, vb)
+fn linear(
+    cfg_bias: bool,
+    i: usize,
+    o: usize,
+    vb: VarBuilder,
+    quant: Option<QuantFormat>,
+) -> Result<Linear> {
+    Linear::load_quantized(i, o, cfg_bias, vb, quant)
 }
 
 /// Projections of the same input (q/k/v, gate/up), kept apart or stacked into one
@@ -215,13 +221,14 @@ enum Projections {
 
 impl Projections {
     /// Loads `names` (each `in_dim -> outs[i]`), stacked when their weights would be
-    /// packed for the CPU kernel and they have no bias.
+    /// packed for the CPU kernel and they have no bias; quantised to `quant` if given.
     fn load(
         vb: &VarBuilder,
         names: &[&str],
         in_dim: usize,
         outs: &[usize],
         bias: bool,
+        quant: Option<QuantFormat>,
     ) -> Result<Self> {
         if !bias {
             let weights = names
@@ -233,17 +240,20 @@ impl Projections {
                 let stacked = Tensor::cat(&weights, 0)?;
                 drop(weights);
                 return Ok(Self::Stacked {
-                    linear: Linear::new(stacked, None),
+                    linear: Linear::new_quantized(stacked, None, quant)?,
                     sizes: outs.to_vec(),
                 });
             }
-            let linears = weights.into_iter().map(|w| Linear::new(w, None)).collect();
+            let linears = weights
+                .into_iter()
+                .map(|w| Linear::new_quantized(w, None, quant))
+                .collect::<Result<_>>()?;
             return Ok(Self::Separate(linears));
         }
         let linears = names
             .iter()
             .zip(outs)
-            .map(|(n, &o)| linear(bias, in_dim, o, vb.pp(*n)))
+            .map(|(n, &o)| linear(bias, in_dim, o, vb.pp(*n), quant))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::Separate(linears))
     }
@@ -265,14 +275,6 @@ impl Projections {
             }
         }
     }
-
-    /// The products (for quantisation).
-    fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        match self {
-            Self::Separate(ls) => ls.iter_mut().collect(),
-            Self::Stacked { linear, .. } => vec![linear],
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -286,7 +288,7 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
         let (d, h, kv, dh) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -296,8 +298,8 @@ impl SelfAttention {
         let b = cfg.attention_bias;
         let names = ["q_proj", "k_proj", "v_proj"];
         Ok(Self {
-            qkv: Projections::load(&vb, &names, d, &[h * dh, kv * dh, kv * dh], b)?,
-            o_proj: linear(b, h * dh, d, vb.pp("o_proj"))?,
+            qkv: Projections::load(&vb, &names, d, &[h * dh, kv * dh, kv * dh], b, quant)?,
+            o_proj: linear(b, h * dh, d, vb.pp("o_proj"), quant)?,
             n_heads: h,
             n_kv: kv,
             head_dim: dh,
@@ -342,11 +344,11 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
         let (d, f, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_up: Projections::load(&vb, &["gate_proj", "up_proj"], d, &[f, f], b)?,
-            down_proj: linear(b, f, d, vb.pp("down_proj"))?,
+            gate_up: Projections::load(&vb, &["gate_proj", "up_proj"], d, &[f, f], b, quant)?,
+            down_proj: linear(b, f, d, vb.pp("down_proj"), quant)?,
         })
     }
 }
@@ -368,10 +370,10 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
         Ok(Self {
-            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            self_attn: SelfAttention::new(cfg, vb.pp("self_attn"), quant)?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), quant)?,
             input_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
@@ -404,17 +406,24 @@ pub struct Llama {
 impl Llama {
     /// Builds the decoder from `language_model.*`.
     pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(cfg, vb, None)
+    }
+
+    /// [`Self::new`] with every projection of the layers and the LM head quantised to
+    /// `quant` as it loads (the embeddings and norms stay as loaded). CPU only.
+    pub fn load(cfg: &TextConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
         let m = vb.pp("model");
         let embed_tokens =
             candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i)))
+            .map(|i| DecoderLayer::new(cfg, m.pp("layers").pp(i), quant))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Linear::new_quantized(embed_tokens.embeddings().clone(), None, quant)?
         } else {
-            Linear::load(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"))?
+            let vb = vb.pp("lm_head");
+            Linear::load_quantized(cfg.hidden_size, cfg.vocab_size, false, vb, quant)?
         };
         Ok(Self {
             rope: Rope::new(cfg, vb.device())?,
@@ -424,21 +433,6 @@ impl Llama {
             lm_head,
             cfg: cfg.clone(),
         })
-    }
-
-    /// Quantises every projection of the layers and the LM head (embeddings and norms
-    /// stay as loaded).
-    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
-        for layer in &mut self.layers {
-            let (a, m) = (&mut layer.self_attn, &mut layer.mlp);
-            let mut all = a.qkv.linears_mut();
-            all.extend(m.gate_up.linears_mut());
-            all.extend([&mut a.o_proj, &mut m.down_proj]);
-            for lin in all {
-                lin.quantize(format)?;
-            }
-        }
-        self.lm_head.quantize(format)
     }
 
     /// The configuration this decoder was built with.
@@ -650,17 +644,16 @@ mod tests {
                 // candle's own product (no AVX-512 BF16) may block by width.
                 continue;
             }
-            let mut sep =
-                Projections::Separate(ws.iter().map(|w| Linear::new(w.clone(), None)).collect());
-            let mut st = Projections::Stacked {
-                linear: Linear::new(stacked.clone(), None),
+            // Quantised as they load, straight from the row-major weights.
+            let sep = Projections::Separate(
+                ws.iter()
+                    .map(|w| Linear::new_quantized(w.clone(), None, quant).unwrap())
+                    .collect(),
+            );
+            let st = Projections::Stacked {
+                linear: Linear::new_quantized(stacked.clone(), None, quant).unwrap(),
                 sizes: outs.to_vec(),
             };
-            if let Some(f) = quant {
-                for l in sep.linears_mut().into_iter().chain(st.linears_mut()) {
-                    l.quantize(f).unwrap();
-                }
-            }
             for rows in [1, 2, 37] {
                 let x = rand_bf16(&[1, rows, d], 7);
                 let (a, b) = (sep.forward(&x).unwrap(), st.forward(&x).unwrap());

@@ -20,33 +20,23 @@ pub struct MlpProjector {
 impl MlpProjector {
     /// Builds from `<prefix>.layers.{0,2,..}`.
     pub fn new(cfg: &MlpConfig, vb: VarBuilder) -> Result<Self> {
-        let mut layers = vec![Linear::load(
-            cfg.input_dim,
-            cfg.n_embed,
-            true,
-            vb.pp("layers.0"),
-        )?];
-        for i in 1..cfg.depth {
-            layers.push(Linear::load(
-                cfg.n_embed,
-                cfg.n_embed,
-                true,
-                vb.pp(format!("layers.{}", 2 * i)),
-            )?);
-        }
-        Ok(Self { layers })
+        Self::load(cfg, vb, None)
     }
 
-    /// Quantises the layers with at least 512 input features (a narrower one, such as
-    /// the generation aligner's first, 8 -> 2048, would be padded to 512 columns per row
-    /// and grow).
-    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
-        for layer in &mut self.layers {
-            if layer.shape().1 >= 512 {
-                layer.quantize(format)?;
-            }
+    /// [`Self::new`] with the layers of at least 512 input features quantised to `quant`
+    /// as they load (a narrower one, such as the generation aligner's first, 8 -> 2048,
+    /// would be padded to 512 columns per row and grow).
+    pub fn load(cfg: &MlpConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
+        let layer = |i: usize, in_dim: usize| {
+            let quant = quant.filter(|_| in_dim >= 512);
+            let vb = vb.pp(format!("layers.{}", 2 * i));
+            Linear::load_quantized(in_dim, cfg.n_embed, true, vb, quant)
+        };
+        let mut layers = vec![layer(0, cfg.input_dim)?];
+        for i in 1..cfg.depth {
+            layers.push(layer(i, cfg.n_embed)?);
         }
-        Ok(())
+        Ok(Self { layers })
     }
 }
 
@@ -72,28 +62,22 @@ pub struct GenHead {
 impl GenHead {
     /// Builds from `gen_head.*`.
     pub fn new(cfg: &GenHeadConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(cfg, vb, None)
+    }
+
+    /// [`Self::new`] with both projections quantised to `quant` as they load.
+    pub fn load(cfg: &GenHeadConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
+        let (d, e, v) = (cfg.n_embed, cfg.image_token_embed, cfg.image_token_size);
         Ok(Self {
-            output_mlp_projector: Linear::load(
-                cfg.n_embed,
-                cfg.image_token_embed,
+            output_mlp_projector: Linear::load_quantized(
+                d,
+                e,
                 true,
                 vb.pp("output_mlp_projector"),
+                quant,
             )?,
-            vision_head: Linear::load(
-                cfg.image_token_embed,
-                cfg.image_token_size,
-                true,
-                vb.pp("vision_head"),
-            )?,
+            vision_head: Linear::load_quantized(e, v, true, vb.pp("vision_head"), quant)?,
         })
-    }
-}
-
-impl GenHead {
-    /// Quantises both projections.
-    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
-        self.output_mlp_projector.quantize(format)?;
-        self.vision_head.quantize(format)
     }
 }
 
@@ -135,9 +119,8 @@ mod tests {
             n_embed: embed,
             depth: 2,
         };
-        let plain = MlpProjector::new(&cfg, vb).unwrap();
-        let mut quant = plain.clone();
-        quant.quantize(QuantFormat::Q8).unwrap();
+        let plain = MlpProjector::new(&cfg, vb.clone()).unwrap();
+        let quant = MlpProjector::load(&cfg, vb, Some(QuantFormat::Q8)).unwrap();
         let formats: Vec<_> = quant.layers.iter().map(Linear::quant_format).collect();
         assert_eq!(formats, [None, Some(QuantFormat::Q8)]);
         let x = rand(&[3, input], 5).affine(20.0, 0.0).unwrap();

@@ -65,27 +65,27 @@ fn vq_vb(vb: VarBuilder) -> VarBuilder {
 impl Janus {
     /// Builds every part from canonical tensor names.
     pub fn new(cfg: &JanusConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(cfg, vb, None)
+    }
+
+    /// [`Self::new`], with what an image or text step streams quantised to `quant`
+    /// (weight-only) as it loads: the LLM's projections, its LM head, the generation head
+    /// and the generation aligner's 2048 x 2048 layer. SigLIP and its aligner (once per
+    /// image), the embeddings and the VQ model stay as loaded. Each quantised weight is
+    /// converted from the loaded tensor and that tensor freed at once, so peak memory
+    /// stays near the checkpoint's size. CPU only.
+    pub fn load(cfg: &JanusConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
         let (n, e) = cfg.gen_embed;
         Ok(Self {
             vision: SiglipVit::new(&cfg.vision, vb.pp("vision_model.vision_tower"))?,
             aligner: MlpProjector::new(&cfg.aligner, vb.pp("aligner"))?,
-            llm: Llama::new(&cfg.text, vb.pp("language_model"))?,
+            llm: Llama::load(&cfg.text, vb.pp("language_model"), quant)?,
             gen_embed: candle_nn::embedding(n, e, vb.pp("gen_embed"))?,
-            gen_aligner: MlpProjector::new(&cfg.gen_aligner, vb.pp("gen_aligner"))?,
-            gen_head: GenHead::new(&cfg.gen_head, vb.pp("gen_head"))?,
+            gen_aligner: MlpProjector::load(&cfg.gen_aligner, vb.pp("gen_aligner"), quant)?,
+            gen_head: GenHead::load(&cfg.gen_head, vb.pp("gen_head"), quant)?,
             vq: VqModel::new(&cfg.vq, vq_vb(vb.pp("gen_vision_model")))?,
             cfg: cfg.clone(),
         })
-    }
-
-    /// Quantises what an image or text step streams to `format` (weight-only): the LLM's
-    /// projections, its LM head, the generation head and the generation aligner's
-    /// 2048 x 2048 layer. SigLIP and its aligner (once per image), the embeddings and the
-    /// VQ model stay as loaded. CPU only.
-    pub fn quantize(&mut self, format: QuantFormat) -> Result<()> {
-        self.llm.quantize(format)?;
-        self.gen_aligner.quantize(format)?;
-        self.gen_head.quantize(format)
     }
 
     /// The configuration the model was built with.
