@@ -45,6 +45,12 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Time the standard workloads stage by stage (vision, prefill, decode, t2i, VQ).
     Bench(cmd::bench::BenchArgs),
+    /// Train one stage of the Janus / Janus-Pro recipes (resumable); `train plot` draws
+    /// a run's curves.
+    Train(cmd::train::TrainArgs),
+    /// Training data: check a manifest, VQ-encode its images ahead of time.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +76,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a, &progress),
         Command::Serve(a) => cmd::serve::run(a, &progress),
         Command::Bench(a) => cmd::bench::run(a, &progress),
+        Command::Train(a) => cmd::train::run(a, &progress),
+        Command::Data(c) => cmd::data::run(c, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,6 +41,11 @@ impl Progress {
         self.mode == Mode::Quiet
     }
 
+    /// Whether bars are redrawn in place (stderr is a terminal).
+    pub fn is_terminal(&self) -> bool {
+        self.mode == Mode::Bars
+    }
+
     /// Starts an indeterminate task (loading, prefill).
     pub fn spinner(&self, msg: &str) -> Bar {
         let bar = match self.mode {
@@ -159,6 +164,13 @@ impl Bar {
                 HumanBytes(self.total),
                 HumanBytes((pos as f64 / secs) as u64)
             ),
+        }
+    }
+
+    /// Replaces the text shown before the bar (terminal only).
+    pub fn set_message(&self, msg: String) {
+        if let Some(pb) = &self.pb {
+            pb.set_message(msg);
         }
     }
 

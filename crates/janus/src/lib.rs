@@ -14,7 +14,8 @@
 //! - [`hub`]: models by Hugging Face repo id, downloaded into the standard cache;
 //! - [`info`]: what a model directory holds, read from file headers only;
 //! - [`png`]: PNG encoding with the generation parameters in text chunks;
-//! - [`bench`]: the standard benchmark workloads behind `janus bench`.
+//! - [`bench`]: the standard benchmark workloads behind `janus bench`;
+//! - [`train`]: the three-stage training recipes behind `janus train`.
 
 pub mod bench;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod model;
 pub mod pipeline;
 pub mod png;
 pub mod processor;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

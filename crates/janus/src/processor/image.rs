@@ -171,6 +171,47 @@ impl ImageProcessorConfig {
         Ok(out)
     }
 
+    /// The training input for a text-to-image sample: the shorter side resized to `size`
+    /// (Pillow-exact bicubic; the longer to `int(size * long / short)`, as torchvision's
+    /// `Resize(size)`), then a centre crop to `size` x `size` at torchvision's
+    /// `CenterCrop` offsets (`round((side - size) / 2)`, halves to even), normalised with
+    /// this config's mean and std. `[3, size, size]` channel-first.
+    pub fn preprocess_generation(&self, img: &DynamicImage, size: u32) -> Result<Vec<f32>> {
+        let rgb = to_rgb8_like_pil(img);
+        let (w, h) = rgb.dimensions();
+        if w == 0 || h == 0 || size == 0 {
+            return Err(Error::InvalidInput(format!(
+                "image has size {w}x{h}; cannot crop it to {size}x{size}"
+            )));
+        }
+        let (short, long) = (w.min(h), w.max(h));
+        let new_long = ((f64::from(size) * f64::from(long) / f64::from(short)) as u32).max(size);
+        let (new_w, new_h) = if w <= h { (size, new_long) } else { (new_long, size) };
+        let resized = resize_bicubic(
+            rgb.as_raw(),
+            w as usize,
+            h as usize,
+            3,
+            new_w as usize,
+            new_h as usize,
+        );
+        let offset = |side: u32| ((f64::from(side - size)) / 2.0).round_ties_even() as usize;
+        let (off_x, off_y) = (offset(new_w), offset(new_h));
+        let (side, new_w) = (size as usize, new_w as usize);
+        let lut = self.value_table();
+        let plane = side * side;
+        let mut out = vec![0f32; 3 * plane];
+        for c in 0..3 {
+            for y in 0..side {
+                for x in 0..side {
+                    let byte = resized[((y + off_y) * new_w + (x + off_x)) * 3 + c];
+                    out[c * plane + y * side + x] = lut[c][usize::from(byte)];
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Self::preprocess`] as a `[3, image_size, image_size]` tensor on `device`.
     pub fn preprocess_tensor(&self, img: &DynamicImage, device: &Device) -> Result<Tensor> {
         let pixels = self.preprocess(img)?;

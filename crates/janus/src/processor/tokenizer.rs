@@ -138,6 +138,23 @@ impl JanusTokenizer {
         Ok(out)
     }
 
+    /// [`Self::encode`] with each token's byte range in `text` (the BOS has `0..0`);
+    /// training uses the ranges to find which tokens belong to an answer.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(format!("encoding failed: {e}")))?;
+        let (ids, offsets) = (encoding.get_ids(), encoding.get_offsets());
+        let bos = self.special.bos;
+        let leading_bos = ids.iter().take_while(|&&id| id == bos).count();
+        let mut out_ids = vec![bos];
+        let mut out_offsets = vec![(0, 0)];
+        out_ids.extend_from_slice(&ids[leading_bos..]);
+        out_offsets.extend_from_slice(&offsets[leading_bos..]);
+        Ok((out_ids, out_offsets))
+    }
+
     /// Decodes `ids` to text, dropping special tokens when `skip_special` is set.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner

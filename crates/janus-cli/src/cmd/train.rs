@@ -1,0 +1,393 @@
+//! `janus train`: one stage of the Janus / Janus-Pro recipes, resumable; `janus train plot`
+//! draws a run's loss curves.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand};
+use janus::train::recipe::{parse_ratio, Overrides, Recipe, Schedule, TrainConfig};
+use janus::train::{EvalMetrics, RunEnd, RunSpec, StepMetrics, Trainer};
+
+use crate::args::ModelArgs;
+use crate::progress::Progress;
+
+/// Arguments of `janus train`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    action: Option<TrainAction>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// `janus train` subcommands.
+#[derive(Subcommand, Debug)]
+enum TrainAction {
+    /// Draw a run's loss, learning-rate and gradient-norm curves to a PNG.
+    Plot(PlotArgs),
+}
+
+/// Arguments of `janus train plot`.
+#[derive(Args, Debug)]
+struct PlotArgs {
+    /// The run directory (holding metrics.jsonl).
+    run_dir: PathBuf,
+    /// The PNG to write (default: RUN_DIR/loss.png).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1000)]
+    width: u32,
+}
+
+/// Arguments of a training run.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Recipe: janus/stage1..3, janus-pro/stage1..3, or a recipe JSON file.
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Model to start from: a local directory or a hub repo id.
+    #[arg(long)]
+    model: Option<String>,
+    /// Branch, tag or commit of a hub model.
+    #[arg(long, default_value = janus::hub::DEFAULT_REVISION)]
+    revision: String,
+    /// Use only the Hugging Face cache.
+    #[arg(long)]
+    offline: bool,
+    /// Data manifest (JSON naming JSONL files per kind).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory to create (checkpoints, metrics.jsonl, run.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with_all = ["recipe", "data", "out"])]
+    resume: Option<PathBuf>,
+    /// Held-out manifest, evaluated every --eval-every steps.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Directory of the VQ code cache (default: .janus-cache next to the manifest).
+    #[arg(long)]
+    vq_cache: Option<PathBuf>,
+    /// Compute dtype: f32 (the reference) or bf16 (f32 master weights and moments).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+    /// Optimiser steps (total; with --resume, a new total).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Samples per optimiser step.
+    #[arg(long)]
+    batch_size: Option<u64>,
+    /// Samples per forward/backward pass (gradients accumulate to the batch).
+    #[arg(long)]
+    micro_batch_size: Option<u64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Linear warm-up steps.
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Learning-rate shape after warm-up: constant or cosine.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// AdamW weight decay (matrices and embeddings only).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Samples per step by kind, understanding:text:text-to-image (e.g. 2:3:5).
+    #[arg(long)]
+    ratio: Option<String>,
+    /// Parts to train, comma-separated: vision, aligner, gen_embed, gen_aligner, gen_head,
+    /// llm, embed_tokens, lm_head (everything else is frozen; the VQ always is).
+    #[arg(long)]
+    train: Option<String>,
+    /// Probability of replacing a caption with pads (classifier-free guidance).
+    #[arg(long)]
+    cfg_drop: Option<f64>,
+    /// Probability of cutting a caption to its first sentence.
+    #[arg(long)]
+    first_sentence: Option<f64>,
+    /// Seed of the data order and caption drops.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Save a checkpoint every N steps (always at the end and on Ctrl-C).
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Evaluate on --eval every N steps.
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Take each kind's samples in file order (step k of batch B uses lines kB..kB+B-1).
+    #[arg(long)]
+    no_shuffle: bool,
+}
+
+/// Runs `janus train`.
+pub fn run(a: TrainArgs, progress: &Progress) -> Result<()> {
+    match a.action {
+        Some(TrainAction::Plot(p)) => plot(p),
+        None => train(a.run, progress),
+    }
+}
+
+fn plot(p: PlotArgs) -> Result<()> {
+    let metrics = p.run_dir.join(janus::train::metrics::FILE);
+    let text = std::fs::read_to_string(&metrics)
+        .with_context(|| format!("{}: no metrics to plot", metrics.display()))?;
+    let charts = janus::train::plot::charts_from_metrics(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", metrics.display()))?;
+    let out = p.out.unwrap_or_else(|| p.run_dir.join("loss.png"));
+    janus::train::plot::write_png(&charts, p.width, 360, &out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn train(a: RunArgs, progress: &Progress) -> Result<()> {
+    let device = Device::Cpu;
+    let mut trainer = match &a.resume {
+        Some(run_dir) => resume(&a, run_dir, progress, &device)?,
+        None => start(&a, progress, &device)?,
+    };
+    let cfg = trainer.config().clone();
+    eprintln!(
+        "training {} of {} tensors ({} parameters) in {}: steps {}..{} of {}, batch {} \
+         (micro {}), ratio {}:{}:{}, lr {} {:?} warm-up {}",
+        parts_list(&cfg),
+        trainer.model.params.len(),
+        trainer.model.num_trainable(),
+        trainer.spec.dtype,
+        trainer.state.step + 1,
+        cfg.steps,
+        cfg.steps,
+        cfg.batch_size,
+        cfg.micro_batch_size,
+        cfg.ratio[0],
+        cfg.ratio[1],
+        cfg.ratio[2],
+        cfg.lr,
+        cfg.schedule,
+        cfg.warmup_steps,
+    );
+    for bad in trainer.bad_lines() {
+        eprintln!("warning: skipped bad sample {bad}");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let presses = Arc::new(AtomicUsize::new(0));
+    {
+        let (stop, presses) = (stop.clone(), presses.clone());
+        // A second Ctrl-C leaves at once; the last checkpoint is intact either way.
+        let _ = ctrlc::set_handler(move || {
+            if presses.fetch_add(1, Ordering::SeqCst) > 0 {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step (saving a checkpoint; Ctrl-C again to quit now)");
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+
+    let mut bar = progress.steps("training", cfg.steps);
+    bar.set(trainer.state.step);
+    let log_every = (cfg.steps / 100).max(1);
+    let lines = !progress.is_quiet() && !progress.is_terminal();
+    let mut tokens_total = 0u64;
+    let mut seconds_total = 0f64;
+    let mut done_here = 0u64;
+    let steps_total = cfg.steps;
+    let end = trainer.run(
+        &stop,
+        |m: &StepMetrics| {
+            tokens_total += m.tokens;
+            seconds_total += m.seconds;
+            done_here += 1;
+            let left = (steps_total - m.step) as f64 * seconds_total / done_here as f64;
+            let msg = step_line(m, tokens_total as f64 / seconds_total.max(1e-9), left);
+            bar.set_message(msg.clone());
+            bar.set(m.step);
+            if lines && (m.step % log_every == 0 || m.step == steps_total) {
+                eprintln!("{msg}");
+            }
+        },
+        |e: &EvalMetrics| {
+            if !progress.is_quiet() {
+                eprintln!("{}", eval_line(e));
+            }
+        },
+    )?;
+    drop(bar);
+    match end {
+        RunEnd::Finished(dir) => println!("{}", dir.display()),
+        RunEnd::Stopped(dir) => {
+            println!("{}", dir.display());
+            eprintln!(
+                "stopped at step {}; continue with: janus train --resume {}",
+                trainer.state.step,
+                trainer.run_dir().display()
+            );
+        }
+    }
+    if trainer.state.bad_samples > 0 {
+        eprintln!("warning: {} bad samples skipped", trainer.state.bad_samples);
+    }
+    Ok(())
+}
+
+fn start(a: &RunArgs, progress: &Progress, device: &Device) -> Result<Trainer> {
+    let (Some(recipe), Some(data), Some(out)) = (&a.recipe, &a.data, &a.out) else {
+        bail!("janus train needs --recipe, --data and --out (or --resume RUN_DIR)");
+    };
+    let model = model_dir(a, progress)?;
+    let recipe = Recipe::load(recipe)?;
+    let (cfg, _) = janus::weights::load_model_dir(&model)?;
+    let large = cfg.text.hidden_size >= 4096;
+    let config = TrainConfig::resolve(&recipe, &overrides(a)?, large)?;
+    let spec = RunSpec {
+        model: absolute(&model),
+        data: absolute(data),
+        eval: a.eval.as_deref().map(absolute),
+        dtype: a.dtype.clone(),
+        vq_cache: a.vq_cache.as_deref().map(absolute),
+        config,
+    };
+    let spinner = progress.spinner(&format!("loading {}", model.display()));
+    let t = Trainer::create(out, spec, device)?;
+    spinner.finish();
+    Ok(t)
+}
+
+fn resume(a: &RunArgs, run_dir: &std::path::Path, progress: &Progress, device: &Device) -> Result<Trainer> {
+    let o = overrides(a)?;
+    let changed = o.batch_size.is_some()
+        || o.micro_batch_size.is_some()
+        || o.lr.is_some()
+        || o.warmup_steps.is_some()
+        || o.schedule.is_some()
+        || o.weight_decay.is_some()
+        || o.ratio.is_some()
+        || o.train.is_some()
+        || o.cfg_drop.is_some()
+        || o.first_sentence.is_some()
+        || o.seed.is_some()
+        || o.no_shuffle
+        || a.eval.is_some()
+        || a.vq_cache.is_some()
+        || a.dtype != "f32";
+    if changed {
+        bail!(
+            "--resume continues a run with the values in {}; only --steps, --save-every and \
+             --eval-every may change",
+            run_dir.join(RunSpec::FILE).display()
+        );
+    }
+    let spec = RunSpec::read(run_dir)?;
+    if a.model.is_some() {
+        let model = model_dir(a, progress)?;
+        let (want, _) = janus::weights::load_model_dir(&spec.model)
+            .or_else(|_| janus::weights::load_model_dir(&model))?;
+        let (got, _) = janus::weights::load_model_dir(&model)?;
+        if absolute(&model) != spec.model && (want.text != got.text || want.vq != got.vq || want.vision != got.vision) {
+            bail!(
+                "{} was trained from {}, not from {} (a different model)",
+                run_dir.display(),
+                spec.model.display(),
+                model.display()
+            );
+        }
+    }
+    let spinner = progress.spinner(&format!("resuming {}", run_dir.display()));
+    let mut t = Trainer::resume(run_dir, o.steps, device)?;
+    spinner.finish();
+    if let Some(s) = o.save_every {
+        t.spec.config.save_every = s;
+    }
+    if let Some(e) = o.eval_every {
+        t.spec.config.eval_every = e;
+    }
+    Ok(t)
+}
+
+fn model_dir(a: &RunArgs, progress: &Progress) -> Result<PathBuf> {
+    let model = a.model.clone().unwrap_or_else(|| janus::hub::DEFAULT_MODEL.to_string());
+    let args = ModelArgs {
+        model,
+        revision: a.revision.clone(),
+        offline: a.offline,
+        dtype: "f32".into(),
+        quant: "none".into(),
+    };
+    args.resolve(progress)
+}
+
+fn overrides(a: &RunArgs) -> Result<Overrides> {
+    Ok(Overrides {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        micro_batch_size: a.micro_batch_size,
+        lr: a.lr,
+        warmup_steps: a.warmup_steps,
+        schedule: a.schedule.as_deref().map(Schedule::parse).transpose()?,
+        weight_decay: a.weight_decay,
+        ratio: a.ratio.as_deref().map(parse_ratio).transpose()?,
+        train: a.train.clone(),
+        cfg_drop: a.cfg_drop,
+        first_sentence: a.first_sentence,
+        seed: a.seed,
+        save_every: a.save_every,
+        no_shuffle: a.no_shuffle,
+        eval_every: a.eval_every,
+    })
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn parts_list(cfg: &TrainConfig) -> String {
+    cfg.train.iter().map(|p| p.name()).collect::<Vec<_>>().join(",")
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.4}"))
+}
+
+fn step_line(m: &StepMetrics, tokens_per_s: f64, left_s: f64) -> String {
+    format!(
+        "step {} loss {:.4} (und {} text {} t2i {}) lr {:.2e} grad {:.3} {:.0} tok/s {:.1}s/step left {}",
+        m.step,
+        m.loss,
+        fmt_opt(m.loss_understanding),
+        fmt_opt(m.loss_text),
+        fmt_opt(m.loss_t2i),
+        m.lr,
+        m.grad_norm,
+        tokens_per_s,
+        m.seconds,
+        human_duration(left_s),
+    )
+}
+
+fn eval_line(e: &EvalMetrics) -> String {
+    format!(
+        "eval at step {}: loss {:.4} (und {} text {} t2i {}) answer accuracy {} code accuracy {}",
+        e.step,
+        e.loss,
+        fmt_opt(e.loss_understanding),
+        fmt_opt(e.loss_text),
+        fmt_opt(e.loss_t2i),
+        fmt_opt(e.accuracy),
+        fmt_opt(e.t2i_code_accuracy),
+    )
+}
+
+fn human_duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    match s {
+        0..=99 => format!("{s}s"),
+        100..=5999 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s / 60) % 60),
+    }
+}

@@ -1,0 +1,218 @@
+//! Checkpoints: `RUN_DIR/step-N/` is a model directory in the input's layout (its config,
+//! tokenizer and processor files, one `model.safetensors` with every tensor under the
+//! checkpoint's own names), loadable as it is by `janus understand` / `generate` / `serve`
+//! and by the PyTorch reference; beside the model files, `trainer/` holds what resuming
+//! needs: the f32 masters and AdamW moments of the trained tensors and the step.
+//!
+//! A checkpoint is written into a hidden temporary directory and renamed into place, so a
+//! crash while saving leaves the previous checkpoints as they were.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::optim::{AdamW, Moments};
+use super::params::TrainModel;
+use crate::error::{Error, Result};
+use crate::weights::{checkpoint_source, Source, WEIGHT_FILES};
+
+/// Name of a checkpoint directory.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step}")
+}
+
+/// The trainer's own files inside a checkpoint.
+pub const TRAINER_DIR: &str = "trainer";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "state.json";
+
+/// Counters saved with a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Samples skipped as bad so far.
+    pub bad_samples: u64,
+    /// Positions fed so far.
+    pub tokens_seen: u64,
+}
+
+/// Writes `RUN_DIR/step-N` (replacing one that exists) and returns its path.
+pub fn save(
+    run_dir: &Path,
+    tm: &TrainModel,
+    opt: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf> {
+    let final_dir = run_dir.join(step_dir_name(state.step));
+    let tmp = run_dir.join(format!(".{}.tmp-{}", step_dir_name(state.step), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    let result = write_into(&tmp, tm, opt, state);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if final_dir.exists() {
+        let old = run_dir.join(format!(".{}.old-{}", step_dir_name(state.step), std::process::id()));
+        std::fs::rename(&final_dir, &old).map_err(|e| Error::io(&final_dir, e))?;
+        std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    }
+    Ok(final_dir)
+}
+
+fn write_into(dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) -> Result<()> {
+    let trainer = dir.join(TRAINER_DIR);
+    std::fs::create_dir_all(&trainer).map_err(|e| Error::io(&trainer, e))?;
+    copy_side_files(&tm.dir, dir)?;
+
+    // Every tensor of the source checkpoint under its own name and dtype; the trained
+    // ones replaced by their current values, cut back into the layout's pieces.
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for name in tm.store.names() {
+        tensors.insert(name.to_string(), tm.store.load(name, &Device::Cpu)?);
+    }
+    let mut masters = HashMap::new();
+    for p in &tm.params {
+        let master = p.master()?.to_device(&Device::Cpu)?;
+        let source = checkpoint_source(tm.layout(), &p.name).ok_or_else(|| {
+            Error::Model(format!("{} has no place in a {} checkpoint", p.name, tm.layout()))
+        })?;
+        for (name, value) in split_for_layout(&source, &master)? {
+            let dtype = tensors.get(&name).map_or(DType::F32, Tensor::dtype);
+            tensors.insert(name, value.to_dtype(dtype)?);
+        }
+        masters.insert(format!("master.{}", p.name), master);
+    }
+    let model_file = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &model_file)?;
+    drop(tensors);
+
+    for (p, st) in tm.params.iter().zip(&opt.moments) {
+        masters.insert(format!("exp_avg.{}", p.name), st.m.to_device(&Device::Cpu)?);
+        masters.insert(format!("exp_avg_sq.{}", p.name), st.v.to_device(&Device::Cpu)?);
+    }
+    candle_core::safetensors::save(&masters, trainer.join(OPTIMIZER_FILE))?;
+    let state_json = serde_json::json!({
+        "state": state,
+        "optimizer_steps": opt.t,
+    });
+    let path = trainer.join(STATE_FILE);
+    std::fs::write(&path, serde_json::to_string_pretty(&state_json).unwrap_or_default() + "\n")
+        .map_err(|e| Error::io(&path, e))
+}
+
+/// A canonical tensor as the checkpoint layout stores it: (name, value) pieces.
+fn split_for_layout(source: &Source, value: &Tensor) -> Result<Vec<(String, Tensor)>> {
+    Ok(match source {
+        Source::Name(n) => vec![(n.clone(), value.clone())],
+        Source::Unsqueeze(n) => vec![(n.clone(), value.squeeze(0)?)],
+        Source::Concat(parts) => {
+            let rows = value.dim(0)? / parts.len().max(1);
+            parts
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Ok((n.clone(), value.narrow(0, i * rows, rows)?.contiguous()?)))
+                .collect::<Result<_>>()?
+        }
+    })
+}
+
+/// Copies config, tokenizer and processor files (not weights, not hidden files).
+fn copy_side_files(src: &Path, dst: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let entry = entry.map_err(|e| Error::io(src, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let weights = WEIGHT_FILES.contains(&name.as_str())
+            || name.ends_with(".safetensors")
+            || name.ends_with(".bin")
+            || name.ends_with(".index.json");
+        if name.starts_with('.') || weights || !path.is_file() {
+            continue;
+        }
+        std::fs::copy(&path, dst.join(&name)).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// What resuming reads back from a checkpoint.
+pub struct Restored {
+    /// Canonical name -> f32 master.
+    pub masters: HashMap<String, Tensor>,
+    /// Canonical name -> moments.
+    pub moments: HashMap<String, Moments>,
+    /// AdamW steps taken.
+    pub optimizer_steps: u64,
+    /// Counters.
+    pub state: TrainerState,
+}
+
+/// Reads a checkpoint's trainer files.
+pub fn restore(step_dir: &Path, device: &Device) -> Result<Restored> {
+    let trainer = step_dir.join(TRAINER_DIR);
+    let path = trainer.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let state: TrainerState = serde_json::from_value(v["state"].clone())
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let optimizer_steps = v["optimizer_steps"].as_u64().unwrap_or(state.step);
+    let file = trainer.join(OPTIMIZER_FILE);
+    let all = candle_core::safetensors::load(&file, device).map_err(|e| Error::Weights {
+        path: file.clone(),
+        msg: e.to_string(),
+    })?;
+    let mut masters = HashMap::new();
+    let mut m = HashMap::new();
+    let mut v2 = HashMap::new();
+    for (k, t) in all {
+        if let Some(n) = k.strip_prefix("master.") {
+            masters.insert(n.to_string(), t);
+        } else if let Some(n) = k.strip_prefix("exp_avg_sq.") {
+            v2.insert(n.to_string(), t);
+        } else if let Some(n) = k.strip_prefix("exp_avg.") {
+            m.insert(n.to_string(), t);
+        }
+    }
+    let mut moments = HashMap::new();
+    for (n, mt) in m {
+        let vt = v2.remove(&n).ok_or_else(|| Error::Weights {
+            path: file.clone(),
+            msg: format!("exp_avg_sq.{n} is missing"),
+        })?;
+        moments.insert(n, Moments { m: mt, v: vt });
+    }
+    Ok(Restored {
+        masters,
+        moments,
+        optimizer_steps,
+        state,
+    })
+}
+
+/// The checkpoints in a run directory, by step, complete ones only (hidden temporaries
+/// are ignored).
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return Ok(out);
+    };
+    for e in entries {
+        let e = e.map_err(|e| Error::io(run_dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            if e.path().join(TRAINER_DIR).join(STATE_FILE).is_file() {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

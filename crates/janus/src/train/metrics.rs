@@ -1,0 +1,106 @@
+//! `RUN_DIR/metrics.jsonl`: one line per step (and one per evaluation), appended as the
+//! run goes and cut back to the checkpoint's step when a run resumes, so a resumed run's
+//! file equals the uninterrupted run's (but for the wall-clock `seconds`).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The metrics file in a run directory.
+pub const FILE: &str = "metrics.jsonl";
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Steps done, this one included.
+    pub step: u64,
+    /// Mean cross-entropy over every supervised token of the step.
+    pub loss: f64,
+    /// Mean over the understanding samples' tokens (`None`: none in the step).
+    pub loss_understanding: Option<f64>,
+    /// Mean over the pure-text samples' tokens.
+    pub loss_text: Option<f64>,
+    /// Mean over the text-to-image samples' codes.
+    pub loss_t2i: Option<f64>,
+    /// Learning rate used by this step.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Positions fed to the LLM.
+    pub tokens: u64,
+    /// Samples used.
+    pub samples: u64,
+    /// Samples skipped as bad since the run began.
+    pub bad_samples: u64,
+    /// Wall-clock seconds of the step.
+    pub seconds: f64,
+}
+
+impl StepMetrics {
+    /// The JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A held-out evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Always true (tells evaluation lines from step lines).
+    pub eval: bool,
+    /// Steps done when it ran.
+    pub step: u64,
+    /// Mean cross-entropy over every held-out target.
+    pub loss: f64,
+    /// Per kind, as in [`StepMetrics`].
+    pub loss_understanding: Option<f64>,
+    /// Pure text.
+    pub loss_text: Option<f64>,
+    /// Text-to-image.
+    pub loss_t2i: Option<f64>,
+    /// Share of held-out understanding answers reproduced exactly by greedy decoding.
+    pub accuracy: Option<f64>,
+    /// Share of held-out image codes predicted exactly (argmax, teacher-forced).
+    pub t2i_code_accuracy: Option<f64>,
+    /// Samples evaluated.
+    pub samples: u64,
+}
+
+impl EvalMetrics {
+    /// The JSON line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Appends one line.
+pub fn append(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{line}").map_err(|e| Error::io(path, e))
+}
+
+/// Drops the lines of steps after `step` (a resumed run rewrites them), atomically.
+pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(Value::as_u64))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    super::trainer::write_atomic(path, kept.as_bytes())
+}

@@ -1,0 +1,508 @@
+//! The training loop: each step takes the stage's mix of samples, accumulates gradients
+//! over micro-batches, clips, and takes one AdamW step; checkpoints and metrics go to the
+//! run directory.
+//!
+//! Every choice that could differ between a run and its resumption is a pure function of
+//! the seed and the step: which sample fills each slot (a per-epoch permutation of each
+//! kind's records), caption drops, first-sentence cuts. Resuming therefore needs only the
+//! step, the weights and the optimiser state, and replays the run exactly.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, TrainerState};
+use super::codes::{vq_fingerprint, CodeCache};
+use super::data::{Dataset, Kind, Located, Record};
+use super::loss::micro_batch_loss;
+use super::metrics::{EvalMetrics, StepMetrics};
+use super::optim::{clip_grad_norm, lr_at, AdamW};
+use super::params::TrainModel;
+use super::recipe::TrainConfig;
+use super::sample::{
+    first_sentence, sample_rng, t2i_sample, text_sample, understanding_ids, SampleDraws,
+    TrainSample,
+};
+use crate::error::{Error, Result};
+use crate::processor::{load_image, ImageProcessorConfig, JanusTokenizer};
+
+/// The run's settings, written to `RUN_DIR/run.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// The model the run started from.
+    pub model: PathBuf,
+    /// The data manifest.
+    pub data: PathBuf,
+    /// Held-out manifest, if any.
+    pub eval: Option<PathBuf>,
+    /// Compute dtype (`f32` or `bf16`).
+    pub dtype: String,
+    /// Where VQ codes are cached (`None`: next to the manifest).
+    pub vq_cache: Option<PathBuf>,
+    /// Hyperparameters in force.
+    pub config: TrainConfig,
+}
+
+impl RunSpec {
+    /// The run file inside a run directory.
+    pub const FILE: &'static str = "run.json";
+
+    /// Reads `RUN_DIR/run.json`.
+    pub fn read(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(Self::FILE);
+        let text = std::fs::read_to_string(&path).map_err(|_| {
+            Error::InvalidInput(format!(
+                "{} is not a training run directory (no {})",
+                run_dir.display(),
+                Self::FILE
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The compute dtype.
+    pub fn compute_dtype(&self) -> Result<DType> {
+        match self.dtype.as_str() {
+            "f32" => Ok(DType::F32),
+            "bf16" => Ok(DType::BF16),
+            d => Err(Error::InvalidInput(format!("training dtype {d:?}: use f32 or bf16"))),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEnd {
+    /// All steps done; the final checkpoint.
+    Finished(PathBuf),
+    /// Stopped on request after a step; the checkpoint written.
+    Stopped(PathBuf),
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    /// The model with its trainable tensors.
+    pub model: TrainModel,
+    /// Settings.
+    pub spec: RunSpec,
+    run_dir: PathBuf,
+    tok: JanusTokenizer,
+    image_proc: ImageProcessorConfig,
+    data: Dataset,
+    eval: Option<Dataset>,
+    opt: AdamW,
+    codes: CodeCache,
+    /// Counters (the step is the number of optimiser steps done).
+    pub state: TrainerState,
+    perms: HashMap<(usize, bool, u64), Vec<usize>>,
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (which must not hold a run already).
+    pub fn create(run_dir: &Path, spec: RunSpec, device: &Device) -> Result<Self> {
+        if run_dir.join(RunSpec::FILE).exists() {
+            return Err(Error::InvalidInput(format!(
+                "{} already holds a training run; use --resume {0} to continue it, or \
+                 another --out",
+                run_dir.display()
+            )));
+        }
+        let trainer = Self::open(run_dir, spec, device, None)?;
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let path = run_dir.join(RunSpec::FILE);
+        let text = serde_json::to_string_pretty(&trainer.spec).unwrap_or_default() + "\n";
+        write_atomic(&path, text.as_bytes())?;
+        Ok(trainer)
+    }
+
+    /// Continues the run in `run_dir` from its latest checkpoint (`steps`: a new total).
+    pub fn resume(run_dir: &Path, steps: Option<u64>, device: &Device) -> Result<Self> {
+        let mut spec = RunSpec::read(run_dir)?;
+        if let Some(s) = steps {
+            spec.config.steps = s;
+            spec.config.validate()?;
+        }
+        let ckpts = checkpoint::list(run_dir)?;
+        let Some((step, dir)) = ckpts.last().cloned() else {
+            return Err(Error::InvalidInput(format!(
+                "{} has no checkpoint to resume from (no step-N directory)",
+                run_dir.display()
+            )));
+        };
+        let restored = checkpoint::restore(&dir, device)?;
+        let mut t = Self::open(run_dir, spec.clone(), device, Some((dir, restored)))?;
+        t.spec = spec;
+        let path = run_dir.join(RunSpec::FILE);
+        let text = serde_json::to_string_pretty(&t.spec).unwrap_or_default() + "\n";
+        write_atomic(&path, text.as_bytes())?;
+        super::metrics::truncate_after(&run_dir.join(super::metrics::FILE), step)?;
+        Ok(t)
+    }
+
+    fn open(
+        run_dir: &Path,
+        spec: RunSpec,
+        device: &Device,
+        restored: Option<(PathBuf, checkpoint::Restored)>,
+    ) -> Result<Self> {
+        spec.config.validate()?;
+        let dtype = spec.compute_dtype()?;
+        let parts: BTreeSet<_> = spec.config.train.iter().copied().collect();
+        let (model_dir, masters, moments, opt_t, state) = match restored {
+            Some((dir, r)) => (dir, Some(r.masters), Some(r.moments), r.optimizer_steps, r.state),
+            None => (spec.model.clone(), None, None, 0, TrainerState::default()),
+        };
+        let model = TrainModel::load(&model_dir, &parts, dtype, device, masters)?;
+        if model_dir != spec.model {
+            check_same_model(&spec.model, &model)?;
+        }
+        let tok = JanusTokenizer::from_file(model_dir.join("tokenizer.json"))?;
+        let image_proc = ImageProcessorConfig::from_model_dir(&model_dir)?;
+        let data = Dataset::load(&spec.data)?;
+        for msg in &data.bad {
+            tracing::warn!("skipping bad sample {msg}");
+        }
+        let counts = spec.config.kind_counts();
+        for kind in Kind::ALL {
+            if counts[kind.index()] > 0 && data.of(kind).is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "the ratio asks for {} {kind} samples per step but {} has no usable {kind} \
+                     data",
+                    counts[kind.index()],
+                    spec.data.display()
+                )));
+            }
+        }
+        let eval = spec.eval.as_deref().map(Dataset::load).transpose()?;
+        let cache_dir = spec.vq_cache.clone().unwrap_or_else(|| default_cache_dir(&spec.data));
+        let fp = vq_fingerprint(&model.cfg, &model.store)?;
+        let codes = CodeCache::new(Some(&cache_dir), &fp, model.cfg.gen_image_size())?;
+        let masters: Vec<Tensor> = model.params.iter().map(|p| p.master()).collect::<Result<_>>()?;
+        let mut opt = AdamW::new(&masters, spec.config.beta1, spec.config.beta2, spec.config.eps)?;
+        if let Some(moments) = moments {
+            for (i, p) in model.params.iter().enumerate() {
+                let m = moments.get(&p.name).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "the checkpoint's optimiser state has no moments for {}; was the run \
+                         trained with other parts?",
+                        p.name
+                    ))
+                })?;
+                opt.moments[i] = m.clone();
+            }
+            opt.t = opt_t;
+        }
+        Ok(Self {
+            model,
+            spec,
+            run_dir: run_dir.to_path_buf(),
+            tok,
+            image_proc,
+            data,
+            eval,
+            opt,
+            codes,
+            state,
+            perms: HashMap::new(),
+        })
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &TrainConfig {
+        &self.spec.config
+    }
+
+    /// The dataset's bad lines (already reported as warnings).
+    pub fn bad_lines(&self) -> &[String] {
+        &self.data.bad
+    }
+
+    /// The record that fills slot `position` of `kind`'s stream at `step`.
+    fn pick(&mut self, kind: Kind, step: u64, position: u64) -> (Located, u64) {
+        let switch = match &self.data.t2i_after {
+            Some((manifest_step, _)) => manifest_step.or(self.spec.config.t2i_switch_step),
+            None => None,
+        };
+        let after = kind == Kind::T2i && switch.is_some_and(|s| step >= s);
+        let per_step = self.spec.config.kind_counts()[kind.index()];
+        let position = if after {
+            position - switch.unwrap_or(0) * per_step
+        } else {
+            position
+        };
+        let list: &[Located] = match (&self.data.t2i_after, after) {
+            (Some((_, recs)), true) => recs,
+            _ => self.data.of(kind),
+        };
+        let n = list.len() as u64;
+        let (epoch, within) = (position / n, (position % n) as usize);
+        let idx = if self.spec.config.no_shuffle {
+            within
+        } else {
+            let seed = self.spec.config.seed;
+            let perm = self.perms.entry((kind.index(), after, epoch)).or_insert_with(|| {
+                let mut p: Vec<usize> = (0..n as usize).collect();
+                p.shuffle(&mut sample_rng(seed, kind, epoch, 2 + u64::from(after)));
+                p
+            });
+            perm[within]
+        };
+        (list[idx].clone(), position)
+    }
+
+    /// Builds the sample for a record; `draws` decide caption drops and cuts.
+    pub fn build(&mut self, rec: &Record, draws: SampleDraws) -> Result<TrainSample> {
+        let cfg = self.model.cfg.clone();
+        let max = cfg.text.max_position_embeddings;
+        let sample = match rec {
+            Record::Text { text } => text_sample(&self.tok, text)?,
+            Record::T2i { image, caption } => {
+                let caption = if draws.first_sentence {
+                    first_sentence(caption)
+                } else {
+                    caption
+                };
+                let codes = self.codes.codes(&self.model.model, image)?;
+                t2i_sample(&self.tok, caption, codes, draws.drop_caption)?
+            }
+            Record::Understanding { images, messages } => {
+                let n = cfg.vision.num_image_tokens();
+                let (ids, spans, targets) =
+                    understanding_ids(&self.tok, messages, images.len(), n, false)?;
+                let pixels = images
+                    .iter()
+                    .map(|p| self.image_proc.preprocess(&load_image(p)?))
+                    .collect::<Result<Vec<_>>>()?;
+                TrainSample {
+                    kind: Kind::Understanding,
+                    input_ids: ids,
+                    image_spans: spans,
+                    pixels,
+                    codes: Vec::new(),
+                    text_targets: targets,
+                    image_targets: Vec::new(),
+                    dropped: false,
+                }
+            }
+        };
+        if sample.len() > max {
+            return Err(Error::InvalidInput(format!(
+                "sample is {} positions long; the model's context is {max}",
+                sample.len()
+            )));
+        }
+        Ok(sample)
+    }
+
+    /// The samples of step `step` (0-based), bad ones skipped with a warning.
+    fn step_samples(&mut self, step: u64) -> Vec<TrainSample> {
+        let counts = self.spec.config.kind_counts();
+        let (seed, drop, first) = (
+            self.spec.config.seed,
+            self.spec.config.cfg_drop,
+            self.spec.config.first_sentence,
+        );
+        let mut out = Vec::new();
+        for kind in Kind::ALL {
+            let c = counts[kind.index()];
+            for j in 0..c {
+                let (rec, pos) = self.pick(kind, step, step * c + j);
+                let draws = SampleDraws::new(seed, kind, pos, drop, first);
+                match self.build(&rec.record, draws) {
+                    Ok(s) => out.push(s),
+                    Err(e) => {
+                        self.state.bad_samples += 1;
+                        tracing::warn!("skipping bad sample {}: {e}", rec.origin());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Loss and gradients (f32, summed over micro-batches, already divided by the number
+    /// of targets) for `samples`, in parameter order. Gradients of parameters no sample
+    /// reaches are zeros.
+    pub fn gradients(&self, samples: &[TrainSample]) -> Result<(f64, [(f64, usize); 3], usize, Vec<Tensor>)> {
+        let n_targets: usize = samples.iter().map(TrainSample::num_targets).sum();
+        if n_targets == 0 {
+            return Err(Error::InvalidInput("no usable sample in this step".into()));
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.model.params.len()];
+        let mut by_kind = [(0f64, 0usize); 3];
+        let mut tokens = 0;
+        let micro = self.spec.config.micro_batch_size.max(1) as usize;
+        let refs: Vec<&TrainSample> = samples.iter().collect();
+        for chunk in refs.chunks(micro) {
+            let ml = micro_batch_loss(&self.model.model, chunk)?;
+            tokens += ml.tokens;
+            for (acc, k) in by_kind.iter_mut().zip(ml.by_kind) {
+                acc.0 += k.0;
+                acc.1 += k.1;
+            }
+            let scaled = (ml.sum / n_targets as f64)?;
+            let store = scaled.backward()?;
+            for (slot, p) in grads.iter_mut().zip(&self.model.params) {
+                if let Some(g) = store.get(p.var.as_tensor()) {
+                    let g = g.to_dtype(DType::F32)?;
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + g)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        let loss = by_kind.iter().map(|k| k.0).sum::<f64>() / n_targets as f64;
+        let grads = grads
+            .into_iter()
+            .zip(&self.model.params)
+            .map(|(g, p)| match g {
+                Some(g) => Ok(g),
+                None => Ok(p.master()?.zeros_like()?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((loss, by_kind, tokens, grads))
+    }
+
+    /// One optimiser step.
+    pub fn step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let step = self.state.step;
+        let samples = self.step_samples(step);
+        let (loss, by_kind, tokens, mut grads) = self.gradients(&samples)?;
+        let cfg = self.spec.config.clone();
+        let grad_norm = clip_grad_norm(&mut grads, cfg.clip_grad_norm)?;
+        let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.steps, step);
+        let masters: Vec<Tensor> =
+            self.model.params.iter().map(|p| p.master()).collect::<Result<_>>()?;
+        let decay: Vec<bool> = self.model.params.iter().map(|p| p.decay).collect();
+        let new = self.opt.step(&masters, &grads, &decay, lr, cfg.weight_decay)?;
+        for (p, v) in self.model.params.iter_mut().zip(new) {
+            p.set_master(v)?;
+        }
+        self.state.step += 1;
+        self.state.tokens_seen += tokens as u64;
+        let kind_loss = |k: Kind| {
+            let (s, n) = by_kind[k.index()];
+            (n > 0).then(|| s / n as f64)
+        };
+        Ok(StepMetrics {
+            step: self.state.step,
+            loss,
+            loss_understanding: kind_loss(Kind::Understanding),
+            loss_text: kind_loss(Kind::Text),
+            loss_t2i: kind_loss(Kind::T2i),
+            lr,
+            grad_norm,
+            tokens: tokens as u64,
+            samples: samples.len() as u64,
+            bad_samples: self.state.bad_samples,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Writes a checkpoint for the current step.
+    pub fn save(&self) -> Result<PathBuf> {
+        checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.state)
+    }
+
+    /// Loss over every held-out sample (captions kept) and greedy answer accuracy on the
+    /// held-out understanding samples.
+    pub fn evaluate(&mut self) -> Result<Option<EvalMetrics>> {
+        let Some(eval) = self.eval.clone() else {
+            return Ok(None);
+        };
+        super::eval::evaluate(self, &eval).map(Some)
+    }
+
+    pub(super) fn tokenizer(&self) -> &JanusTokenizer {
+        &self.tok
+    }
+
+    /// Runs until `steps`, saving every `save_every` steps and at the end; `stop` asks
+    /// for a checkpoint and an early return after the current step.
+    pub fn run(
+        &mut self,
+        stop: &std::sync::atomic::AtomicBool,
+        mut on_step: impl FnMut(&StepMetrics),
+        mut on_eval: impl FnMut(&EvalMetrics),
+    ) -> Result<RunEnd> {
+        let metrics_path = self.run_dir.join(super::metrics::FILE);
+        while self.state.step < self.spec.config.steps {
+            let m = self.step()?;
+            super::metrics::append(&metrics_path, &m.to_json())?;
+            on_step(&m);
+            let every = self.spec.config.eval_every;
+            if every > 0 && self.state.step % every == 0 {
+                if let Some(e) = self.evaluate()? {
+                    super::metrics::append(&metrics_path, &e.to_json())?;
+                    on_eval(&e);
+                }
+            }
+            let done = self.state.step == self.spec.config.steps;
+            let save_every = self.spec.config.save_every;
+            let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+            if done || stopping || (save_every > 0 && self.state.step % save_every == 0) {
+                let dir = self.save()?;
+                if done {
+                    return Ok(RunEnd::Finished(dir));
+                }
+                if stopping {
+                    return Ok(RunEnd::Stopped(dir));
+                }
+            }
+        }
+        // Already at the end (resumed a finished run): the last checkpoint stands.
+        let dir = self.run_dir.join(checkpoint::step_dir_name(self.state.step));
+        if !dir.is_dir() {
+            return Ok(RunEnd::Finished(self.save()?));
+        }
+        Ok(RunEnd::Finished(dir))
+    }
+}
+
+/// `MANIFEST_DIR/.janus-cache`.
+pub fn default_cache_dir(manifest: &Path) -> PathBuf {
+    manifest
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(".janus-cache")
+}
+
+/// A resumed checkpoint must be of the model the run started from.
+fn check_same_model(base: &Path, model: &TrainModel) -> Result<()> {
+    let Ok((cfg, _)) = crate::weights::load_model_dir(base) else {
+        return Ok(()); // The base model may be gone: the checkpoint is self-contained.
+    };
+    let mut a = cfg.clone();
+    let mut b = model.cfg.clone();
+    a.layout = b.layout;
+    b.layout = a.layout;
+    if a != b {
+        return Err(Error::InvalidInput(format!(
+            "the checkpoint in {} is not of the model {} the run started from",
+            model.dir.display(),
+            base.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(path, e))
+}
