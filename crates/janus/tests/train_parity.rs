@@ -25,7 +25,8 @@ fn golden(model: &str) -> (Value, HashMap<String, Tensor>) {
     let dir = root().join("fixtures/golden/train").join(model);
     let batch: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
-    let grads = candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).unwrap();
+    let grads =
+        candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).unwrap();
     (batch, grads)
 }
 
@@ -46,19 +47,32 @@ fn trainer(model: &str, recipe: &str, tmp: &Path) -> Trainer {
         vq_cache: Some(tmp.join("cache")),
         config,
     };
-    Trainer::create(&tmp.join(format!("run-{}", recipe.name.replace('/', "-"))), spec, &Device::Cpu)
-        .unwrap()
+    Trainer::create(
+        &tmp.join(format!("run-{}", recipe.name.replace('/', "-"))),
+        spec,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn pairs(v: &Value) -> Vec<(usize, u32)> {
     v.as_array()
         .map(|a| {
             a.iter()
-                .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as u32))
+                .map(|p| {
+                    (
+                        p[0].as_u64().unwrap() as usize,
+                        p[1].as_u64().unwrap() as u32,
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -84,8 +98,16 @@ fn batch(t: &mut Trainer, batch: &Value) -> Vec<TrainSample> {
         let mut s = t.build(&rec.record, draws).unwrap();
         assert_eq!(s.kind.key(), want["kind"].as_str().unwrap(), "sample {i}");
         assert_eq!(s.input_ids, ids(&want["input_ids"]), "sample {i} ids");
-        assert_eq!(s.text_targets, pairs(&want["text_targets"]), "sample {i} text targets");
-        assert_eq!(s.len(), want["num_positions"].as_u64().unwrap() as usize, "sample {i}");
+        assert_eq!(
+            s.text_targets,
+            pairs(&want["text_targets"]),
+            "sample {i} text targets"
+        );
+        assert_eq!(
+            s.len(),
+            want["num_positions"].as_u64().unwrap() as usize,
+            "sample {i}"
+        );
         if s.kind == Kind::T2i {
             let codes = ids(&want["codes"]);
             let margins: Vec<f64> = want["vq_margins"]
@@ -95,7 +117,10 @@ fn batch(t: &mut Trainer, batch: &Value) -> Vec<TrainSample> {
                 .map(|m| m.as_f64().unwrap())
                 .collect();
             for (j, (a, b)) in s.codes.iter().zip(&codes).enumerate() {
-                assert!(a == b || margins[j] < 1e-4, "sample {i} code {j}: {a} vs {b}");
+                assert!(
+                    a == b || margins[j] < 1e-4,
+                    "sample {i} code {j}: {a} vs {b}"
+                );
             }
             s.codes = codes.clone();
             for (t, c) in s.image_targets.iter_mut().zip(&codes) {
@@ -109,7 +134,14 @@ fn batch(t: &mut Trainer, batch: &Value) -> Vec<TrainSample> {
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn gradient_parity(model: &str) {
@@ -120,7 +152,10 @@ fn gradient_parity(model: &str) {
         let samples = batch(&mut t, &gold);
         let (loss, by_kind, _, grads) = t.gradients(&samples).unwrap();
         let want = gold["loss"].as_f64().unwrap();
-        assert!((loss - want).abs() <= 1e-5 * want, "{model} {recipe}: loss {loss} vs {want}");
+        assert!(
+            (loss - want).abs() <= 1e-5 * want,
+            "{model} {recipe}: loss {loss} vs {want}"
+        );
         for (k, key) in [(0, "loss_understanding"), (1, "loss_text"), (2, "loss_t2i")] {
             let (s, n) = by_kind[k];
             let w = gold[key].as_f64().unwrap();
@@ -140,12 +175,23 @@ fn gradient_parity(model: &str) {
             let want = &gold_grads[&p.name];
             assert_eq!(g.dims(), want.dims(), "{}", p.name);
             let scale = max_abs(want);
-            assert!(scale > 0.0 && max_abs(g) > 0.0, "{model} {recipe}: {} got no gradient", p.name);
+            assert!(
+                scale > 0.0 && max_abs(g) > 0.0,
+                "{model} {recipe}: {} got no gradient",
+                p.name
+            );
             let err = max_abs(&(g - want).unwrap()) / scale;
             worst = worst.max(err);
-            assert!(err <= 1e-4, "{model} {recipe}: gradient of {} off by {err:.2e}", p.name);
+            assert!(
+                err <= 1e-4,
+                "{model} {recipe}: gradient of {} off by {err:.2e}",
+                p.name
+            );
         }
-        eprintln!("{model} {recipe}: {} tensors, worst gradient error {worst:.2e}", grads.len());
+        eprintln!(
+            "{model} {recipe}: {} tensors, worst gradient error {worst:.2e}",
+            grads.len()
+        );
     }
 }
 
@@ -162,9 +208,11 @@ fn gradients_match_pytorch_original_layout() {
 #[test]
 fn adamw_clipping_and_schedules_match_pytorch_for_20_steps() {
     let dir = root().join("fixtures/golden/train");
-    let g = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu).unwrap();
+    let g =
+        candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu).unwrap();
     let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("optimizer.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("optimizer.json")).unwrap())
+            .unwrap();
     let names = ["w", "b", "e"];
     let decay = [true, false, true];
     for (run, schedule, warmup) in [
@@ -172,18 +220,29 @@ fn adamw_clipping_and_schedules_match_pytorch_for_20_steps() {
         ("cosine_warmup5", Schedule::Cosine, 5),
         ("constant_warmup0", Schedule::Constant, 0),
     ] {
-        let mut params: Vec<Tensor> = names.iter().map(|n| g[&format!("init.{n}")].clone()).collect();
+        let mut params: Vec<Tensor> = names
+            .iter()
+            .map(|n| g[&format!("init.{n}")].clone())
+            .collect();
         let mut opt = AdamW::new(&params, 0.9, 0.95, 1e-8).unwrap();
         let lrs = &meta["schedules"][run]["lrs"];
         for step in 0..20u64 {
-            let mut grads: Vec<Tensor> =
-                names.iter().map(|n| g[&format!("grad.{step}.{n}")].clone()).collect();
+            let mut grads: Vec<Tensor> = names
+                .iter()
+                .map(|n| g[&format!("grad.{step}.{n}")].clone())
+                .collect();
             let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
             let want_norm = meta["grad_norms"][step as usize].as_f64().unwrap();
-            assert!((norm - want_norm).abs() <= 1e-6 * want_norm, "{run} step {step}: norm");
+            assert!(
+                (norm - want_norm).abs() <= 1e-6 * want_norm,
+                "{run} step {step}: norm"
+            );
             let lr = lr_at(0.01, schedule, warmup, 20, step);
             let want_lr = lrs[step as usize].as_f64().unwrap();
-            assert!((lr - want_lr).abs() <= 1e-12, "{run} step {step}: lr {lr} vs {want_lr}");
+            assert!(
+                (lr - want_lr).abs() <= 1e-12,
+                "{run} step {step}: lr {lr} vs {want_lr}"
+            );
             params = opt.step(&params, &grads, &decay, lr, 0.1).unwrap();
             for (n, p) in names.iter().zip(&params) {
                 let want = &g[&format!("{run}.step{step}.{n}")];

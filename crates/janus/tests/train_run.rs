@@ -85,7 +85,10 @@ fn a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
 
     let straight = tmp.path().join("straight");
     let mut t = Trainer::create(&straight, spec("tiny-pro", &cache), &Device::Cpu).unwrap();
-    assert!(matches!(t.run(&stop, |_| {}, never).unwrap(), RunEnd::Finished(_)));
+    assert!(matches!(
+        t.run(&stop, |_| {}, never).unwrap(),
+        RunEnd::Finished(_)
+    ));
     let trained: Vec<(String, Tensor)> = t
         .model
         .params
@@ -107,14 +110,20 @@ fn a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
             never,
         )
         .unwrap();
-    assert!(matches!(end, RunEnd::Stopped(ref d) if d.ends_with("step-2")), "{end:?}");
+    assert!(
+        matches!(end, RunEnd::Stopped(ref d) if d.ends_with("step-2")),
+        "{end:?}"
+    );
     drop(t);
     stop.store(false, Ordering::SeqCst);
     // A crash while saving leaves a hidden temporary behind: resuming ignores it.
     std::fs::create_dir_all(split.join(".step-3.tmp-1/trainer")).unwrap();
     let mut t = Trainer::resume(&split, None, &Device::Cpu).unwrap();
     assert_eq!(t.state.step, 2);
-    assert!(matches!(t.run(&stop, |_| {}, never).unwrap(), RunEnd::Finished(_)));
+    assert!(matches!(
+        t.run(&stop, |_| {}, never).unwrap(),
+        RunEnd::Finished(_)
+    ));
 
     for file in ["model.safetensors", "trainer/optimizer.safetensors"] {
         let (a, b) = (
@@ -127,7 +136,10 @@ fn a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
             assert_eq!(bits(ta), bits(tb), "{file}: {na} differs after resuming");
         }
     }
-    assert_eq!(metrics_without_seconds(&straight), metrics_without_seconds(&split));
+    assert_eq!(
+        metrics_without_seconds(&straight),
+        metrics_without_seconds(&split)
+    );
     let m = metrics_without_seconds(&straight);
     assert_eq!(m.len(), 4);
     // The run moved: the trained tensors are not the model's any more.
@@ -138,7 +150,8 @@ fn a_stopped_and_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
         };
         let n = src.names()[0].to_string();
         let orig = store.load(&n, &Device::Cpu).unwrap();
-        orig.elem_count() == value.elem_count() && bits(&orig) != bits(&value.flatten_all().unwrap())
+        orig.elem_count() == value.elem_count()
+            && bits(&orig) != bits(&value.flatten_all().unwrap())
     });
     assert!(moved.count() > 20);
 }
@@ -175,9 +188,16 @@ fn checkpoint_round_trip(model: &str) {
         })
         .collect();
     let names: Vec<&str> = src.names().collect();
-    assert_eq!(out.len(), names.len(), "every tensor of the input is in the checkpoint");
+    assert_eq!(
+        out.len(),
+        names.len(),
+        "every tensor of the input is in the checkpoint"
+    );
     for name in names {
-        let (a, b) = (src.load(name, &Device::Cpu).unwrap(), out.load(name, &Device::Cpu).unwrap());
+        let (a, b) = (
+            src.load(name, &Device::Cpu).unwrap(),
+            out.load(name, &Device::Cpu).unwrap(),
+        );
         assert_eq!(a.dtype(), b.dtype(), "{name}");
         if trained.iter().any(|n| n == name) {
             assert_ne!(bits(&a), bits(&b), "{name} was trained but did not change");
@@ -187,12 +207,19 @@ fn checkpoint_round_trip(model: &str) {
     }
 
     // The checkpoint, loaded as inference loads it, against the in-memory model.
-    let loaded = Janus::new(&cfg, var_builder(&out, cfg.layout, DType::F32, &Device::Cpu)).unwrap();
+    let loaded = Janus::new(
+        &cfg,
+        var_builder(&out, cfg.layout, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
     let ids = Tensor::new(&[[1u32, 5, 9, 200, 7, 42]], &Device::Cpu).unwrap();
     let codes = Tensor::new(&[[3u32, 1, 4, 1]], &Device::Cpu).unwrap();
     let logits = |m: &Janus| {
         let x = Tensor::cat(
-            &[m.llm.embed(&ids).unwrap(), m.embed_image_codes(&codes).unwrap()],
+            &[
+                m.llm.embed(&ids).unwrap(),
+                m.embed_image_codes(&codes).unwrap(),
+            ],
             1,
         )
         .unwrap();
@@ -205,7 +232,13 @@ fn checkpoint_round_trip(model: &str) {
     // in trainer/ for resuming): round the in-memory ones alike, then the logits agree.
     let stored = src.dtype(src.names().next().unwrap()).unwrap();
     for p in t.model.params.iter().filter(|_| stored != DType::F32) {
-        let v = p.master().unwrap().to_dtype(stored).unwrap().to_dtype(DType::F32).unwrap();
+        let v = p
+            .master()
+            .unwrap()
+            .to_dtype(stored)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
         p.var.set(&v).unwrap();
     }
     assert_eq!(

@@ -259,7 +259,12 @@ fn start(a: &RunArgs, progress: &Progress, device: &Device) -> Result<Trainer> {
     Ok(t)
 }
 
-fn resume(a: &RunArgs, run_dir: &std::path::Path, progress: &Progress, device: &Device) -> Result<Trainer> {
+fn resume(
+    a: &RunArgs,
+    run_dir: &std::path::Path,
+    progress: &Progress,
+    device: &Device,
+) -> Result<Trainer> {
     let o = overrides(a)?;
     let changed = o.batch_size.is_some()
         || o.micro_batch_size.is_some()
@@ -285,13 +290,11 @@ fn resume(a: &RunArgs, run_dir: &std::path::Path, progress: &Progress, device: &
     }
     let spec = RunSpec::read(run_dir)?;
     if a.model.is_some() {
-        let model = model_dir(a, progress)?;
-        let (want, _) = janus::weights::load_model_dir(&spec.model)
-            .or_else(|_| janus::weights::load_model_dir(&model))?;
-        let (got, _) = janus::weights::load_model_dir(&model)?;
-        if absolute(&model) != spec.model && (want.text != got.text || want.vq != got.vq || want.vision != got.vision) {
+        let model = absolute(&model_dir(a, progress)?);
+        if model != spec.model {
             bail!(
-                "{} was trained from {}, not from {} (a different model)",
+                "{} was trained from {}, not from {}; resume without --model (the run's \
+                 checkpoints hold the model)",
                 run_dir.display(),
                 spec.model.display(),
                 model.display()
@@ -311,7 +314,10 @@ fn resume(a: &RunArgs, run_dir: &std::path::Path, progress: &Progress, device: &
 }
 
 fn model_dir(a: &RunArgs, progress: &Progress) -> Result<PathBuf> {
-    let model = a.model.clone().unwrap_or_else(|| janus::hub::DEFAULT_MODEL.to_string());
+    let model = a
+        .model
+        .clone()
+        .unwrap_or_else(|| janus::hub::DEFAULT_MODEL.to_string());
     let args = ModelArgs {
         model,
         revision: a.revision.clone(),
@@ -347,7 +353,11 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 }
 
 fn parts_list(cfg: &TrainConfig) -> String {
-    cfg.train.iter().map(|p| p.name()).collect::<Vec<_>>().join(",")
+    cfg.train
+        .iter()
+        .map(|p| p.name())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn fmt_opt(v: Option<f64>) -> String {

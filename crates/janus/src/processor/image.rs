@@ -186,7 +186,11 @@ impl ImageProcessorConfig {
         }
         let (short, long) = (w.min(h), w.max(h));
         let new_long = ((f64::from(size) * f64::from(long) / f64::from(short)) as u32).max(size);
-        let (new_w, new_h) = if w <= h { (size, new_long) } else { (new_long, size) };
+        let (new_w, new_h) = if w <= h {
+            (size, new_long)
+        } else {
+            (new_long, size)
+        };
         let resized = resize_bicubic(
             rgb.as_raw(),
             w as usize,

@@ -67,7 +67,11 @@ fn check_kind(
     for rec in recs {
         match check_one(&rec.record, cfg, tok) {
             Ok((len, targets)) => {
-                r.min_len = if r.samples == 0 { len } else { r.min_len.min(len) };
+                r.min_len = if r.samples == 0 {
+                    len
+                } else {
+                    r.min_len.min(len)
+                };
                 r.max_len = r.max_len.max(len);
                 r.samples += 1;
                 r.targets += targets;

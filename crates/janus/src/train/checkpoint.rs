@@ -40,14 +40,13 @@ pub struct TrainerState {
 }
 
 /// Writes `RUN_DIR/step-N` (replacing one that exists) and returns its path.
-pub fn save(
-    run_dir: &Path,
-    tm: &TrainModel,
-    opt: &AdamW,
-    state: &TrainerState,
-) -> Result<PathBuf> {
+pub fn save(run_dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
     let final_dir = run_dir.join(step_dir_name(state.step));
-    let tmp = run_dir.join(format!(".{}.tmp-{}", step_dir_name(state.step), std::process::id()));
+    let tmp = run_dir.join(format!(
+        ".{}.tmp-{}",
+        step_dir_name(state.step),
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -57,7 +56,11 @@ pub fn save(
         return Err(e);
     }
     if final_dir.exists() {
-        let old = run_dir.join(format!(".{}.old-{}", step_dir_name(state.step), std::process::id()));
+        let old = run_dir.join(format!(
+            ".{}.old-{}",
+            step_dir_name(state.step),
+            std::process::id()
+        ));
         std::fs::rename(&final_dir, &old).map_err(|e| Error::io(&final_dir, e))?;
         std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
         let _ = std::fs::remove_dir_all(&old);
@@ -82,7 +85,11 @@ fn write_into(dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) ->
     for p in &tm.params {
         let master = p.master()?.to_device(&Device::Cpu)?;
         let source = checkpoint_source(tm.layout(), &p.name).ok_or_else(|| {
-            Error::Model(format!("{} has no place in a {} checkpoint", p.name, tm.layout()))
+            Error::Model(format!(
+                "{} has no place in a {} checkpoint",
+                p.name,
+                tm.layout()
+            ))
         })?;
         for (name, value) in split_for_layout(&source, &master)? {
             let dtype = tensors.get(&name).map_or(DType::F32, Tensor::dtype);
@@ -96,7 +103,10 @@ fn write_into(dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) ->
 
     for (p, st) in tm.params.iter().zip(&opt.moments) {
         masters.insert(format!("exp_avg.{}", p.name), st.m.to_device(&Device::Cpu)?);
-        masters.insert(format!("exp_avg_sq.{}", p.name), st.v.to_device(&Device::Cpu)?);
+        masters.insert(
+            format!("exp_avg_sq.{}", p.name),
+            st.v.to_device(&Device::Cpu)?,
+        );
     }
     candle_core::safetensors::save(&masters, trainer.join(OPTIMIZER_FILE))?;
     let state_json = serde_json::json!({
@@ -104,8 +114,11 @@ fn write_into(dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) ->
         "optimizer_steps": opt.t,
     });
     let path = trainer.join(STATE_FILE);
-    std::fs::write(&path, serde_json::to_string_pretty(&state_json).unwrap_or_default() + "\n")
-        .map_err(|e| Error::io(&path, e))
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&state_json).unwrap_or_default() + "\n",
+    )
+    .map_err(|e| Error::io(&path, e))
 }
 
 /// A canonical tensor as the checkpoint layout stores it: (name, value) pieces.
@@ -207,7 +220,10 @@ pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for e in entries {
         let e = e.map_err(|e| Error::io(run_dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             if e.path().join(TRAINER_DIR).join(STATE_FILE).is_file() {
                 out.push((n, e.path()));
             }

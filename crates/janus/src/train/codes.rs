@@ -41,7 +41,9 @@ pub fn vq_fingerprint(cfg: &JanusConfig, store: &TensorStore) -> Result<String> 
             continue;
         };
         for name in source.names() {
-            let t = store.load(name, &candle_core::Device::Cpu)?.to_dtype(DType::F32)?;
+            let t = store
+                .load(name, &candle_core::Device::Cpu)?
+                .to_dtype(DType::F32)?;
             let v = t.flatten_all()?.to_vec1::<f32>()?;
             h = fnv(name.as_bytes(), h);
             for x in v {
@@ -117,7 +119,10 @@ impl CodeCache {
                 self.memory.insert(image.to_path_buf(), codes.clone());
                 return Ok(codes);
             }
-            tracing::warn!("{}: cached codes have the wrong length; re-encoding", image.display());
+            tracing::warn!(
+                "{}: cached codes have the wrong length; re-encoding",
+                image.display()
+            );
         }
         let codes = self.encode(model, image)?;
         if let Some(path) = entry {

@@ -162,12 +162,15 @@ impl Dataset {
                     data.t2i_after = Some((step, recs));
                 }
                 k => {
-                    let kind = Kind::ALL.into_iter().find(|x| x.key() == k).ok_or_else(|| {
-                        Error::InvalidInput(format!(
+                    let kind = Kind::ALL
+                        .into_iter()
+                        .find(|x| x.key() == k)
+                        .ok_or_else(|| {
+                            Error::InvalidInput(format!(
                             "{}: unknown key {k:?}; keys are understanding, text, t2i, t2i_after",
                             manifest.display()
                         ))
-                    })?;
+                        })?;
                     for f in files(v)? {
                         let recs = read_jsonl(&base.join(f), kind, &mut data.bad)?;
                         data.kinds[kind.index()].extend(recs);
@@ -252,14 +255,20 @@ fn parse_understanding(v: &Value, dir: &Path) -> std::result::Result<Record, Str
             .ok_or("\"images\" must be a list of file names")?,
         Some(_) => return Err("\"images\" must be a list of file names".into()),
     };
-    let (turns, role_key, content_key, llava) = match (v.get("conversation"), v.get("conversations")) {
-        (Some(c), _) => (c, "role", "content", false),
-        (None, Some(c)) => (c, "from", "value", true),
-        (None, None) => {
-            return Err("understanding sample needs \"conversation\" (or LLaVA's \"conversations\")".into())
-        }
-    };
-    let turns = turns.as_array().ok_or("the conversation must be a list of turns")?;
+    let (turns, role_key, content_key, llava) =
+        match (v.get("conversation"), v.get("conversations")) {
+            (Some(c), _) => (c, "role", "content", false),
+            (None, Some(c)) => (c, "from", "value", true),
+            (None, None) => {
+                return Err(
+                    "understanding sample needs \"conversation\" (or LLaVA's \"conversations\")"
+                        .into(),
+                )
+            }
+        };
+    let turns = turns
+        .as_array()
+        .ok_or("the conversation must be a list of turns")?;
     let mut messages = Vec::with_capacity(turns.len());
     for (i, t) in turns.iter().enumerate() {
         let role = t.get(role_key).and_then(Value::as_str).unwrap_or("");
@@ -270,7 +279,11 @@ fn parse_understanding(v: &Value, dir: &Path) -> std::result::Result<Record, Str
         let role = match role {
             "user" | "human" => Role::User,
             "assistant" | "gpt" => Role::Assistant,
-            r => return Err(format!("turn {i} has role {r:?}; expected user/assistant (human/gpt)")),
+            r => {
+                return Err(format!(
+                    "turn {i} has role {r:?}; expected user/assistant (human/gpt)"
+                ))
+            }
         };
         let content = if llava {
             content.replace("<image>", IMAGE_PLACEHOLDER)
@@ -280,7 +293,11 @@ fn parse_understanding(v: &Value, dir: &Path) -> std::result::Result<Record, Str
         messages.push((role, content));
     }
     for (i, (role, _)) in messages.iter().enumerate() {
-        let want = if i % 2 == 0 { Role::User } else { Role::Assistant };
+        let want = if i % 2 == 0 {
+            Role::User
+        } else {
+            Role::Assistant
+        };
         if *role != want {
             return Err(format!(
                 "turn {i} is {role:?}; turns must alternate user, assistant, starting with user"
@@ -306,7 +323,9 @@ mod tests {
             d,
         )
         .unwrap();
-        let Record::Understanding { images, messages } = r else { panic!() };
+        let Record::Understanding { images, messages } = r else {
+            panic!()
+        };
         assert_eq!(images, [PathBuf::from("/data/a.jpg")]);
         assert_eq!(messages[1], (Role::Assistant, "A cat.".to_string()));
         let r = parse_record(
@@ -315,7 +334,9 @@ mod tests {
             d,
         )
         .unwrap();
-        let Record::Understanding { images, messages } = r else { panic!() };
+        let Record::Understanding { images, messages } = r else {
+            panic!()
+        };
         assert_eq!(images, [PathBuf::from("/data/b.png")]);
         assert_eq!(messages[0].1, "<image_placeholder>\nHi");
         assert_eq!(
@@ -324,7 +345,10 @@ mod tests {
         );
         assert_eq!(
             parse_record(r#"{"image": "c.png", "caption": "c"}"#, Kind::T2i, d).unwrap(),
-            Record::T2i { image: "/data/c.png".into(), caption: "c".into() }
+            Record::T2i {
+                image: "/data/c.png".into(),
+                caption: "c".into()
+            }
         );
     }
 
@@ -335,10 +359,26 @@ mod tests {
             ("{\"text\": ", Kind::Text, "malformed JSON"),
             ("{\"txt\": \"a\"}", Kind::Text, "\"text\""),
             ("{\"image\": \"a\"}", Kind::T2i, "\"caption\""),
-            (r#"{"conversation": [{"role": "user", "content": "q"}]}"#, Kind::Understanding, "end with an assistant"),
-            (r#"{"conversation": [{"role": "bot", "content": "q"}]}"#, Kind::Understanding, "role \"bot\""),
-            (r#"{"conversation": [{"role": "assistant", "content": "q"}]}"#, Kind::Understanding, "alternate"),
-            (r#"{"images": 3, "conversation": []}"#, Kind::Understanding, "list of file names"),
+            (
+                r#"{"conversation": [{"role": "user", "content": "q"}]}"#,
+                Kind::Understanding,
+                "end with an assistant",
+            ),
+            (
+                r#"{"conversation": [{"role": "bot", "content": "q"}]}"#,
+                Kind::Understanding,
+                "role \"bot\"",
+            ),
+            (
+                r#"{"conversation": [{"role": "assistant", "content": "q"}]}"#,
+                Kind::Understanding,
+                "alternate",
+            ),
+            (
+                r#"{"images": 3, "conversation": []}"#,
+                Kind::Understanding,
+                "list of file names",
+            ),
         ];
         for (line, kind, want) in cases {
             let e = parse_record(line, kind, d).unwrap_err();
@@ -351,8 +391,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         std::fs::create_dir(p.join("sub")).unwrap();
-        std::fs::write(p.join("sub/t.jsonl"), "{\"text\": \"a\"}\n\nnot json\n{\"text\": \"b\"}\n").unwrap();
-        std::fs::write(p.join("sub/g.jsonl"), "{\"image\": \"x.png\", \"caption\": \"c\"}\n").unwrap();
+        std::fs::write(
+            p.join("sub/t.jsonl"),
+            "{\"text\": \"a\"}\n\nnot json\n{\"text\": \"b\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("sub/g.jsonl"),
+            "{\"image\": \"x.png\", \"caption\": \"c\"}\n",
+        )
+        .unwrap();
         std::fs::write(
             p.join("m.json"),
             r#"{"text": ["sub/t.jsonl"], "t2i_after": {"step": 5, "files": ["sub/g.jsonl"]}}"#,
@@ -362,16 +410,28 @@ mod tests {
         assert_eq!(d.of(Kind::Text).len(), 2);
         assert_eq!(d.of(Kind::Text)[1].line, 4);
         assert_eq!(d.bad.len(), 1);
-        assert!(d.bad[0].contains("t.jsonl:3: malformed JSON"), "{:?}", d.bad);
+        assert!(
+            d.bad[0].contains("t.jsonl:3: malformed JSON"),
+            "{:?}",
+            d.bad
+        );
         let (step, recs) = d.t2i_after.unwrap();
         assert_eq!(step, Some(5));
-        assert_eq!(recs[0].record, Record::T2i { image: p.join("sub/x.png"), caption: "c".into() });
+        assert_eq!(
+            recs[0].record,
+            Record::T2i {
+                image: p.join("sub/x.png"),
+                caption: "c".into()
+            }
+        );
 
         std::fs::write(p.join("bad.json"), r#"{"txt": ["sub/t.jsonl"]}"#).unwrap();
         let e = Dataset::load(&p.join("bad.json")).unwrap_err().to_string();
         assert!(e.contains("unknown key \"txt\""), "{e}");
         std::fs::write(p.join("missing.json"), r#"{"text": ["nope.jsonl"]}"#).unwrap();
-        let e = Dataset::load(&p.join("missing.json")).unwrap_err().to_string();
+        let e = Dataset::load(&p.join("missing.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope.jsonl"), "{e}");
     }
 }

@@ -86,7 +86,10 @@ fn greedy_matches(
             .collect::<Result<Vec<_>>>()?;
         Some(candle_core::Tensor::stack(&px, 0)?)
     };
-    let want = messages.last().map(|m| m.1.trim().to_string()).unwrap_or_default();
+    let want = messages
+        .last()
+        .map(|m| m.1.trim().to_string())
+        .unwrap_or_default();
     let want_len = tok.encode(&want)?.len();
     let params = UnderstandParams {
         sampling: SamplingParams::default(),

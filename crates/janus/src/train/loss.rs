@@ -92,7 +92,10 @@ pub fn micro_batch_loss(model: &Janus, samples: &[&TrainSample]) -> Result<Micro
         };
         rows.push(row); // (1, T_r, D)
     }
-    let t_max = rows.iter().map(|r| r.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
+    let t_max = rows
+        .iter()
+        .map(|r| r.dim(1))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     let tokens = t_max.iter().sum();
     let t = t_max.iter().copied().max().unwrap_or(0);
     let rows = rows
@@ -148,7 +151,11 @@ pub fn micro_batch_loss(model: &Janus, samples: &[&TrainSample]) -> Result<Micro
     }
     let sum = match total {
         Some(s) => s,
-        None => return Err(Error::InvalidInput("micro-batch has no supervised token".into())),
+        None => {
+            return Err(Error::InvalidInput(
+                "micro-batch has no supervised token".into(),
+            ))
+        }
     };
     Ok(MicroLoss {
         sum,

@@ -35,7 +35,12 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     let mut sq = Vec::with_capacity(grads.len());
     for g in grads.iter() {
         // Each tensor's norm in f32 (as torch), the total of the norms' squares in f64.
-        let n = g.sqr()?.sum_all()?.sqrt()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let n = g
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
         sq.push(f64::from(n) * f64::from(n));
     }
     let norm = sq.iter().sum::<f64>().sqrt() as f32;

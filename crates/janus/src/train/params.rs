@@ -99,7 +99,9 @@ impl TrainModel {
         let model = Janus::new(&cfg, vb)?;
         let params: Vec<Param> = std::mem::take(&mut *lock(&created)).into_values().collect();
         if params.is_empty() {
-            return Err(Error::InvalidInput("no tensor of the chosen parts is trainable".into()));
+            return Err(Error::InvalidInput(
+                "no tensor of the chosen parts is trainable".into(),
+            ));
         }
         Ok(Self {
             model,

@@ -133,14 +133,23 @@ mod tests {
     #[test]
     fn canonical_names_map_to_parts() {
         let cases = [
-            ("vision_model.vision_tower.blocks.0.attn.qkv.weight", Some(Part::Vision)),
+            (
+                "vision_model.vision_tower.blocks.0.attn.qkv.weight",
+                Some(Part::Vision),
+            ),
             ("aligner.layers.0.weight", Some(Part::Aligner)),
             ("gen_aligner.layers.2.bias", Some(Part::GenAligner)),
             ("gen_embed.weight", Some(Part::GenEmbed)),
             ("gen_head.vision_head.weight", Some(Part::GenHead)),
-            ("language_model.model.layers.3.mlp.up_proj.weight", Some(Part::Llm)),
+            (
+                "language_model.model.layers.3.mlp.up_proj.weight",
+                Some(Part::Llm),
+            ),
             ("language_model.model.norm.weight", Some(Part::Llm)),
-            ("language_model.model.embed_tokens.weight", Some(Part::EmbedTokens)),
+            (
+                "language_model.model.embed_tokens.weight",
+                Some(Part::EmbedTokens),
+            ),
             ("language_model.lm_head.weight", Some(Part::LmHead)),
             ("gen_vision_model.decoder.conv_in.weight", None),
         ];
@@ -156,7 +165,10 @@ mod tests {
         let e = parse_parts("llm,vq").unwrap_err().to_string();
         assert!(e.contains("always frozen"), "{e}");
         let e = parse_parts("llm,decoder").unwrap_err().to_string();
-        assert!(e.contains("unknown part \"decoder\"") && e.contains("gen_head"), "{e}");
+        assert!(
+            e.contains("unknown part \"decoder\"") && e.contains("gen_head"),
+            "{e}"
+        );
         assert!(parse_parts(" , ").is_err());
     }
 }

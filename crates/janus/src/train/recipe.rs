@@ -15,12 +15,30 @@ use crate::error::{Error, Result};
 
 /// The built-in recipes, by name.
 const BUILTIN: [(&str, &str); 6] = [
-    ("janus/stage1", include_str!("../../recipes/janus/stage1.json")),
-    ("janus/stage2", include_str!("../../recipes/janus/stage2.json")),
-    ("janus/stage3", include_str!("../../recipes/janus/stage3.json")),
-    ("janus-pro/stage1", include_str!("../../recipes/janus-pro/stage1.json")),
-    ("janus-pro/stage2", include_str!("../../recipes/janus-pro/stage2.json")),
-    ("janus-pro/stage3", include_str!("../../recipes/janus-pro/stage3.json")),
+    (
+        "janus/stage1",
+        include_str!("../../recipes/janus/stage1.json"),
+    ),
+    (
+        "janus/stage2",
+        include_str!("../../recipes/janus/stage2.json"),
+    ),
+    (
+        "janus/stage3",
+        include_str!("../../recipes/janus/stage3.json"),
+    ),
+    (
+        "janus-pro/stage1",
+        include_str!("../../recipes/janus-pro/stage1.json"),
+    ),
+    (
+        "janus-pro/stage2",
+        include_str!("../../recipes/janus-pro/stage2.json"),
+    ),
+    (
+        "janus-pro/stage3",
+        include_str!("../../recipes/janus-pro/stage3.json"),
+    ),
 ];
 
 /// Learning-rate shape after the linear warm-up.
@@ -262,7 +280,10 @@ impl TrainConfig {
                 self.weight_decay
             ));
         }
-        for (name, p) in [("cfg drop", self.cfg_drop), ("first-sentence", self.first_sentence)] {
+        for (name, p) in [
+            ("cfg drop", self.cfg_drop),
+            ("first-sentence", self.first_sentence),
+        ] {
             if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
                 return bad(format!("{name} probability {p} is out of range [0, 1]"));
             }
@@ -332,16 +353,25 @@ mod tests {
             TrainConfig::resolve(&r, &Overrides::default(), false).unwrap();
         }
         let r = Recipe::load("janus-pro/stage2").unwrap();
-        assert_eq!((r.lr, r.warmup_steps, r.steps, r.batch_size), (1e-4, 5000, 360_000, 512));
+        assert_eq!(
+            (r.lr, r.warmup_steps, r.steps, r.batch_size),
+            (1e-4, 5000, 360_000, 512)
+        );
         assert_eq!(r.ratio, [2, 3, 5]);
         let r = Recipe::load("janus/stage1").unwrap();
-        assert_eq!((r.schedule, r.warmup_steps, r.ratio), (Schedule::Cosine, 300, [1, 0, 1]));
+        assert_eq!(
+            (r.schedule, r.warmup_steps, r.ratio),
+            (Schedule::Cosine, 300, [1, 0, 1])
+        );
         let r = Recipe::load("janus/stage3").unwrap();
         assert_eq!((r.lr, r.weight_decay, r.ratio), (2e-5, 0.1, [7, 3, 10]));
         let r = Recipe::load("janus-pro/stage3").unwrap();
         let small = TrainConfig::resolve(&r, &Overrides::default(), false).unwrap();
         let large = TrainConfig::resolve(&r, &Overrides::default(), true).unwrap();
-        assert_eq!((small.steps, large.steps, small.batch_size), (80_000, 40_000, 128));
+        assert_eq!(
+            (small.steps, large.steps, small.batch_size),
+            (80_000, 40_000, 128)
+        );
         assert_eq!(small.train.len(), 8);
     }
 
@@ -359,13 +389,34 @@ mod tests {
         assert_eq!((c.steps, c.lr, c.ratio), (7, 0.5, [2, 3, 5]));
         assert_eq!(c.train, vec![Part::GenHead, Part::Llm]);
         for bad in [
-            Overrides { lr: Some(0.0), ..Default::default() },
-            Overrides { lr: Some(f64::NAN), ..Default::default() },
-            Overrides { cfg_drop: Some(1.5), ..Default::default() },
-            Overrides { weight_decay: Some(-0.1), ..Default::default() },
-            Overrides { steps: Some(0), ..Default::default() },
-            Overrides { micro_batch_size: Some(1000), ..Default::default() },
-            Overrides { train: Some("vq".into()), ..Default::default() },
+            Overrides {
+                lr: Some(0.0),
+                ..Default::default()
+            },
+            Overrides {
+                lr: Some(f64::NAN),
+                ..Default::default()
+            },
+            Overrides {
+                cfg_drop: Some(1.5),
+                ..Default::default()
+            },
+            Overrides {
+                weight_decay: Some(-0.1),
+                ..Default::default()
+            },
+            Overrides {
+                steps: Some(0),
+                ..Default::default()
+            },
+            Overrides {
+                micro_batch_size: Some(1000),
+                ..Default::default()
+            },
+            Overrides {
+                train: Some("vq".into()),
+                ..Default::default()
+            },
         ] {
             assert!(TrainConfig::resolve(&r, &bad, false).is_err(), "{bad:?}");
         }

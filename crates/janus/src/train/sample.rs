@@ -106,7 +106,11 @@ pub fn understanding_ids(
         let prompt = render_understanding(&msgs[..last], roles, system);
         let ids = tok.encode(&prompt)?;
         let (expanded, spans) = expand_image_tokens(&ids, tok.special(), num_image_tokens);
-        return Ok((expanded, spans.iter().map(|s| s.start).collect(), Vec::new()));
+        return Ok((
+            expanded,
+            spans.iter().map(|s| s.start).collect(),
+            Vec::new(),
+        ));
     }
     // Byte range of each answer: from the end of the open "Assistant:" prompt before it to
     // the end of the conversation rendered up to and including it.
@@ -146,7 +150,9 @@ pub fn understanding_ids(
     }
     debug_assert_eq!(pos, expanded.len());
     if targets.is_empty() {
-        return Err(Error::InvalidInput("the conversation has no answer tokens".into()));
+        return Err(Error::InvalidInput(
+            "the conversation has no answer tokens".into(),
+        ));
     }
     Ok((expanded, spans.iter().map(|s| s.start).collect(), targets))
 }
@@ -179,7 +185,11 @@ pub fn t2i_sample(
     let (cond, uncond) = prepare_generation(tok, caption)?;
     let ids = if dropped { uncond } else { cond };
     let first = ids.len() - 1; // the <begin_of_image> position predicts code 0
-    let image_targets = codes.iter().enumerate().map(|(j, &c)| (first + j, c)).collect();
+    let image_targets = codes
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| (first + j, c))
+        .collect();
     Ok(TrainSample {
         kind: Kind::T2i,
         input_ids: ids,
@@ -244,7 +254,8 @@ mod tests {
     use super::*;
 
     fn tok() -> JanusTokenizer {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-pro");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-pro");
         JanusTokenizer::from_file(dir.join("tokenizer.json")).unwrap()
     }
 
@@ -258,7 +269,10 @@ mod tests {
         let boi = tok.special().begin_of_image;
         assert_eq!(s.input_ids[s.image_targets[0].0], boi);
         assert_eq!(s.image_targets[0].1, codes[0]);
-        assert_eq!(s.image_targets[575], (s.input_ids.len() - 1 + 575, codes[575]));
+        assert_eq!(
+            s.image_targets[575],
+            (s.input_ids.len() - 1 + 575, codes[575])
+        );
         assert_eq!(s.len(), s.input_ids.len() + 575);
         // The dropped row is inference's unconditional row, token for token.
         let d = t2i_sample(&tok, "A red apple.", codes, true).unwrap();
@@ -266,7 +280,9 @@ mod tests {
         assert_eq!(d.input_ids, uncond);
         assert_eq!(d.input_ids.len(), s.input_ids.len());
         assert_eq!(d.input_ids[0], tok.special().bos);
-        assert!(d.input_ids[1..d.input_ids.len() - 1].iter().all(|&t| t == tok.special().pad));
+        assert!(d.input_ids[1..d.input_ids.len() - 1]
+            .iter()
+            .all(|&t| t == tok.special().pad));
     }
 
     #[test]
@@ -292,7 +308,10 @@ mod tests {
         assert_eq!(*text.last().unwrap(), eos);
         let decoded = tok.decode(&text, false).unwrap();
         let eos_s = crate::processor::EOS_TOKEN;
-        assert_eq!(decoded.trim_start(), format!("A cat.{eos_s} Orange fur.{eos_s}"));
+        assert_eq!(
+            decoded.trim_start(),
+            format!("A cat.{eos_s} Orange fur.{eos_s}")
+        );
     }
 
     #[test]
@@ -311,7 +330,10 @@ mod tests {
             .filter(|&i| SampleDraws::new(7, Kind::T2i, i, p, 0.0).drop_caption)
             .count() as f64;
         let sigma = (n as f64 * p * (1.0 - p)).sqrt();
-        assert!((drops - n as f64 * p).abs() < 3.0 * sigma, "{drops} drops of {n}");
+        assert!(
+            (drops - n as f64 * p).abs() < 3.0 * sigma,
+            "{drops} drops of {n}"
+        );
         assert_eq!(
             SampleDraws::new(7, Kind::T2i, 123, 0.5, 0.5),
             SampleDraws::new(7, Kind::T2i, 123, 0.5, 0.5)
@@ -321,7 +343,10 @@ mod tests {
     #[test]
     fn first_sentences() {
         assert_eq!(first_sentence("A dog. It runs."), "A dog.");
-        assert_eq!(first_sentence("Version 1.5 is out! Yes"), "Version 1.5 is out!");
+        assert_eq!(
+            first_sentence("Version 1.5 is out! Yes"),
+            "Version 1.5 is out!"
+        );
         assert_eq!(first_sentence("no stop"), "no stop");
     }
 }

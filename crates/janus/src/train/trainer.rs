@@ -62,8 +62,7 @@ impl RunSpec {
                 Self::FILE
             ))
         })?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
     /// The compute dtype.
@@ -71,7 +70,9 @@ impl RunSpec {
         match self.dtype.as_str() {
             "f32" => Ok(DType::F32),
             "bf16" => Ok(DType::BF16),
-            d => Err(Error::InvalidInput(format!("training dtype {d:?}: use f32 or bf16"))),
+            d => Err(Error::InvalidInput(format!(
+                "training dtype {d:?}: use f32 or bf16"
+            ))),
         }
     }
 }
@@ -155,7 +156,13 @@ impl Trainer {
         let dtype = spec.compute_dtype()?;
         let parts: BTreeSet<_> = spec.config.train.iter().copied().collect();
         let (model_dir, masters, moments, opt_t, state) = match restored {
-            Some((dir, r)) => (dir, Some(r.masters), Some(r.moments), r.optimizer_steps, r.state),
+            Some((dir, r)) => (
+                dir,
+                Some(r.masters),
+                Some(r.moments),
+                r.optimizer_steps,
+                r.state,
+            ),
             None => (spec.model.clone(), None, None, 0, TrainerState::default()),
         };
         let model = TrainModel::load(&model_dir, &parts, dtype, device, masters)?;
@@ -180,11 +187,23 @@ impl Trainer {
             }
         }
         let eval = spec.eval.as_deref().map(Dataset::load).transpose()?;
-        let cache_dir = spec.vq_cache.clone().unwrap_or_else(|| default_cache_dir(&spec.data));
+        let cache_dir = spec
+            .vq_cache
+            .clone()
+            .unwrap_or_else(|| default_cache_dir(&spec.data));
         let fp = vq_fingerprint(&model.cfg, &model.store)?;
         let codes = CodeCache::new(Some(&cache_dir), &fp, model.cfg.gen_image_size())?;
-        let masters: Vec<Tensor> = model.params.iter().map(|p| p.master()).collect::<Result<_>>()?;
-        let mut opt = AdamW::new(&masters, spec.config.beta1, spec.config.beta2, spec.config.eps)?;
+        let masters: Vec<Tensor> = model
+            .params
+            .iter()
+            .map(|p| p.master())
+            .collect::<Result<_>>()?;
+        let mut opt = AdamW::new(
+            &masters,
+            spec.config.beta1,
+            spec.config.beta2,
+            spec.config.eps,
+        )?;
         if let Some(moments) = moments {
             for (i, p) in model.params.iter().enumerate() {
                 let m = moments.get(&p.name).ok_or_else(|| {
@@ -251,11 +270,14 @@ impl Trainer {
             within
         } else {
             let seed = self.spec.config.seed;
-            let perm = self.perms.entry((kind.index(), after, epoch)).or_insert_with(|| {
-                let mut p: Vec<usize> = (0..n as usize).collect();
-                p.shuffle(&mut sample_rng(seed, kind, epoch, 2 + u64::from(after)));
-                p
-            });
+            let perm = self
+                .perms
+                .entry((kind.index(), after, epoch))
+                .or_insert_with(|| {
+                    let mut p: Vec<usize> = (0..n as usize).collect();
+                    p.shuffle(&mut sample_rng(seed, kind, epoch, 2 + u64::from(after)));
+                    p
+                });
             perm[within]
         };
         (list[idx].clone(), position)
@@ -334,7 +356,10 @@ impl Trainer {
     /// Loss and gradients (f32, summed over micro-batches, already divided by the number
     /// of targets) for `samples`, in parameter order. Gradients of parameters no sample
     /// reaches are zeros.
-    pub fn gradients(&self, samples: &[TrainSample]) -> Result<(f64, [(f64, usize); 3], usize, Vec<Tensor>)> {
+    pub fn gradients(
+        &self,
+        samples: &[TrainSample],
+    ) -> Result<(f64, [(f64, usize); 3], usize, Vec<Tensor>)> {
         let n_targets: usize = samples.iter().map(TrainSample::num_targets).sum();
         if n_targets == 0 {
             return Err(Error::InvalidInput("no usable sample in this step".into()));
@@ -384,10 +409,16 @@ impl Trainer {
         let cfg = self.spec.config.clone();
         let grad_norm = clip_grad_norm(&mut grads, cfg.clip_grad_norm)?;
         let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.steps, step);
-        let masters: Vec<Tensor> =
-            self.model.params.iter().map(|p| p.master()).collect::<Result<_>>()?;
+        let masters: Vec<Tensor> = self
+            .model
+            .params
+            .iter()
+            .map(|p| p.master())
+            .collect::<Result<_>>()?;
         let decay: Vec<bool> = self.model.params.iter().map(|p| p.decay).collect();
-        let new = self.opt.step(&masters, &grads, &decay, lr, cfg.weight_decay)?;
+        let new = self
+            .opt
+            .step(&masters, &grads, &decay, lr, cfg.weight_decay)?;
         for (p, v) in self.model.params.iter_mut().zip(new) {
             p.set_master(v)?;
         }
@@ -464,7 +495,9 @@ impl Trainer {
             }
         }
         // Already at the end (resumed a finished run): the last checkpoint stands.
-        let dir = self.run_dir.join(checkpoint::step_dir_name(self.state.step));
+        let dir = self
+            .run_dir
+            .join(checkpoint::step_dir_name(self.state.step));
         if !dir.is_dir() {
             return Ok(RunEnd::Finished(self.save()?));
         }
