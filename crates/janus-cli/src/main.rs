@@ -47,7 +47,7 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Train one stage of the Janus / Janus-Pro recipes (resumable); `train plot` draws
     /// a run's curves.
-    Train(cmd::train::TrainArgs),
+    Train(Box<cmd::train::TrainArgs>),
     /// Training data: check a manifest, VQ-encode its images ahead of time.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(a, &progress),
         Command::Serve(a) => cmd::serve::run(a, &progress),
         Command::Bench(a) => cmd::bench::run(a, &progress),
-        Command::Train(a) => cmd::train::run(a, &progress),
+        Command::Train(a) => cmd::train::run(*a, &progress),
         Command::Data(c) => cmd::data::run(c, &progress),
     };
     match result {

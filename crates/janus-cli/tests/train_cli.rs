@@ -363,7 +363,7 @@ fn ctrl_c_saves_a_checkpoint_that_resume_continues() {
         model("tiny-pro"),
         data(),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_janus"))
+    let child = Command::new(env!("CARGO_BIN_EXE_janus"))
         .args([
             "-q",
             "train",

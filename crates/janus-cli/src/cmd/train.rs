@@ -208,7 +208,7 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
             let msg = step_line(m, tokens_total as f64 / seconds_total.max(1e-9), left);
             bar.set_message(msg.clone());
             bar.set(m.step);
-            if lines && (m.step % log_every == 0 || m.step == steps_total) {
+            if lines && (m.step.is_multiple_of(log_every) || m.step == steps_total) {
                 eprintln!("{msg}");
             }
         },

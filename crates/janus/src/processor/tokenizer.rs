@@ -22,6 +22,9 @@ pub const END_OF_IMAGE: &str = "<end_of_image>";
 /// Janus-Pro's user role, a single token in its vocabulary.
 pub const PRO_USER_ROLE: &str = "<|User|>";
 
+/// A token's `start..end` byte offsets in the text it came from.
+pub type ByteRange = (usize, usize);
+
 /// The ids of the special tokens, as found in the tokenizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecialTokens {
@@ -140,7 +143,7 @@ impl JanusTokenizer {
 
     /// [`Self::encode`] with each token's byte range in `text` (the BOS has `0..0`);
     /// training uses the ranges to find which tokens belong to an answer.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>)> {
         let encoding = self
             .inner
             .encode(text, true)

@@ -102,8 +102,8 @@ fn check_one(rec: &Record, cfg: &JanusConfig, tok: &JanusTokenizer) -> Result<(u
                 load_image(p)?;
             }
             let n = cfg.vision.num_image_tokens();
-            let (ids, _, targets) = understanding_ids(tok, messages, images.len(), n, false)?;
-            (ids.len(), targets.len())
+            let u = understanding_ids(tok, messages, images.len(), n, false)?;
+            (u.ids.len(), u.targets.len())
         }
     };
     let max = cfg.text.max_position_embeddings;

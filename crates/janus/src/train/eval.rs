@@ -74,7 +74,7 @@ fn greedy_matches(
     let model = &trainer.model.model;
     let tok = trainer.tokenizer();
     let n = model.config().vision.num_image_tokens();
-    let (ids, spans, _) = understanding_ids(tok, messages, images.len(), n, true)?;
+    let prompt = understanding_ids(tok, messages, images.len(), n, true)?;
     let proc = ImageProcessorConfig::from_model_dir(&trainer.model.dir)?;
     let pixel_values = if images.is_empty() {
         None
@@ -97,8 +97,8 @@ fn greedy_matches(
         eos_token_id: tok.special().eos,
     };
     let input = UnderstandInput {
-        input_ids: ids,
-        image_spans: spans,
+        input_ids: prompt.ids,
+        image_spans: prompt.spans,
         pixel_values,
     };
     let out = understand(model, &input, &params, |_| ControlFlow::Continue(()))?;

@@ -61,6 +61,17 @@ impl TrainSample {
     }
 }
 
+/// What [`understanding_ids`] builds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnderstandingIds {
+    /// Token ids, images expanded.
+    pub ids: Vec<u32>,
+    /// First position of each image's placeholder run.
+    pub spans: Vec<usize>,
+    /// (hidden position, token id) of every answer token.
+    pub targets: Vec<(usize, u32)>,
+}
+
 /// Understanding ids, image spans and answer targets for a conversation; with
 /// `answer_prefix_only`, the prompt `janus understand` would feed to get the last answer
 /// (no targets).
@@ -74,7 +85,7 @@ pub fn understanding_ids(
     num_images: usize,
     num_image_tokens: usize,
     answer_prefix_only: bool,
-) -> Result<(Vec<u32>, Vec<usize>, Vec<(usize, u32)>)> {
+) -> Result<UnderstandingIds> {
     let mut msgs: Vec<Message> = messages
         .iter()
         .map(|(role, content)| Message {
@@ -106,11 +117,11 @@ pub fn understanding_ids(
         let prompt = render_understanding(&msgs[..last], roles, system);
         let ids = tok.encode(&prompt)?;
         let (expanded, spans) = expand_image_tokens(&ids, tok.special(), num_image_tokens);
-        return Ok((
-            expanded,
-            spans.iter().map(|s| s.start).collect(),
-            Vec::new(),
-        ));
+        return Ok(UnderstandingIds {
+            ids: expanded,
+            spans: spans.iter().map(|s| s.start).collect(),
+            targets: Vec::new(),
+        });
     }
     // Byte range of each answer: from the end of the open "Assistant:" prompt before it to
     // the end of the conversation rendered up to and including it.
@@ -154,7 +165,11 @@ pub fn understanding_ids(
             "the conversation has no answer tokens".into(),
         ));
     }
-    Ok((expanded, spans.iter().map(|s| s.start).collect(), targets))
+    Ok(UnderstandingIds {
+        ids: expanded,
+        spans: spans.iter().map(|s| s.start).collect(),
+        targets,
+    })
 }
 
 /// A pure-text sample: BOS + text + EOS, every token after BOS a target.
@@ -294,7 +309,11 @@ mod tests {
             (Role::User, "And?".to_string()),
             (Role::Assistant, "Orange fur.".to_string()),
         ];
-        let (ids, spans, targets) = understanding_ids(&tok, &msgs, 1, 576, false).unwrap();
+        let UnderstandingIds {
+            ids,
+            spans,
+            targets,
+        } = understanding_ids(&tok, &msgs, 1, 576, false).unwrap();
         assert_eq!(spans.len(), 1);
         assert_eq!(ids[spans[0] - 1], tok.special().begin_of_image);
         assert_eq!(ids[spans[0] + 576], tok.special().end_of_image);

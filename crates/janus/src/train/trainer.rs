@@ -77,6 +77,19 @@ impl RunSpec {
     }
 }
 
+/// What one step's forward and backward passes give.
+#[derive(Debug)]
+pub struct Gradients {
+    /// Mean cross-entropy over every target.
+    pub loss: f64,
+    /// Per kind: (sum of cross-entropies, targets).
+    pub by_kind: [(f64, usize); 3],
+    /// Positions fed.
+    pub tokens: usize,
+    /// f32 gradient of the mean loss per parameter, in parameter order.
+    pub grads: Vec<Tensor>,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunEnd {
@@ -300,19 +313,18 @@ impl Trainer {
             }
             Record::Understanding { images, messages } => {
                 let n = cfg.vision.num_image_tokens();
-                let (ids, spans, targets) =
-                    understanding_ids(&self.tok, messages, images.len(), n, false)?;
+                let u = understanding_ids(&self.tok, messages, images.len(), n, false)?;
                 let pixels = images
                     .iter()
                     .map(|p| self.image_proc.preprocess(&load_image(p)?))
                     .collect::<Result<Vec<_>>>()?;
                 TrainSample {
                     kind: Kind::Understanding,
-                    input_ids: ids,
-                    image_spans: spans,
+                    input_ids: u.ids,
+                    image_spans: u.spans,
                     pixels,
                     codes: Vec::new(),
-                    text_targets: targets,
+                    text_targets: u.targets,
                     image_targets: Vec::new(),
                     dropped: false,
                 }
@@ -356,10 +368,7 @@ impl Trainer {
     /// Loss and gradients (f32, summed over micro-batches, already divided by the number
     /// of targets) for `samples`, in parameter order. Gradients of parameters no sample
     /// reaches are zeros.
-    pub fn gradients(
-        &self,
-        samples: &[TrainSample],
-    ) -> Result<(f64, [(f64, usize); 3], usize, Vec<Tensor>)> {
+    pub fn gradients(&self, samples: &[TrainSample]) -> Result<Gradients> {
         let n_targets: usize = samples.iter().map(TrainSample::num_targets).sum();
         if n_targets == 0 {
             return Err(Error::InvalidInput("no usable sample in this step".into()));
@@ -397,7 +406,12 @@ impl Trainer {
                 None => Ok(p.master()?.zeros_like()?),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((loss, by_kind, tokens, grads))
+        Ok(Gradients {
+            loss,
+            by_kind,
+            tokens,
+            grads,
+        })
     }
 
     /// One optimiser step.
@@ -405,7 +419,12 @@ impl Trainer {
         let start = Instant::now();
         let step = self.state.step;
         let samples = self.step_samples(step);
-        let (loss, by_kind, tokens, mut grads) = self.gradients(&samples)?;
+        let Gradients {
+            loss,
+            by_kind,
+            tokens,
+            mut grads,
+        } = self.gradients(&samples)?;
         let cfg = self.spec.config.clone();
         let grad_norm = clip_grad_norm(&mut grads, cfg.clip_grad_norm)?;
         let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.steps, step);
@@ -475,7 +494,7 @@ impl Trainer {
             super::metrics::append(&metrics_path, &m.to_json())?;
             on_step(&m);
             let every = self.spec.config.eval_every;
-            if every > 0 && self.state.step % every == 0 {
+            if every > 0 && self.state.step.is_multiple_of(every) {
                 if let Some(e) = self.evaluate()? {
                     super::metrics::append(&metrics_path, &e.to_json())?;
                     on_eval(&e);
@@ -484,7 +503,7 @@ impl Trainer {
             let done = self.state.step == self.spec.config.steps;
             let save_every = self.spec.config.save_every;
             let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
-            if done || stopping || (save_every > 0 && self.state.step % save_every == 0) {
+            if done || stopping || (save_every > 0 && self.state.step.is_multiple_of(save_every)) {
                 let dir = self.save()?;
                 if done {
                     return Ok(RunEnd::Finished(dir));
@@ -519,9 +538,8 @@ fn check_same_model(base: &Path, model: &TrainModel) -> Result<()> {
         return Ok(()); // The base model may be gone: the checkpoint is self-contained.
     };
     let mut a = cfg.clone();
-    let mut b = model.cfg.clone();
+    let b = model.cfg.clone();
     a.layout = b.layout;
-    b.layout = a.layout;
     if a != b {
         return Err(Error::InvalidInput(format!(
             "the checkpoint in {} is not of the model {} the run started from",
