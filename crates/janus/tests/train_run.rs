@@ -257,3 +257,44 @@ fn checkpoints_keep_frozen_tensors_and_load_back_transformers_layout() {
 fn checkpoints_keep_frozen_tensors_and_load_back_original_layout() {
     checkpoint_round_trip("tiny-janus");
 }
+
+#[test]
+fn bf16_compute_keeps_f32_masters_that_take_updates_bf16_would_lose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mut s = spec("tiny-pro", &cache);
+    s.dtype = "bf16".into();
+    s.config.steps = 2;
+    s.config.lr = 1e-5;
+    s.config.cfg_drop = 0.0;
+    let mut t = Trainer::create(&tmp.path().join("bf16"), s.clone(), &Device::Cpu).unwrap();
+    let before: Vec<Tensor> = t.model.params.iter().map(|p| p.master().unwrap()).collect();
+    for p in &t.model.params {
+        assert_eq!(p.var.dtype(), DType::BF16, "{}", p.name);
+        assert_eq!(p.master.as_ref().map(Tensor::dtype), Some(DType::F32), "{}", p.name);
+    }
+    let stop = AtomicBool::new(false);
+    t.run(&stop, |_| {}, never).unwrap();
+    // lr 1e-5 moves weights of magnitude ~0.02 by far less than bf16's step there.
+    let (mut moved, mut lost_in_bf16) = (0, 0);
+    for (p, b) in t.model.params.iter().zip(&before) {
+        let m = p.master().unwrap();
+        moved += usize::from(bits(&m) != bits(b));
+        let rounded = |x: &Tensor| bits(&x.to_dtype(DType::BF16).unwrap());
+        lost_in_bf16 += usize::from(rounded(&m) == rounded(b));
+    }
+    assert!(moved == t.model.params.len(), "{moved} of {} masters moved", t.model.params.len());
+    assert!(lost_in_bf16 > 0, "no update was below bf16 resolution: the test proves nothing");
+
+    // The bf16 loss tracks the f32 reference's.
+    let mut f = s;
+    f.dtype = "f32".into();
+    let mut t32 = Trainer::create(&tmp.path().join("f32"), f, &Device::Cpu).unwrap();
+    t32.run(&stop, |_| {}, never).unwrap();
+    let (a, b) = (
+        metrics_without_seconds(&tmp.path().join("bf16")),
+        metrics_without_seconds(&tmp.path().join("f32")),
+    );
+    let (la, lb) = (a[0]["loss"].as_f64().unwrap(), b[0]["loss"].as_f64().unwrap());
+    assert!((la - lb).abs() < 0.01 * lb, "bf16 loss {la} vs f32 {lb}");
+}
