@@ -73,27 +73,21 @@ fn a_run_checks_its_data_trains_plots_and_its_checkpoint_serves_inference() {
     assert_eq!(report["kinds"][2]["samples"], 2);
     assert_eq!(report["kinds"][2]["targets"], 2 * 576);
 
-    let enc = stdout_of(&janus(&[
-        "-q",
-        "data",
-        "encode",
-        &data(),
-        "--model",
-        &model("tiny-pro"),
-        "--vq-cache",
-        &c,
-    ]));
+    let encode = || {
+        stdout_of(&janus(&[
+            "-q",
+            "data",
+            "encode",
+            &data(),
+            "--model",
+            &model("tiny-pro"),
+            "--vq-cache",
+            &c,
+        ]))
+    };
+    let enc = encode();
     assert!(enc.contains("2 images: 2 encoded"), "{enc}");
-    let again = stdout_of(&janus(&[
-        "-q",
-        "data",
-        "encode",
-        &data(),
-        "--model",
-        &model("tiny-pro"),
-        "--vq-cache",
-        &c,
-    ]));
+    let again = encode();
     assert!(again.contains("0 encoded, 2 already cached"), "{again}");
 
     let run = tmp.path().join("run");

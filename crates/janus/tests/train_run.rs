@@ -271,7 +271,12 @@ fn bf16_compute_keeps_f32_masters_that_take_updates_bf16_would_lose() {
     let before: Vec<Tensor> = t.model.params.iter().map(|p| p.master().unwrap()).collect();
     for p in &t.model.params {
         assert_eq!(p.var.dtype(), DType::BF16, "{}", p.name);
-        assert_eq!(p.master.as_ref().map(Tensor::dtype), Some(DType::F32), "{}", p.name);
+        assert_eq!(
+            p.master.as_ref().map(Tensor::dtype),
+            Some(DType::F32),
+            "{}",
+            p.name
+        );
     }
     let stop = AtomicBool::new(false);
     t.run(&stop, |_| {}, never).unwrap();
@@ -283,8 +288,15 @@ fn bf16_compute_keeps_f32_masters_that_take_updates_bf16_would_lose() {
         let rounded = |x: &Tensor| bits(&x.to_dtype(DType::BF16).unwrap());
         lost_in_bf16 += usize::from(rounded(&m) == rounded(b));
     }
-    assert!(moved == t.model.params.len(), "{moved} of {} masters moved", t.model.params.len());
-    assert!(lost_in_bf16 > 0, "no update was below bf16 resolution: the test proves nothing");
+    assert!(
+        moved == t.model.params.len(),
+        "{moved} of {} masters moved",
+        t.model.params.len()
+    );
+    assert!(
+        lost_in_bf16 > 0,
+        "no update was below bf16 resolution: the test proves nothing"
+    );
 
     // The bf16 loss tracks the f32 reference's.
     let mut f = s;
@@ -295,6 +307,9 @@ fn bf16_compute_keeps_f32_masters_that_take_updates_bf16_would_lose() {
         metrics_without_seconds(&tmp.path().join("bf16")),
         metrics_without_seconds(&tmp.path().join("f32")),
     );
-    let (la, lb) = (a[0]["loss"].as_f64().unwrap(), b[0]["loss"].as_f64().unwrap());
+    let (la, lb) = (
+        a[0]["loss"].as_f64().unwrap(),
+        b[0]["loss"].as_f64().unwrap(),
+    );
     assert!((la - lb).abs() < 0.01 * lb, "bf16 loss {la} vs f32 {lb}");
 }

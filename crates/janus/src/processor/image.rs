@@ -134,14 +134,7 @@ impl ImageProcessorConfig {
             ((f64::from(side) / long * f64::from(self.image_size)) as u32).max(self.min_size)
         };
         let (new_w, new_h) = (target(w), target(h));
-        let resized = resize_bicubic(
-            rgb.as_raw(),
-            w as usize,
-            h as usize,
-            3,
-            new_w as usize,
-            new_h as usize,
-        );
+        let resized = resize_rgb(&rgb, new_w, new_h);
 
         // expand2square: paste at ((side - w) // 2, (side - h) // 2) on a `side`-square
         // canvas, `side` being the resized long side, which is always image_size.
@@ -191,14 +184,7 @@ impl ImageProcessorConfig {
         } else {
             (new_long, size)
         };
-        let resized = resize_bicubic(
-            rgb.as_raw(),
-            w as usize,
-            h as usize,
-            3,
-            new_w as usize,
-            new_h as usize,
-        );
+        let resized = resize_rgb(&rgb, new_w, new_h);
         let offset = |side: u32| ((f64::from(side - size)) / 2.0).round_ties_even() as usize;
         let (off_x, off_y) = (offset(new_w), offset(new_h));
         let (side, new_w) = (size as usize, new_w as usize);
@@ -315,6 +301,19 @@ pub fn load_image_from_memory(bytes: &[u8], name: &str) -> Result<DynamicImage> 
 /// Alpha is dropped without compositing (RGBA, LA), grey is replicated. 16-bit channels
 /// keep their high byte, which is what PIL's PNG decoder does for 16-bit RGB(A) and LA;
 /// for 16-bit grey PIL instead clips to 255 (mode `I;16`), a quirk not reproduced here.
+/// Pillow-exact bicubic resize of an RGB image to `w` x `h`, as interleaved bytes.
+fn resize_rgb(rgb: &RgbImage, w: u32, h: u32) -> Vec<u8> {
+    let (src_w, src_h) = rgb.dimensions();
+    resize_bicubic(
+        rgb.as_raw(),
+        src_w as usize,
+        src_h as usize,
+        3,
+        w as usize,
+        h as usize,
+    )
+}
+
 fn to_rgb8_like_pil(img: &DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageRgb16(_)
