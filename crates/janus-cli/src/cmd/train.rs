@@ -153,25 +153,27 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
         None => start(&a, progress, &device)?,
     };
     let cfg = trainer.config().clone();
-    eprintln!(
-        "training {} of {} tensors ({} parameters) in {}: steps {}..{} of {}, batch {} \
-         (micro {}), ratio {}:{}:{}, lr {} {:?} warm-up {}",
-        parts_list(&cfg),
-        trainer.model.params.len(),
-        trainer.model.num_trainable(),
-        trainer.spec.dtype,
-        trainer.state.step + 1,
-        cfg.steps,
-        cfg.steps,
-        cfg.batch_size,
-        cfg.micro_batch_size,
-        cfg.ratio[0],
-        cfg.ratio[1],
-        cfg.ratio[2],
-        cfg.lr,
-        cfg.schedule,
-        cfg.warmup_steps,
-    );
+    if !progress.is_quiet() {
+        eprintln!(
+            "training {} of {} tensors ({} parameters) in {}: steps {}..{} of {}, batch {} \
+             (micro {}), ratio {}:{}:{}, lr {} {:?} warm-up {}",
+            parts_list(&cfg),
+            trainer.model.params.len(),
+            trainer.model.num_trainable(),
+            trainer.spec.dtype,
+            trainer.state.step + 1,
+            cfg.steps,
+            cfg.steps,
+            cfg.batch_size,
+            cfg.micro_batch_size,
+            cfg.ratio[0],
+            cfg.ratio[1],
+            cfg.ratio[2],
+            cfg.lr,
+            cfg.schedule,
+            cfg.warmup_steps,
+        );
+    }
     for bad in trainer.bad_lines() {
         eprintln!("warning: skipped bad sample {bad}");
     }

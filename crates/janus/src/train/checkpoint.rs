@@ -37,6 +37,11 @@ pub struct TrainerState {
     pub bad_samples: u64,
     /// Positions fed so far.
     pub tokens_seen: u64,
+    /// Samples taken so far from each kind's stream (understanding, text, text-to-image):
+    /// the data position. Informational: the trainer derives it, and every random choice,
+    /// from the seed and the step.
+    #[serde(default)]
+    pub data_position: [u64; 3],
 }
 
 /// Writes `RUN_DIR/step-N` (replacing one that exists) and returns its path.

@@ -184,10 +184,8 @@ impl Trainer {
         }
         let tok = JanusTokenizer::from_file(model_dir.join("tokenizer.json"))?;
         let image_proc = ImageProcessorConfig::from_model_dir(&model_dir)?;
+        // Unparsable lines are listed by `bad_lines` for the caller to report.
         let data = Dataset::load(&spec.data)?;
-        for msg in &data.bad {
-            tracing::warn!("skipping bad sample {msg}");
-        }
         let counts = spec.config.kind_counts();
         for kind in Kind::ALL {
             if counts[kind.index()] > 0 && data.of(kind).is_empty() {
@@ -463,7 +461,9 @@ impl Trainer {
     }
 
     /// Writes a checkpoint for the current step.
-    pub fn save(&self) -> Result<PathBuf> {
+    pub fn save(&mut self) -> Result<PathBuf> {
+        let counts = self.spec.config.kind_counts();
+        self.state.data_position = counts.map(|c| c * self.state.step);
         checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.state)
     }
 
