@@ -3,26 +3,30 @@
 synthetic coloured-shapes dataset, on the CPU, end to end.
 
     /work/pyenv/bin/python scripts/train/learn_shapes.py [--work /tmp/learn-shapes]
-        [--janus PATH] [--docs DIR] [--stage1-steps N ...]
+        [--janus PATH] [--docs docs/training] [--stage2-steps N ...] [--skip-training]
 
 1. `make_small_model.py WORK/model` (random small Janus-Pro, transformers layout);
 2. `make_shapes_dataset.py WORK/data` and `janus data check` on both manifests;
 3. `janus train` with `--recipe janus-pro/stage1`, then `janus-pro/stage2` from stage 1's
-   final checkpoint, then `janus-pro/stage3` from stage 2's, each with the overrides below
-   and `--eval WORK/data/heldout/data.json`; `janus train plot` for each;
+   final checkpoint, then `janus-pro/stage3` from stage 2's, each with the overrides in
+   STAGES (or --stageN-*) and `--eval WORK/data/heldout/data.json`; `janus train plot` for
+   each; WORK/train-results.json (settings, wall times, every eval line);
 4. text-to-image check, for the random model and each stage's final checkpoint: every
-   held-out caption through `janus generate --temperature 0 --json` (greedy codes, cfg
-   weight 5) against `janus vq encode` of the true image; per-position code match rate
-   against chance (1 / codebook size), the most frequent code and each position's most
-   frequent code (both counted over the training images);
+   held-out caption through `janus generate --temperature 0 --json` (greedy codes) at each
+   --cfg-weights (default 5, generate's default, and 1, no guidance) against `janus vq
+   encode` of the true image; per-position code match rate against chance (1 / codebook
+   size), the most frequent code and each position's most frequent code (both counted
+   over the training images);
 5. understanding check on the final model: every held-out question through `janus
    understand` (greedy), exact match per kind of question (the trainer's eval `accuracy`
    is the same measure over the same questions);
 6. WORK/results.json, WORK/stage{1,2,3}-loss.png, WORK/generated-vs-true.png; with
    `--docs DIR`, the PNGs are copied there too.
 
-Everything runs in float32 (`--dtype f32`): the trainer computes in f32, and this random
-VQ's codes change with the compute dtype (bf16 flips ~1 code in 16).
+`--skip-training` redoes 4-6 on an existing WORK. Everything runs in float32 (`--dtype
+f32`): the trainer computes in f32, and this random VQ's codes change with the compute
+dtype (bf16 flips ~1 code in 16). Each janus command runs on one thread (`--threads 1`):
+on a 2-core machine shared with a compiler, two threads made training steps 3-4x slower.
 """
 
 from __future__ import annotations
@@ -44,9 +48,9 @@ HERE = Path(__file__).resolve().parent
 
 # Per-stage overrides of the Janus-Pro recipes for this tiny problem (see --help).
 STAGES = {
-    1: dict(recipe="janus-pro/stage1", steps=150, batch=32, micro=32, lr=1e-3, warmup=15, ratio=None, eval_every=50),
-    2: dict(recipe="janus-pro/stage2", steps=600, batch=32, micro=32, lr=1e-3, warmup=50, ratio=None, eval_every=100),
-    3: dict(recipe="janus-pro/stage3", steps=300, batch=32, micro=32, lr=3e-4, warmup=0, ratio=None, eval_every=100),
+    1: dict(recipe="janus-pro/stage1", steps=100, batch=32, micro=8, lr=1e-3, warmup=10, ratio=None, eval_every=50),
+    2: dict(recipe="janus-pro/stage2", steps=800, batch=32, micro=8, lr=1e-3, warmup=50, ratio=None, eval_every=200),
+    3: dict(recipe="janus-pro/stage3", steps=300, batch=32, micro=8, lr=4e-4, warmup=0, ratio=None, eval_every=100),
 }
 
 
@@ -87,10 +91,10 @@ class Janus:
         out = capture(self(*self.common, "vq", "encode", "--model", model, "--dtype", "f32", image))
         return json.loads(out)["codes"]
 
-    def generate(self, model: Path, prompt: str, out_dir: Path) -> dict:
+    def generate(self, model: Path, prompt: str, out_dir: Path, cfg_weight: float) -> dict:
         out = capture(
             self(*self.common, "generate", "--model", model, "--prompt", prompt, "--temperature", "0",
-                 "--seed", "0", "--dtype", "f32", "--json", "--out", out_dir)
+                 "--cfg-weight", str(cfg_weight), "--seed", "0", "--dtype", "f32", "--json", "--out", out_dir)
         )
         return json.loads(out)
 
@@ -103,11 +107,11 @@ class Janus:
 
 
 def t2i_check(j: Janus, model: Path, records: list[tuple[str, Path]], true_codes: dict, baselines: dict,
-              out_dir: Path) -> dict:
+              out_dir: Path, cfg_weight: float) -> dict:
     """Greedy generation for each (caption, image): per-position match with the true codes."""
     matches, exact, rows = [], 0, []
     for caption, image in records:
-        g = j.generate(model, caption, out_dir)
+        g = j.generate(model, caption, out_dir, cfg_weight)
         got = g["image_tokens"][0]
         want = true_codes[image]
         m = [int(a == b) for a, b in zip(got, want)]
@@ -133,7 +137,7 @@ def baselines_for(train_codes: list[list[int]], test_codes: list[list[int]], cod
     }
 
 
-def grid_png(rows: list[dict], recon: dict, path: Path, scale: int = 2) -> None:
+def grid_png(rows: list[dict], recon: dict, path: Path, title: str, scale: int = 2) -> None:
     """Rows of: true image | VQ reconstruction of its codes | decoded greedy generation."""
     ims = [(Image.open(r["image"]).convert("RGB"), Image.open(recon[r["image"]]).convert("RGB"),
             Image.open(r["png"]).convert("RGB"), r) for r in rows]
@@ -143,8 +147,9 @@ def grid_png(rows: list[dict], recon: dict, path: Path, scale: int = 2) -> None:
     H = head + len(ims) * (side + pad) + pad
     canvas = Image.new("RGB", (W, H), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
-    for k, title in enumerate(["true image", "VQ(true codes)", "generated"]):
-        d.text((label_w + pad + k * (side + pad), 4), title, fill=(0, 0, 0))
+    d.text((4, 4), title, fill=(0, 0, 0))
+    for k, name in enumerate(["true image", "VQ(true codes)", "generated"]):
+        d.text((label_w + pad + k * (side + pad), 4), name, fill=(0, 0, 0))
     for i, (a, b, c, r) in enumerate(ims):
         y = head + pad + i * (side + pad)
         words = r["caption"].split()
@@ -163,10 +168,16 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/learn-shapes"))
     ap.add_argument("--janus", default=os.environ.get("JANUS", "/tmp/janus-bin/janus"))
     ap.add_argument("--python", default=sys.executable, help="Python with torch + transformers (model script)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads per janus command (1: on a shared 2-core machine, 2 threads ran 3-4x slower)")
     ap.add_argument("--docs", type=Path, default=None, help="copy the PNGs here (e.g. docs/training)")
     ap.add_argument("--train-images", type=int, default=3000)
+    ap.add_argument("--turns", type=int, default=3, help="questions per training image")
     ap.add_argument("--model-args", default="", help="extra make_small_model.py arguments")
+    ap.add_argument("--cfg-weights", default="5,1",
+                    help="CFG weights of the text-to-image check (5: janus generate's default; 1: no guidance)")
+    ap.add_argument("--skip-training", action="store_true",
+                    help="reuse WORK's model, data and stage runs; redo the checks (4-6) only")
     for s, cfg in STAGES.items():
         for k in ("steps", "batch", "micro", "lr", "warmup", "ratio", "eval_every"):
             ap.add_argument(f"--stage{s}-{k.replace('_', '-')}", default=cfg[k],
@@ -175,19 +186,26 @@ def main() -> None:
     j = Janus(args.janus, args.threads)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"work": str(work), "janus": args.janus, "stages": {}, "wall_s": {}}
-    t_all = time.time()
+    model, data = work / "model", work / "data"
+    train_m, held_m = data / "train" / "data.json", data / "heldout" / "data.json"
+    if args.skip_training:
+        results = json.loads((work / "train-results.json").read_text())
+        results["stages"] = {int(k): v for k, v in results["stages"].items()}
+    else:
+        results = train(args, j, work, model, data, train_m, held_m)
+    check(args, j, work, model, data, results)
 
+
+def train(args, j: Janus, work: Path, model: Path, data: Path, train_m: Path, held_m: Path) -> dict:
+    """Steps 1-3: model, data, the three stages; WORK/train-results.json."""
+    results: dict = {"work": str(work), "janus": args.janus, "stages": {}, "wall_s": {}}
     # 1-2. Model and data.
     t = time.time()
-    model = work / "model"
     info = capture([args.python, HERE / "make_small_model.py", model, *args.model_args.split()])
     results["model"] = json.loads(info)
-    data = work / "data"
-    run([args.python, HERE / "make_shapes_dataset.py", data, "--train", args.train_images,
+    run([args.python, HERE / "make_shapes_dataset.py", data, "--train", args.train_images, "--turns", args.turns,
          "--size", results["model"]["image_size"]])
     results["data"] = json.loads((data / "summary.json").read_text())
-    train_m, held_m = data / "train" / "data.json", data / "heldout" / "data.json"
     for m in (train_m, held_m):
         run(j("data", "check", "--model", model, m))
     results["wall_s"]["model_and_data"] = time.time() - t
@@ -224,7 +242,13 @@ def main() -> None:
         results["wall_s"][f"stage{s}"] = wall
         log(f"stage {s}: {wall:.0f} s, loss {np.mean(first):.3f} -> {np.mean(last):.3f}, last eval {ev[-1] if ev else None}")
         run(j("train", "plot", run_dir, "--out", work / f"stage{s}-loss.png", "-q"))
+    results["wall_s"]["training_total"] = sum(results["wall_s"][f"stage{s}"] for s in (1, 2, 3))
+    (work / "train-results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
 
+
+def check(args, j: Janus, work: Path, model: Path, data: Path, results: dict) -> None:
+    """Steps 4-6: text-to-image and understanding checks, the grid, WORK/results.json."""
     # 4. Text-to-image: greedy codes vs the true image's codes.
     t = time.time()
     codebook = results["model"]["codebook"]
@@ -234,20 +258,22 @@ def main() -> None:
     true_codes = {p: j.vq_codes(model, p) for p in train_imgs + [p for _, p in held + unseen]}
     base = baselines_for([true_codes[p] for p in train_imgs], [true_codes[p] for _, p in held], codebook)
     base_u = baselines_for([true_codes[p] for p in train_imgs], [true_codes[p] for _, p in unseen], codebook)
-    results["t2i"] = {"baselines_heldout": base, "baselines_unseen": base_u, "by_model": {}}
+    weights = [float(w) for w in args.cfg_weights.split(",")]
+    results["t2i"] = {"baselines_heldout": base, "baselines_unseen": base_u, "cfg_weights": weights, "by_model": {}}
     for name, m in [("random init", model)] + [(f"stage {s}", Path(results["stages"][s]["checkpoint"])) for s in (1, 2, 3)]:
-        out = work / "generated" / name.replace(" ", "-")
-        r_h = t2i_check(j, m, held, true_codes, base, out)
-        r_u = t2i_check(j, m, unseen, true_codes, base_u, out)
-        results["t2i"]["by_model"][name] = {"heldout": r_h, "unseen": r_u}
-        log(f"t2i {name}: held-out captions {r_h['match_rate']:.3f} ({r_h['exact_images']}/{r_h['images']} exact), "
-            f"unseen combinations {r_u['match_rate']:.3f}; chance {base['chance']:.4f}, "
-            f"per-position mode {base['per_position_mode']:.3f}")
+        for w in weights:
+            out = work / "generated" / f"{name.replace(' ', '-')}-cfg{w:g}"
+            r_h = t2i_check(j, m, held, true_codes, base, out, w)
+            r_u = t2i_check(j, m, unseen, true_codes, base_u, out, w)
+            results["t2i"]["by_model"][f"{name}, cfg {w:g}"] = {"heldout": r_h, "unseen": r_u}
+            log(f"t2i {name}, cfg {w:g}: held-out captions {r_h['match_rate']:.3f} ({r_h['exact_images']}/"
+                f"{r_h['images']} exact), unseen combinations {r_u['match_rate']:.3f}; chance {base['chance']:.4f}, "
+                f"per-position mode {base['per_position_mode']:.3f}")
     results["wall_s"]["t2i_check"] = time.time() - t
 
-    # VQ reconstructions of the true codes, and the grid.
+    # VQ reconstructions of the true codes, and the grid (the final model, first CFG weight).
     recon = {}
-    final = results["t2i"]["by_model"]["stage 3"]
+    final = results["t2i"]["by_model"][f"stage 3, cfg {weights[0]:g}"]
     h = final["heldout"]["rows"]
     rows = [h[i] for i in np.linspace(0, len(h) - 1, 6).round().astype(int)] + final["unseen"]["rows"][:2]
     for r in rows:
@@ -257,7 +283,7 @@ def main() -> None:
         png = work / "generated" / f"true-{p.stem}-vq.png"
         run(j("-q", "vq", "decode", "--model", model, "--dtype", "f32", "--force", "--out", png, codes_json))
         recon[r["image"]] = png
-    grid_png(rows, recon, work / "generated-vs-true.png")
+    grid_png(rows, recon, work / "generated-vs-true.png", f"greedy, cfg weight {weights[0]:g}")
 
     # 5. Understanding, per kind of question, on the final model.
     t = time.time()
@@ -268,7 +294,7 @@ def main() -> None:
     for r in read_jsonl(data / "heldout" / "understanding.jsonl"):
         q, a = r["conversation"][0]["content"], r["conversation"][1]["content"]
         kind = next((k for k, v in kinds.items() if a in v), "position")
-        got = j.understand(final_model, q, data / "heldout" / r["images"][0], 8).strip()
+        got = j.understand(final_model, q, data / "heldout" / r["images"][0], 24).strip()
         ok = got == a
         per_kind.setdefault(kind, [0, 0])
         per_kind[kind][0] += int(ok)
@@ -281,8 +307,6 @@ def main() -> None:
         "wrong": wrong,
     }
     results["wall_s"]["understanding_check"] = time.time() - t
-    results["wall_s"]["training_total"] = sum(results["wall_s"][f"stage{s}"] for s in (1, 2, 3))
-    results["wall_s"]["total"] = time.time() - t_all
 
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     if args.docs:

@@ -8,8 +8,9 @@ light grey background, `--size` pixels square (the model's generation size, so `
 encode`'s pad-to-square and training's centre crop see the same pixels). Writes
 
   OUT_DIR/train/data.json     manifest (crates/janus/src/train/data.rs format):
-      understanding.jsonl     N images, each with one question (colour, shape or position)
-                              and a one- or two-word answer ("Red.", "Circle.", "Top left.")
+      understanding.jsonl     N images, each with a conversation of --turns questions (colour,
+                              shape, position, in random order) with one- or two-word answers
+                              ("Red.", "Circle.", "Top left."); every answer is supervised
       text.jsonl              short sentences describing scenes
       t2i.jsonl               captions in 4 phrasings x 44 combinations, each with the
                               combination's canonical image
@@ -119,6 +120,8 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--train", type=int, default=3000, help="training understanding images")
     ap.add_argument("--heldout", type=int, default=144, help="held-out understanding images")
+    ap.add_argument("--turns", type=int, default=3, choices=[1, 2, 3],
+                    help="questions per training image (one conversation, random order)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=64, help="image side in pixels (the model's generation size)")
     args = ap.parse_args()
@@ -142,21 +145,23 @@ def main() -> None:
         draw(*k, side, size, dx, dy).save(directory / "images" / name)
         return f"images/{name}"
 
-    def understanding(directory: Path, n: int, kinds_in_turn: bool) -> list[dict]:
+    def understanding(directory: Path, n: int, heldout: bool) -> list[dict]:
+        """Training: every question kind about each image, in random order (one
+        conversation); held-out: one question per image, kinds and combinations in turn."""
         rows = []
         for i in range(n):
-            k = combos[i % len(combos)] if kinds_in_turn else combos[rng.integers(len(combos))]
-            kind = list(QUESTIONS)[(i + i // len(combos)) % 3] if kinds_in_turn else list(QUESTIONS)[rng.integers(3)]
-            q = QUESTIONS[kind][rng.integers(len(QUESTIONS[kind]))]
-            rows.append(
-                {
-                    "images": [jittered(k, directory, i)],
-                    "conversation": [
-                        {"role": "user", "content": q},
-                        {"role": "assistant", "content": answer(kind, *k)},
-                    ],
-                }
-            )
+            if heldout:
+                k = combos[i % len(combos)]
+                kinds = [list(QUESTIONS)[(i + i // len(combos)) % 3]]
+            else:
+                k = combos[rng.integers(len(combos))]
+                kinds = list(rng.permutation(list(QUESTIONS)))[: args.turns]
+            conversation = []
+            for kind in kinds:
+                q = QUESTIONS[kind][rng.integers(len(QUESTIONS[kind]))]
+                conversation.append({"role": "user", "content": q})
+                conversation.append({"role": "assistant", "content": answer(kind, *k)})
+            rows.append({"images": [jittered(k, directory, i)], "conversation": conversation})
         return rows
 
     def canonical(directory: Path, k) -> str:
@@ -167,7 +172,7 @@ def main() -> None:
         return f"canonical/{name}"
 
     # Training set.
-    und = understanding(train, args.train, kinds_in_turn=False)
+    und = understanding(train, args.train, heldout=False)
     t2i = [{"image": canonical(train, k), "caption": t.format(c=k[0], s=k[1], p=k[2])} for k in seen for t in CAPTIONS_TRAIN]
     text = [{"text": t.format(c=k[0], s=k[1], p=k[2])} for k in combos for t in TEXT_TRAIN]
     rng.shuffle(t2i)
@@ -179,7 +184,7 @@ def main() -> None:
     (train / "data.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
     # Held-out set (images drawn after the training ones: new random jitter).
-    und_h = understanding(held, args.heldout, kinds_in_turn=True)
+    und_h = understanding(held, args.heldout, heldout=True)
     fmt = lambda t, k: t.format(c=k[0], s=k[1], p=k[2])  # noqa: E731
     t2i_h = [{"image": canonical(held, k), "caption": fmt(CAPTION_HELDOUT, k)} for k in seen]
     t2i_u = [{"image": canonical(held, k), "caption": fmt(CAPTION_HELDOUT, k)} for k in UNSEEN]
@@ -194,7 +199,7 @@ def main() -> None:
         "image_side": side,
         "combinations": len(combos),
         "unseen_t2i_combinations": [" ".join(k) for k in UNSEEN],
-        "train": {"understanding": len(und), "text": len(text), "t2i": len(t2i), "t2i_images": len(seen)},
+        "train": {"understanding": len(und), "turns": args.turns, "text": len(text), "t2i": len(t2i), "t2i_images": len(seen)},
         "heldout": {"understanding": len(und_h), "text": len(text_h), "t2i": len(t2i_h), "t2i_unseen": len(t2i_u)},
         "caption_phrasings_train": CAPTIONS_TRAIN,
         "caption_phrasing_heldout": CAPTION_HELDOUT,

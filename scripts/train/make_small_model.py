@@ -11,12 +11,17 @@ but larger where learning needs it and with a smaller image side:
     `vq_config.num_patches = vision image_size // patch_size`), so `--image-size 64` with
     patch 16 gives 16 understanding tokens and 16 VQ codes per 64 px image (the VQ's
     5-level channel multiplier downsamples by 16);
-  * the trainable parts (LLM, SigLIP, aligners, generation embedding and head) keep
-    transformers' own initialisation (normal(0, 0.02) for linear layers and embeddings),
-    the usual starting point for training from scratch;
-  * the VQ model, which never trains, is filled with make_fixtures' `randomize_` (its decoder
-    kernels are smooth, so decoded codes look like images rather than noise); its codes are
-    then a fixed random function of the image.
+  * the LLM, aligners and generation embedding/head keep transformers' own initialisation
+    (normal(0, 0.02) for linear layers and embeddings), the usual start for training from
+    scratch;
+  * the two visual encoders, frozen in stages 1 and 2 (the VQ always), are filled with
+    make_fixtures' `randomize_`. For the SigLIP tower this matters: its position embeddings
+    get std 0.5 instead of transformers' 0.02, so the frozen random tower tells the LLM
+    where each patch is, as a pretrained SigLIP does. With the 0.02 init the model learnt
+    colour and shape but answered position questions at chance after all three stages
+    (`--vision-init hf` to see it). The VQ decoder's kernels are smooth, so decoded codes
+    look like blurry images rather than noise; the VQ's codes are a fixed random function
+    of the image.
 
 The tokenizer and processor files are copied from `fixtures/models/tiny-pro` (byte-level BPE,
 640 ids); `preprocessor_config.json`'s size is set to the image side. Deterministic for a
@@ -62,6 +67,8 @@ def main() -> None:
     ap.add_argument("--vision-heads", type=int, default=2)
     ap.add_argument("--codebook", type=int, default=128, help="VQ codebook size (gen head width)")
     ap.add_argument("--max-positions", type=int, default=512)
+    ap.add_argument("--vision-init", choices=["hf", "fixtures"], default="fixtures",
+                    help="SigLIP tower: make_fixtures' randomize_ (position embeddings std 0.5), or transformers' init")
     args = ap.parse_args()
 
     if args.image_size % 16:
@@ -99,6 +106,10 @@ def main() -> None:
     holder = torch.nn.Module()
     holder.vqmodel = model.model.vqmodel
     mf.randomize_(holder, args.seed)
+    if args.vision_init == "fixtures":
+        holder = torch.nn.Module()
+        holder.vision_model = model.model.vision_model
+        mf.randomize_(holder, args.seed + 1)
 
     out: Path = args.out
     if out.exists():
