@@ -137,29 +137,40 @@ def baselines_for(train_codes: list[list[int]], test_codes: list[list[int]], cod
     }
 
 
-def grid_png(rows: list[dict], recon: dict, path: Path, title: str, scale: int = 2) -> None:
-    """Rows of: true image | VQ reconstruction of its codes | decoded greedy generation."""
-    ims = [(Image.open(r["image"]).convert("RGB"), Image.open(recon[r["image"]]).convert("RGB"),
-            Image.open(r["png"]).convert("RGB"), r) for r in rows]
-    side = ims[0][0].width * scale
-    label_w, pad, head = 250, 6, 18
-    W = label_w + 3 * (side + pad) + pad
-    H = head + len(ims) * (side + pad) + pad
+def grid_png(rows: list[dict], gens: dict[str, dict], recon: dict, path: Path, scale: int = 2) -> None:
+    """Rows of: true image | VQ decode of its codes | decoded greedy generation per CFG weight.
+
+    `rows` are (caption, image, unseen) dicts; `gens[column][image]` is that column's row
+    from `t2i_check` for the image."""
+    side = 64 * scale
+    label_w, pad, head = 230, 6, 20
+    cols = ["true image", "VQ(true codes)"] + list(gens)
+    W = label_w + len(cols) * (side + pad) + pad
+    H = head + len(rows) * (side + pad) + pad
     canvas = Image.new("RGB", (W, H), (255, 255, 255))
     d = ImageDraw.Draw(canvas)
-    d.text((4, 4), title, fill=(0, 0, 0))
-    for k, name in enumerate(["true image", "VQ(true codes)", "generated"]):
+    for k, name in enumerate(cols):
         d.text((label_w + pad + k * (side + pad), 4), name, fill=(0, 0, 0))
-    for i, (a, b, c, r) in enumerate(ims):
+    for i, r in enumerate(rows):
         y = head + pad + i * (side + pad)
         words = r["caption"].split()
-        lines = [" ".join(words[:5]), " ".join(words[5:])]
-        d.text((4, y + 4), lines[0], fill=(0, 0, 0))
-        d.text((4, y + 18), lines[1], fill=(0, 0, 0))
-        d.text((4, y + 40), f"codes matching: {round(16 * r['match'])}/16" if len(r["true"]) == 16 else
-               f"codes matching: {r['match']:.0%}", fill=(80, 80, 80))
-        for k, im in enumerate((a, b, c)):
-            canvas.paste(im.resize((side, side), Image.NEAREST), (label_w + pad + k * (side + pad), y))
+        d.text((4, y + 4), " ".join(words[:5]), fill=(0, 0, 0))
+        d.text((4, y + 18), " ".join(words[5:]), fill=(0, 0, 0))
+        if r["unseen"]:
+            d.text((4, y + 36), "(combination never captioned", fill=(160, 0, 0))
+            d.text((4, y + 50), " in training)", fill=(160, 0, 0))
+        ims = [Image.open(r["image"]), Image.open(recon[r["image"]])]
+        ims += [Image.open(col[r["image"]]["png"]) for col in gens.values()]
+        for k, im in enumerate(ims):
+            im = im.convert("RGB").resize((side, side), Image.NEAREST)
+            canvas.paste(im, (label_w + pad + k * (side + pad), y))
+        # Matching codes, on a white strip at the bottom of each generated image.
+        for k, col in enumerate(gens.values()):
+            g = col[r["image"]]
+            n = len(g["true"])
+            x0 = label_w + pad + (2 + k) * (side + pad)
+            d.rectangle([x0, y + side - 14, x0 + 70, y + side], fill=(255, 255, 255))
+            d.text((x0 + 2, y + side - 13), f"{round(g['match'] * n)}/{n} codes", fill=(0, 0, 0))
     canvas.save(path)
 
 
@@ -271,11 +282,16 @@ def check(args, j: Janus, work: Path, model: Path, data: Path, results: dict) ->
                 f"per-position mode {base['per_position_mode']:.3f}")
     results["wall_s"]["t2i_check"] = time.time() - t
 
-    # VQ reconstructions of the true codes, and the grid (the final model, first CFG weight).
+    # VQ decodes of the true codes, and the grid (the final model, every CFG weight).
     recon = {}
-    final = results["t2i"]["by_model"][f"stage 3, cfg {weights[0]:g}"]
-    h = final["heldout"]["rows"]
-    rows = [h[i] for i in np.linspace(0, len(h) - 1, 6).round().astype(int)] + final["unseen"]["rows"][:2]
+    gens = {}
+    for w in weights:
+        by = results["t2i"]["by_model"][f"stage 3, cfg {w:g}"]
+        gens[f"generated, cfg {w:g}"] = {r["image"]: r for r in by["heldout"]["rows"] + by["unseen"]["rows"]}
+    first = results["t2i"]["by_model"][f"stage 3, cfg {weights[0]:g}"]
+    h, u = first["heldout"]["rows"], first["unseen"]["rows"]
+    rows = [dict(r, unseen=False) for r in (h[i] for i in np.linspace(0, len(h) - 1, 6).round().astype(int))]
+    rows += [dict(r, unseen=True) for r in u[:2]]
     for r in rows:
         p = Path(r["image"])
         codes_json = work / "generated" / f"true-{p.stem}.json"
@@ -283,7 +299,7 @@ def check(args, j: Janus, work: Path, model: Path, data: Path, results: dict) ->
         png = work / "generated" / f"true-{p.stem}-vq.png"
         run(j("-q", "vq", "decode", "--model", model, "--dtype", "f32", "--force", "--out", png, codes_json))
         recon[r["image"]] = png
-    grid_png(rows, recon, work / "generated-vs-true.png", f"greedy, cfg weight {weights[0]:g}")
+    grid_png(rows, gens, recon, work / "generated-vs-true.png")
 
     # 5. Understanding, per kind of question, on the final model.
     t = time.time()

@@ -18,7 +18,7 @@ use crate::progress::Progress;
 pub enum DataCommand {
     /// Check a manifest: every line parses, every image decodes, lengths fit the context.
     Check(CheckArgs),
-    /// VQ-encode the text-to-image images into the code cache.
+    /// VQ-encode the text-to-image images, in f32, into the code cache of f32 training runs.
     Encode(EncodeArgs),
 }
 
@@ -109,7 +109,8 @@ fn run_encode(a: EncodeArgs, progress: &Progress) -> Result<()> {
     let cache_dir = a
         .vq_cache
         .unwrap_or_else(|| janus::train::trainer::default_cache_dir(&a.manifest));
-    let fp = vq_fingerprint(&cfg, &store)?;
+    // Encodes in f32, into the cache `janus train --dtype f32` (the default) reads.
+    let fp = format!("{}-f32", vq_fingerprint(&cfg, &store)?);
     let mut cache = CodeCache::new(Some(&cache_dir), &fp, cfg.gen_image_size())?;
     let mut bar = progress.steps("encoding", images.len() as u64);
     let (mut new, mut failed) = (0, 0);

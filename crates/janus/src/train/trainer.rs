@@ -202,7 +202,12 @@ impl Trainer {
             .vq_cache
             .clone()
             .unwrap_or_else(|| default_cache_dir(&spec.data));
-        let fp = vq_fingerprint(&model.cfg, &model.store)?;
+        // Codes depend on the dtype the VQ runs in: bf16 and f32 runs keep separate caches.
+        let fp = format!(
+            "{}-{}",
+            vq_fingerprint(&model.cfg, &model.store)?,
+            dtype.as_str()
+        );
         let codes = CodeCache::new(Some(&cache_dir), &fp, model.cfg.gen_image_size())?;
         let masters: Vec<Tensor> = model
             .params
