@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::{AdamW, Moments};
 use super::params::TrainModel;
 use crate::error::{Error, Result};
-use crate::weights::{checkpoint_source, Source, WEIGHT_FILES};
+use crate::weights::{checkpoint_source, Source};
 
 /// Name of a checkpoint directory.
 pub fn step_dir_name(step: u64) -> String {
@@ -78,7 +78,7 @@ pub fn save(run_dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) 
 fn write_into(dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) -> Result<()> {
     let trainer = dir.join(TRAINER_DIR);
     std::fs::create_dir_all(&trainer).map_err(|e| Error::io(&trainer, e))?;
-    copy_side_files(&tm.dir, dir)?;
+    crate::weights::convert::copy_side_files(&tm.dir, dir)?;
 
     // Every tensor of the source checkpoint under its own name and dtype; the trained
     // ones replaced by their current values, cut back into the layout's pieces.
@@ -140,24 +140,6 @@ fn split_for_layout(source: &Source, value: &Tensor) -> Result<Vec<(String, Tens
                 .collect::<Result<_>>()?
         }
     })
-}
-
-/// Copies config, tokenizer and processor files (not weights, not hidden files).
-fn copy_side_files(src: &Path, dst: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
-        let entry = entry.map_err(|e| Error::io(src, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        let weights = WEIGHT_FILES.contains(&name.as_str())
-            || name.ends_with(".safetensors")
-            || name.ends_with(".bin")
-            || name.ends_with(".index.json");
-        if name.starts_with('.') || weights || !path.is_file() {
-            continue;
-        }
-        std::fs::copy(&path, dst.join(&name)).map_err(|e| Error::io(&path, e))?;
-    }
-    Ok(())
 }
 
 /// What resuming reads back from a checkpoint.

@@ -127,10 +127,7 @@ impl CodeCache {
         let codes = self.encode(model, image)?;
         if let Some(path) = entry {
             let bytes: Vec<u8> = codes.iter().flat_map(|c| c.to_le_bytes()).collect();
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| Error::io(&path, e))?;
+            super::trainer::write_atomic(&path, &bytes)?;
         }
         self.memory.insert(image.to_path_buf(), codes.clone());
         Ok(codes)

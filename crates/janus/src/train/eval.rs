@@ -11,7 +11,7 @@ use super::sample::{understanding_ids, SampleDraws};
 use super::trainer::Trainer;
 use crate::engine::{understand, SamplingParams, UnderstandInput, UnderstandParams};
 use crate::error::Result;
-use crate::processor::{load_image, to_tensor, ImageProcessorConfig};
+use crate::processor::{load_image, to_tensor};
 
 /// Evaluates the trainer's model on `data`; bad samples are skipped with a warning.
 pub fn evaluate(trainer: &mut Trainer, data: &Dataset) -> Result<EvalMetrics> {
@@ -75,7 +75,7 @@ fn greedy_matches(
     let tok = trainer.tokenizer();
     let n = model.config().vision.num_image_tokens();
     let prompt = understanding_ids(tok, messages, images.len(), n, true)?;
-    let proc = ImageProcessorConfig::from_model_dir(&trainer.model.dir)?;
+    let proc = trainer.image_processor();
     let pixel_values = if images.is_empty() {
         None
     } else {

@@ -485,6 +485,10 @@ impl Trainer {
         &self.tok
     }
 
+    pub(super) fn image_processor(&self) -> &ImageProcessorConfig {
+        &self.image_proc
+    }
+
     /// Runs until `steps`, saving every `save_every` steps and at the end; `stop` asks
     /// for a checkpoint and an early return after the current step.
     pub fn run(

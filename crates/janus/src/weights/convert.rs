@@ -288,7 +288,7 @@ fn is_weight_file(name: &str) -> bool {
 
 /// Copies every regular, non-hidden file of `src` that is not a weight file (config.json,
 /// tokenizer and processor files, chat template, ...).
-fn copy_side_files(src: &Path, dst: &Path) -> Result<Vec<String>> {
+pub(crate) fn copy_side_files(src: &Path, dst: &Path) -> Result<Vec<String>> {
     let mut copied = Vec::new();
     for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
         let entry = entry.map_err(|e| Error::io(src, e))?;
