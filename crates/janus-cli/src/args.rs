@@ -34,6 +34,11 @@ pub struct ModelArgs {
     /// the checkpoint's precision. CPU only.
     #[arg(long, default_value = "none", value_parser = ["none", "q8", "q4"])]
     pub quant: String,
+    /// LoRA adapters to apply (a directory with peft's adapter_config.json and
+    /// adapter_model.safetensors, such as a `janus train --lora` checkpoint), folded into
+    /// the weights at load.
+    #[arg(long, value_name = "DIR")]
+    pub lora: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -106,7 +111,8 @@ impl ModelArgs {
         let quant = self.quant_format()?;
         let dir = self.resolve(progress)?;
         let spinner = progress.spinner(&format!("loading {}", self.model_id()));
-        let pipe = Pipeline::load_quantized(&dir, dtype, quant, &Device::Cpu)?;
+        let lora = self.lora.as_deref();
+        let pipe = Pipeline::load_with_adapters(&dir, dtype, quant, lora, &Device::Cpu)?;
         spinner.finish();
         // After loading, whose large temporaries should go back to the system at once.
         janus::kernels::tune_allocator();

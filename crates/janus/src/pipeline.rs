@@ -157,6 +157,19 @@ impl Pipeline {
         quant: Option<QuantFormat>,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with_adapters(dir, dtype, quant, None, device)
+    }
+
+    /// [`Self::load_quantized`] with the LoRA adapters of directory `lora` (peft's files)
+    /// folded into the weights as they load (`W + alpha/r·B·A`, summed in f32 before any
+    /// dtype conversion or quantisation): the same model `janus train merge` writes.
+    pub fn load_with_adapters(
+        dir: &Path,
+        dtype: DTypeChoice,
+        quant: Option<QuantFormat>,
+        lora: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         if quant.is_some() && !device.is_cpu() {
             return Err(Error::InvalidInput(
@@ -168,7 +181,15 @@ impl Pipeline {
         let tokenizer = JanusTokenizer::from_file(dir.join("tokenizer.json"))?;
         check_vocab(&cfg, &tokenizer)?;
         let image_processor = ImageProcessorConfig::from_model_dir(dir)?;
-        let vb = weights::var_builder(&store, cfg.layout, dtype, device);
+        let backend = weights::JanusBackend::new(store.clone(), cfg.layout);
+        let vb = match lora {
+            None => backend.into_var_builder(dtype, device),
+            Some(adapter_dir) => {
+                let adapters = weights::lora::Adapters::load(adapter_dir, &cfg)?;
+                let merged = weights::lora::MergedBackend::new(backend, &adapters)?;
+                candle_nn::VarBuilder::from_backend(Box::new(merged), dtype, device.clone())
+            }
+        };
         let model = Janus::load(&cfg, vb, quant)?;
         tracing::info!(
             "loaded {} ({} layout, {:?}{}) in {:.2}s",

@@ -6,143 +6,16 @@
 //! Tolerances: loss within 1e-5 relative; each gradient `max|ours - torch| <= 1e-4 *
 //! max|torch|` over the tensor; optimiser parameters within 1e-5 of the largest value.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+#[path = "support/train.rs"]
+mod support;
+
+use std::collections::BTreeSet;
 
 use candle_core::{Device, Tensor};
-use janus::train::data::{Dataset, Kind};
 use janus::train::optim::{clip_grad_norm, lr_at, AdamW};
-use janus::train::recipe::{Overrides, Recipe, TrainConfig};
-use janus::train::sample::{SampleDraws, TrainSample};
-use janus::train::{Part, RunSpec, Schedule, Trainer};
+use janus::train::{Part, Schedule};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn golden(model: &str) -> (Value, HashMap<String, Tensor>) {
-    let dir = root().join("fixtures/golden/train").join(model);
-    let batch: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
-    let grads =
-        candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).unwrap();
-    (batch, grads)
-}
-
-/// A trainer over the fixture data with `recipe`'s parts trainable.
-fn trainer(model: &str, recipe: &str, tmp: &Path) -> Trainer {
-    let recipe = Recipe::load(recipe).unwrap();
-    let overrides = Overrides {
-        batch_size: Some(6),
-        micro_batch_size: Some(4),
-        ..Default::default()
-    };
-    let config = TrainConfig::resolve(&recipe, &overrides, false).unwrap();
-    let spec = RunSpec {
-        model: root().join("fixtures/models").join(model),
-        data: root().join("fixtures/train/data.json"),
-        eval: None,
-        dtype: "f32".into(),
-        vq_cache: Some(tmp.join("cache")),
-        config,
-    };
-    Trainer::create(
-        &tmp.join(format!("run-{}", recipe.name.replace('/', "-"))),
-        spec,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn pairs(v: &Value) -> Vec<(usize, u32)> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p[0].as_u64().unwrap() as usize,
-                        p[1].as_u64().unwrap() as u32,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The fixture batch built by our code, checked sample by sample against the golden ids,
-/// targets and codes (codes may differ only where the reference's nearest-code margin is a
-/// float near-tie; the golden codes are then used so the gradients compare like with like).
-fn batch(t: &mut Trainer, batch: &Value) -> Vec<TrainSample> {
-    let data = Dataset::load(&root().join("fixtures/train/data.json")).unwrap();
-    let records: Vec<_> = Kind::ALL
-        .iter()
-        .flat_map(|k| data.of(*k).iter().cloned())
-        .collect();
-    let samples = batch["samples"].as_array().unwrap();
-    assert_eq!(records.len(), samples.len());
-    let mut out = Vec::new();
-    for (i, (rec, want)) in records.iter().zip(samples).enumerate() {
-        let draws = SampleDraws {
-            drop_caption: want["dropped"].as_bool().unwrap_or(false),
-            first_sentence: false,
-        };
-        let mut s = t.build(&rec.record, draws).unwrap();
-        assert_eq!(s.kind.key(), want["kind"].as_str().unwrap(), "sample {i}");
-        assert_eq!(s.input_ids, ids(&want["input_ids"]), "sample {i} ids");
-        assert_eq!(
-            s.text_targets,
-            pairs(&want["text_targets"]),
-            "sample {i} text targets"
-        );
-        assert_eq!(
-            s.len(),
-            want["num_positions"].as_u64().unwrap() as usize,
-            "sample {i}"
-        );
-        if s.kind == Kind::T2i {
-            let codes = ids(&want["codes"]);
-            let margins: Vec<f64> = want["vq_margins"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m.as_f64().unwrap())
-                .collect();
-            for (j, (a, b)) in s.codes.iter().zip(&codes).enumerate() {
-                assert!(
-                    a == b || margins[j] < 1e-4,
-                    "sample {i} code {j}: {a} vs {b}"
-                );
-            }
-            s.codes = codes.clone();
-            for (t, c) in s.image_targets.iter_mut().zip(&codes) {
-                t.1 = *c;
-            }
-            assert_eq!(s.image_targets, pairs(&want["image_targets"]), "sample {i}");
-        }
-        out.push(s);
-    }
-    out
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use support::{batch, golden, max_abs, root, trainer};
 
 fn gradient_parity(model: &str) {
     let tmp = tempfile::tempdir().unwrap();

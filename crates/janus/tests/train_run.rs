@@ -2,44 +2,22 @@
 //! stopped (bit for bit on CPU), frozen tensors stay bit-identical, and a checkpoint loads
 //! back (in either layout) into a model that computes what the trained one does.
 
-use std::path::{Path, PathBuf};
+#[path = "support/train.rs"]
+mod support;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use janus::model::Janus;
-use janus::train::recipe::{Overrides, Recipe, TrainConfig};
 use janus::train::{Part, RunEnd, RunSpec, Trainer};
 use janus::weights::{checkpoint_source, load_model_dir, var_builder};
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use support::root;
 
-/// A short mixed run: 3 samples per step (one of each kind), half the captions dropped,
-/// cosine schedule with warm-up, every trainable part of stage 3.
 fn spec(model: &str, cache: &Path) -> RunSpec {
-    let recipe = Recipe::load("janus/stage3").unwrap();
-    let o = Overrides {
-        steps: Some(4),
-        batch_size: Some(3),
-        micro_batch_size: Some(2),
-        ratio: Some([1, 1, 1]),
-        lr: Some(1e-3),
-        warmup_steps: Some(1),
-        schedule: Some(janus::train::Schedule::Cosine),
-        cfg_drop: Some(0.5),
-        seed: Some(3),
-        ..Default::default()
-    };
-    RunSpec {
-        model: root().join("fixtures/models").join(model),
-        data: root().join("fixtures/train/data.json"),
-        eval: None,
-        dtype: "f32".into(),
-        vq_cache: Some(cache.to_path_buf()),
-        config: TrainConfig::resolve(&recipe, &o, false).unwrap(),
-    }
+    support::run_spec(model, cache)
 }
 
 fn metrics_without_seconds(run: &Path) -> Vec<Value> {

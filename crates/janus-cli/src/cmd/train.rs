@@ -10,6 +10,7 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 use janus::train::recipe::{parse_ratio, Overrides, Recipe, Schedule, TrainConfig};
 use janus::train::{EvalMetrics, RunEnd, RunSpec, StepMetrics, Trainer};
+use janus::weights::lora::{LoraSpec, Target};
 
 use crate::args::ModelArgs;
 use crate::progress::Progress;
@@ -29,6 +30,22 @@ pub struct TrainArgs {
 enum TrainAction {
     /// Draw a run's loss, learning-rate and gradient-norm curves to a PNG.
     Plot(PlotArgs),
+    /// Fold LoRA adapters into their base model and write a plain model directory.
+    Merge(MergeArgs),
+}
+
+/// Arguments of `janus train merge`.
+#[derive(Args, Debug)]
+struct MergeArgs {
+    /// A LoRA run directory (its latest checkpoint is merged) or one adapter directory
+    /// (a step-N checkpoint of a LoRA run, or any peft LoRA adapter of Janus).
+    path: PathBuf,
+    /// The model directory to write (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// The base model (default: the run's model, or the adapter's base_model_name_or_path).
+    #[arg(long)]
+    base: Option<PathBuf>,
 }
 
 /// Arguments of `janus train plot`.
@@ -123,12 +140,32 @@ struct RunArgs {
     /// Take each kind's samples in file order (step k of batch B uses lines kB..kB+B-1).
     #[arg(long)]
     no_shuffle: bool,
+    /// Train LoRA adapters of this rank instead of the recipe's parts: every weight of the
+    /// model stays frozen and checkpoints hold only the adapters, in peft's format.
+    #[arg(long, value_name = "RANK")]
+    lora: Option<usize>,
+    /// LoRA alpha: updates are scaled by alpha / rank (default: the rank, a scale of 1).
+    #[arg(long, requires = "lora")]
+    lora_alpha: Option<f64>,
+    /// Layers given adapters, comma-separated: q,k,v,o,gate,up,down,gen_head,lm_head
+    /// (default: q,k,v,o,gate,up,down of every decoder layer).
+    #[arg(long, requires = "lora")]
+    lora_targets: Option<String>,
+    /// Recompute each decoder layer's activations in the backward pass instead of keeping
+    /// them (less memory, about a third more compute).
+    #[arg(long)]
+    checkpoint_layers: bool,
+    /// Memory the run may use, in GiB (default: the memory available now); a run estimated
+    /// to need more is refused before it starts.
+    #[arg(long, value_name = "GIB")]
+    memory_limit: Option<f64>,
 }
 
 /// Runs `janus train`.
 pub fn run(a: TrainArgs, progress: &Progress) -> Result<()> {
     match a.action {
         Some(TrainAction::Plot(p)) => plot(p),
+        Some(TrainAction::Merge(m)) => merge(m, progress),
         None => train(a.run, progress),
     }
 }
@@ -146,6 +183,56 @@ fn plot(p: PlotArgs) -> Result<()> {
     Ok(())
 }
 
+fn merge(m: MergeArgs, progress: &Progress) -> Result<()> {
+    let (adapter_dir, base) = if m.path.join(RunSpec::FILE).is_file() {
+        let spec = RunSpec::read(&m.path)?;
+        if spec.lora.is_none() {
+            bail!(
+                "{} is a full fine-tuning run: its checkpoints are model directories already",
+                m.path.display()
+            );
+        }
+        let ckpts = janus::train::checkpoint::list(&m.path)?;
+        let Some((_, dir)) = ckpts.last() else {
+            bail!("{} has no checkpoint yet", m.path.display());
+        };
+        (dir.clone(), m.base.clone().unwrap_or(spec.model))
+    } else {
+        let base = janus::weights::lora::base_of(&m.path, m.base.as_deref())?;
+        (m.path.clone(), base)
+    };
+    let spinner = progress.spinner(&format!(
+        "merging {} into {}",
+        adapter_dir.display(),
+        base.display()
+    ));
+    janus::train::checkpoint::merge_adapters(&adapter_dir, &base, &m.out)?;
+    spinner.finish();
+    println!("{}", m.out.display());
+    Ok(())
+}
+
+/// The memory check before a run loads anything.
+fn check_memory(a: &RunArgs, spec: &RunSpec) -> Result<()> {
+    let (cfg, store) = janus::weights::load_model_dir(&spec.model)?;
+    let settings = janus::train::memory::PlanSettings {
+        dtype: spec.compute_dtype()?,
+        parts: spec.config.train.clone(),
+        lora: spec.lora.clone(),
+        checkpoint_layers: spec.checkpoint_layers,
+        micro_batch: spec.config.micro_batch_size as usize,
+        ratio: spec.config.kind_counts(),
+    };
+    let limit = match a.memory_limit {
+        Some(g) if g.is_finite() && g > 0.0 => (g * (1u64 << 30) as f64) as u64,
+        Some(g) => bail!("--memory-limit must be a positive number of GiB, not {g}"),
+        None => janus::pipeline::available_memory_bytes().unwrap_or(u64::MAX),
+    };
+    let plan = janus::train::memory::check_fits(&cfg, &store, &settings, limit)?;
+    tracing::info!("memory estimate: {plan}");
+    Ok(())
+}
+
 fn train(a: RunArgs, progress: &Progress) -> Result<()> {
     let device = Device::Cpu;
     let mut trainer = match &a.resume {
@@ -157,7 +244,7 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
         eprintln!(
             "training {} of {} tensors ({} parameters) in {}: steps {}..{} of {}, batch {} \
              (micro {}), ratio {}:{}:{}, lr {} {:?} warm-up {}",
-            parts_list(&cfg),
+            parts_list(&trainer.spec),
             trainer.model.params.len(),
             trainer.model.num_trainable(),
             trainer.spec.dtype,
@@ -247,6 +334,25 @@ fn start(a: &RunArgs, progress: &Progress, device: &Device) -> Result<Trainer> {
     let (cfg, _) = janus::weights::load_model_dir(&model)?;
     let large = cfg.text.hidden_size >= 4096;
     let config = TrainConfig::resolve(&recipe, &overrides(a)?, large)?;
+    let lora = match a.lora {
+        Some(rank) => {
+            let targets = match &a.lora_targets {
+                Some(t) => Target::parse_list(t)?,
+                None => Target::DEFAULT.to_vec(),
+            };
+            let spec = LoraSpec {
+                rank,
+                alpha: a.lora_alpha.unwrap_or(rank as f64),
+                targets,
+            };
+            spec.validate()?;
+            Some(spec)
+        }
+        None => None,
+    };
+    if lora.is_some() && a.train.is_some() {
+        bail!("--train chooses parts to fine-tune fully; with --lora only the adapters train");
+    }
     let spec = RunSpec {
         model: absolute(&model),
         data: absolute(data),
@@ -254,7 +360,16 @@ fn start(a: &RunArgs, progress: &Progress, device: &Device) -> Result<Trainer> {
         dtype: a.dtype.clone(),
         vq_cache: a.vq_cache.as_deref().map(absolute),
         config,
+        lora,
+        checkpoint_layers: a.checkpoint_layers,
     };
+    if out.join(RunSpec::FILE).exists() {
+        bail!(
+            "{} already holds a training run; use --resume {0} to continue it, or another --out",
+            out.display()
+        );
+    }
+    check_memory(a, &spec)?;
     let spinner = progress.spinner(&format!("loading {}", model.display()));
     let t = Trainer::create(out, spec, device)?;
     spinner.finish();
@@ -282,7 +397,8 @@ fn resume(
         || o.no_shuffle
         || a.eval.is_some()
         || a.vq_cache.is_some()
-        || a.dtype != "f32";
+        || a.dtype != "f32"
+        || a.lora.is_some();
     if changed {
         bail!(
             "--resume continues a run with the values in {}; only --steps, --save-every and \
@@ -303,8 +419,12 @@ fn resume(
             );
         }
     }
+    let mut spec = spec;
+    spec.checkpoint_layers |= a.checkpoint_layers;
+    check_memory(a, &spec)?;
     let spinner = progress.spinner(&format!("resuming {}", run_dir.display()));
     let mut t = Trainer::resume(run_dir, o.steps, device)?;
+    t.spec.checkpoint_layers = spec.checkpoint_layers;
     spinner.finish();
     if let Some(s) = o.save_every {
         t.spec.config.save_every = s;
@@ -326,6 +446,7 @@ fn model_dir(a: &RunArgs, progress: &Progress) -> Result<PathBuf> {
         offline: a.offline,
         dtype: "f32".into(),
         quant: "none".into(),
+        lora: None,
     };
     args.resolve(progress)
 }
@@ -354,8 +475,18 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn parts_list(cfg: &TrainConfig) -> String {
-    cfg.train
+fn parts_list(spec: &RunSpec) -> String {
+    if let Some(l) = &spec.lora {
+        let targets: Vec<_> = l.targets.iter().map(|t| t.name()).collect();
+        return format!(
+            "LoRA adapters (rank {}, alpha {}) on {}",
+            l.rank,
+            l.alpha,
+            targets.join(",")
+        );
+    }
+    spec.config
+        .train
         .iter()
         .map(|p| p.name())
         .collect::<Vec<_>>()

@@ -37,11 +37,71 @@ enum Weight {
     Quant(Arc<QuantMatrix>),
 }
 
-/// `y = x · Wᵀ + b` with `W` `(out_features, in_features)`.
+/// `y = x · Wᵀ + b` with `W` `(out_features, in_features)`, plus a LoRA update when an
+/// adapter is attached.
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    adapter: Option<Adapter>,
+}
+
+/// A LoRA adapter: adds `scale·(x·Aᵀ)·Bᵀ` with `A` `(r, in)` and `B` `(out, r)`.
+///
+/// Training attaches adapters (they are its variables); inference folds them into the
+/// weights at load instead ([`crate::weights::lora::MergedBackend`]).
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+impl Adapter {
+    /// The adapter `vb` serves for this layer (`lora_A.weight`, `lora_B.weight` and the
+    /// scalar `lora_scaling` under its prefix), if any.
+    pub fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Option<Self>> {
+        if !vb.contains_tensor("lora_A.weight") {
+            return Ok(None);
+        }
+        let a = vb.get_unchecked("lora_A.weight")?;
+        let b = vb.get_unchecked("lora_B.weight")?;
+        let r = a.dim(0)?;
+        if a.dims() != [r, in_dim] || b.dims() != [out_dim, r] {
+            candle_core::bail!(
+                "LoRA adapter of {}: A {:?} and B {:?} do not fit a {in_dim} -> {out_dim} layer",
+                vb.prefix(),
+                a.dims(),
+                b.dims()
+            );
+        }
+        let scale = vb
+            .get_unchecked_dtype(crate::weights::lora::SCALING, DType::F32)?
+            .to_scalar::<f32>()?;
+        Ok(Some(Self {
+            a,
+            b,
+            scale: f64::from(scale),
+        }))
+    }
+
+    /// `scale·(x·Aᵀ)·Bᵀ`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = product(&x.to_dtype(self.a.dtype())?, &self.a)?;
+        product(&h, &self.b)? * self.scale
+    }
+}
+
+/// `x · Wᵀ` for `x` `(..., in)`.
+fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    match x.rank() {
+        // (B, T, in) x (in, out), as candle_nn::Linear does it.
+        3 => {
+            let b = x.dim(0)?;
+            x.matmul(&w.broadcast_left(b)?.t()?)
+        }
+        _ => x.broadcast_matmul(&w.t()?),
+    }
 }
 
 impl Linear {
@@ -56,6 +116,7 @@ impl Linear {
                         return Self {
                             weight: Weight::Packed(Arc::new(p)),
                             bias,
+                            adapter: None,
                         };
                     }
                 }
@@ -64,7 +125,19 @@ impl Linear {
         Self {
             weight: Weight::Dense(weight),
             bias,
+            adapter: None,
         }
+    }
+
+    /// Attaches a LoRA adapter.
+    pub fn with_adapter(mut self, adapter: Option<Adapter>) -> Self {
+        self.adapter = adapter;
+        self
+    }
+
+    /// Whether a LoRA adapter is attached.
+    pub fn has_adapter(&self) -> bool {
+        self.adapter.is_some()
     }
 
     /// Whether [`Self::new`] packs this weight for the CPU kernel.
@@ -95,7 +168,8 @@ impl Linear {
         } else {
             None
         };
-        Self::new_quantized(weight, bias, quant)
+        let adapter = Adapter::load(&vb, in_dim, out_dim)?;
+        Ok(Self::new_quantized(weight, bias, quant)?.with_adapter(adapter))
     }
 
     /// [`Self::new`], or with `quant` the weight quantised straight from its row-major
@@ -112,6 +186,7 @@ impl Linear {
         let mut linear = Self {
             weight: Weight::Dense(weight),
             bias,
+            adapter: None,
         };
         linear.quantize(format)?;
         Ok(linear)
@@ -179,6 +254,18 @@ impl Linear {
     /// # Shapes
     /// `(..., in) -> (..., out)`
     pub fn forward_with(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        let y = self.forward_base(x, path)?;
+        match &self.adapter {
+            Some(a) => {
+                let dtype = y.dtype();
+                y + a.forward(x)?.to_dtype(dtype)?
+            }
+            None => Ok(y),
+        }
+    }
+
+    /// The product with the (frozen or trained) weight, without the adapter.
+    fn forward_base(&self, x: &Tensor, path: Path) -> Result<Tensor> {
         if path == Path::Auto {
             if let Some(y) = self.forward_kernels(x)? {
                 return Ok(y);
@@ -192,14 +279,7 @@ impl Linear {
                 Tensor::from_vec(q.dequantize(), (rows, cols), x.device())?.to_dtype(x.dtype())?
             }
         };
-        let y = match x.rank() {
-            // (B, T, in) x (in, out), as candle_nn::Linear does it.
-            3 => {
-                let b = x.dim(0)?;
-                x.matmul(&w.broadcast_left(b)?.t()?)?
-            }
-            _ => x.broadcast_matmul(&w.t()?)?,
-        };
+        let y = product(x, &w)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

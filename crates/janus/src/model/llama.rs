@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
-use super::linear::Linear;
+use super::linear::{Adapter, Linear};
 use super::ops::{attention_heads_merged, silu_mul, AttnMask, RmsNorm};
 use crate::config::TextConfig;
 use crate::kernels::fused::rope_bf16;
@@ -236,7 +236,12 @@ impl Projections {
                 .zip(outs)
                 .map(|(n, &o)| vb.pp(*n).get((o, in_dim), "weight"))
                 .collect::<Result<Vec<_>>>()?;
-            if weights.iter().all(Linear::packs) {
+            let adapters = names
+                .iter()
+                .zip(outs)
+                .map(|(n, &o)| Adapter::load(&vb.pp(*n), in_dim, o))
+                .collect::<Result<Vec<_>>>()?;
+            if weights.iter().all(Linear::packs) && adapters.iter().all(Option::is_none) {
                 let stacked = Tensor::cat(&weights, 0)?;
                 drop(weights);
                 return Ok(Self::Stacked {
@@ -246,7 +251,8 @@ impl Projections {
             }
             let linears = weights
                 .into_iter()
-                .map(|w| Linear::new_quantized(w, None, quant))
+                .zip(adapters)
+                .map(|(w, a)| Ok(Linear::new_quantized(w, None, quant)?.with_adapter(a)))
                 .collect::<Result<_>>()?;
             return Ok(Self::Separate(linears));
         }
@@ -546,6 +552,50 @@ impl Llama {
             c.len += t;
         }
         self.norm.forward(&h)
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Decoder layer `i` alone over a whole sequence from position 0 (causal, no cache):
+    /// training's unit of recomputation (activation checkpointing). Running every layer in
+    /// turn, then [`Self::final_norm`], computes what [`Self::forward_embeds`] does.
+    ///
+    /// # Shapes
+    /// `(B, T, D) -> (B, T, D)`
+    pub fn layer_forward(&self, i: usize, h: &Tensor) -> Result<Tensor> {
+        let layer = self
+            .layers
+            .get(i)
+            .ok_or_else(|| candle_core::Error::Msg(format!("no decoder layer {i}")))?;
+        let t = h.dim(1)?;
+        if t > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {t} positions exceeds max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let mask = causal_mask(t, 0, h.device())?;
+        let mask = AttnMask::Causal {
+            offset: 0,
+            tensor: mask.as_ref(),
+        };
+        let y = layer.input_layernorm.forward(h)?;
+        let y = layer
+            .self_attn
+            .forward(&y, &self.rope, &Positions::Shared(0), mask, None)?;
+        let h = super::ops::add(h, &y)?;
+        let y = layer
+            .mlp
+            .forward(&layer.post_attention_layernorm.forward(&h)?)?;
+        super::ops::add(&h, &y)
+    }
+
+    /// The final RMSNorm.
+    pub fn final_norm(&self, h: &Tensor) -> Result<Tensor> {
+        self.norm.forward(h)
     }
 
     /// Text logits from final-normed hidden states.

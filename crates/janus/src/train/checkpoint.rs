@@ -16,7 +16,13 @@ use serde::{Deserialize, Serialize};
 use super::optim::{AdamW, Moments};
 use super::params::TrainModel;
 use crate::error::{Error, Result};
-use crate::weights::{checkpoint_source, Source};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::Init;
+
+use crate::config::Layout;
+use crate::weights::lora::Adapters;
+use crate::weights::names::Source;
+use crate::weights::{checkpoint_source, JanusBackend, TensorStore};
 
 /// Name of a checkpoint directory.
 pub fn step_dir_name(step: u64) -> String {
@@ -78,34 +84,23 @@ pub fn save(run_dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) 
 fn write_into(dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) -> Result<()> {
     let trainer = dir.join(TRAINER_DIR);
     std::fs::create_dir_all(&trainer).map_err(|e| Error::io(&trainer, e))?;
-    crate::weights::convert::copy_side_files(&tm.dir, dir)?;
-
-    // Every tensor of the source checkpoint under its own name and dtype; the trained
-    // ones replaced by their current values, cut back into the layout's pieces.
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for name in tm.store.names() {
-        tensors.insert(name.to_string(), tm.store.load(name, &Device::Cpu)?);
-    }
     let mut masters = HashMap::new();
-    for p in &tm.params {
-        let master = p.master()?.to_device(&Device::Cpu)?;
-        let source = checkpoint_source(tm.layout(), &p.name).ok_or_else(|| {
-            Error::Model(format!(
-                "{} has no place in a {} checkpoint",
-                p.name,
-                tm.layout()
-            ))
-        })?;
-        for (name, value) in split_for_layout(&source, &master)? {
-            let dtype = tensors.get(&name).map_or(DType::F32, Tensor::dtype);
-            tensors.insert(name, value.to_dtype(dtype)?);
+    match &tm.lora {
+        Some(spec) => {
+            let mut adapters = Adapters {
+                spec: spec.clone(),
+                base: Some(absolute(&tm.dir).display().to_string()),
+                tensors: Default::default(),
+            };
+            for p in &tm.params {
+                let master = p.master()?.to_device(&Device::Cpu)?;
+                adapters.tensors.insert(p.name.clone(), master.clone());
+                masters.insert(format!("master.{}", p.name), master);
+            }
+            adapters.save(dir, &tm.cfg)?;
         }
-        masters.insert(format!("master.{}", p.name), master);
+        None => write_model(dir, tm, &mut masters)?,
     }
-    let model_file = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &model_file)?;
-    drop(tensors);
-
     for (p, st) in tm.params.iter().zip(&opt.moments) {
         masters.insert(format!("exp_avg.{}", p.name), st.m.to_device(&Device::Cpu)?);
         masters.insert(
@@ -124,6 +119,88 @@ fn write_into(dir: &Path, tm: &TrainModel, opt: &AdamW, state: &TrainerState) ->
         serde_json::to_string_pretty(&state_json).unwrap_or_default() + "\n",
     )
     .map_err(|e| Error::io(&path, e))
+}
+
+/// `path` made absolute (as it is when that fails).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The model files of a full checkpoint; the f32 masters go into `masters`.
+fn write_model(dir: &Path, tm: &TrainModel, masters: &mut HashMap<String, Tensor>) -> Result<()> {
+    let mut replaced = Vec::with_capacity(tm.params.len());
+    for p in &tm.params {
+        let master = p.master()?.to_device(&Device::Cpu)?;
+        masters.insert(format!("master.{}", p.name), master.clone());
+        replaced.push((p.name.clone(), master));
+    }
+    write_model_files(dir, &tm.dir, &tm.store, tm.layout(), replaced)
+}
+
+/// Writes a model directory: `src_dir`'s side files and every tensor of `store` under its
+/// own name and dtype, with the canonical tensors of `replaced` (f32) cut back into the
+/// layout's pieces in their place.
+fn write_model_files(
+    dir: &Path,
+    src_dir: &Path,
+    store: &TensorStore,
+    layout: Layout,
+    replaced: Vec<(String, Tensor)>,
+) -> Result<()> {
+    crate::weights::convert::copy_side_files(src_dir, dir)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for name in store.names() {
+        tensors.insert(name.to_string(), store.load(name, &Device::Cpu)?);
+    }
+    for (canonical, value) in replaced {
+        let source = checkpoint_source(layout, &canonical).ok_or_else(|| {
+            Error::Model(format!("{canonical} has no place in a {layout} checkpoint"))
+        })?;
+        for (name, value) in split_for_layout(&source, &value)? {
+            let dtype = tensors.get(&name).map_or(DType::F32, Tensor::dtype);
+            tensors.insert(name, value.to_dtype(dtype)?);
+        }
+    }
+    let model_file = dir.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &model_file)?;
+    Ok(())
+}
+
+/// Folds the adapters of `adapter_dir` into the model `base` and writes the result as a
+/// plain model directory `out` in the base's layout and dtypes (`janus train merge`).
+/// `out` must not exist; it appears complete or not at all.
+pub fn merge_adapters(adapter_dir: &Path, base: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        return Err(Error::InvalidInput(format!(
+            "{} exists; merge writes a new directory",
+            out.display()
+        )));
+    }
+    let (cfg, store) = crate::weights::load_model_dir(base)?;
+    let adapters = Adapters::load(adapter_dir, &cfg)?;
+    let backend = JanusBackend::new(store.clone(), cfg.layout);
+    let mut replaced = Vec::new();
+    for (name, delta) in adapters.deltas()? {
+        let dims = delta.dims().to_vec();
+        let w = backend.get(dims.into(), &name, Init::Const(0.0), DType::F32, &Device::Cpu)?;
+        replaced.push((name, (w + delta)?));
+    }
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = write_model_files(&tmp, base, &store, cfg.layout, replaced)
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
 }
 
 /// A canonical tensor as the checkpoint layout stores it: (name, value) pieces.

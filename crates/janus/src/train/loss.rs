@@ -7,7 +7,8 @@
 //! `gen_aligner`. Rows are right-padded to the longest; with causal attention the padding
 //! changes nothing before it and carries no target.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var, D};
 
 use super::data::Kind;
 use super::sample::TrainSample;
@@ -44,6 +45,72 @@ pub fn cross_entropy_rows(logits: &Tensor, targets: &[u32]) -> candle_core::Resu
 
 /// Forward of `samples` as one padded batch; the loss sum, per kind.
 pub fn micro_batch_loss(model: &Janus, samples: &[&TrainSample]) -> Result<MicroLoss> {
+    let (x, tokens) = batch_inputs(model, samples)?;
+    let hidden = model.llm.forward_embeds(&x, None)?; // (B, T, D), final-normed
+    heads_loss(model, samples, &hidden, tokens)
+}
+
+/// Forward and backward of a micro-batch: `on_grads` receives each gradient store of
+/// `loss sum × scale` (one, or with `recompute` one per segment, each parameter's
+/// gradient in exactly one of them).
+///
+/// With `recompute` (activation checkpointing) the forward keeps only each decoder
+/// layer's input; the backward then runs segment by segment from the heads down: each
+/// layer is recomputed from its saved input and differentiated through
+/// `sum(layer(h) · g)`, where `g` is the gradient reaching its output. Peak memory holds
+/// one layer's activations instead of all of them.
+pub fn micro_batch_backward(
+    model: &Janus,
+    samples: &[&TrainSample],
+    scale: f64,
+    recompute: bool,
+    on_grads: &mut dyn FnMut(&GradStore) -> Result<()>,
+) -> Result<MicroLoss> {
+    let (x, tokens) = batch_inputs(model, samples)?;
+    if !recompute {
+        let hidden = model.llm.forward_embeds(&x, None)?;
+        let ml = heads_loss(model, samples, &hidden, tokens)?;
+        on_grads(&(&ml.sum * scale)?.backward()?)?;
+        return Ok(ml);
+    }
+    let llm = &model.llm;
+    let mut saved = Vec::with_capacity(llm.num_layers());
+    let mut h = x.detach();
+    for i in 0..llm.num_layers() {
+        let next = llm.layer_forward(i, &h)?.detach();
+        saved.push(h);
+        h = next;
+    }
+    let top = Var::from_tensor(&h)?;
+    let hidden = llm.final_norm(top.as_tensor())?;
+    let ml = heads_loss(model, samples, &hidden, tokens)?;
+    let store = (&ml.sum * scale)?.backward()?;
+    on_grads(&store)?;
+    let mut g = gradient_of(&store, &top)?;
+    drop(store);
+    for (i, input) in saved.into_iter().enumerate().rev() {
+        let input = Var::from_tensor(&input)?;
+        let y = llm.layer_forward(i, input.as_tensor())?;
+        let store = (y * &g)?.sum_all()?.backward()?;
+        on_grads(&store)?;
+        g = gradient_of(&store, &input)?;
+    }
+    if x.track_op() {
+        on_grads(&(x * g)?.sum_all()?.backward()?)?;
+    }
+    Ok(ml)
+}
+
+/// The gradient a backward pass gave `v` (zeros where nothing depends on it).
+fn gradient_of(store: &GradStore, v: &Var) -> Result<Tensor> {
+    Ok(match store.get(v.as_tensor()) {
+        Some(g) => g.clone(),
+        None => v.as_tensor().zeros_like()?,
+    })
+}
+
+/// The micro-batch's input embeddings `(B, T, D)`, right-padded, and the positions fed.
+fn batch_inputs(model: &Janus, samples: &[&TrainSample]) -> Result<(Tensor, usize)> {
     if samples.is_empty() {
         return Err(Error::InvalidInput("empty micro-batch".into()));
     }
@@ -102,9 +169,18 @@ pub fn micro_batch_loss(model: &Janus, samples: &[&TrainSample]) -> Result<Micro
         .into_iter()
         .map(|r| pad_right(r, t, d, dtype, &dev))
         .collect::<Result<Vec<_>>>()?;
-    let x = Tensor::cat(&rows, 0)?; // (B, T, D)
-    let b = samples.len();
-    let hidden = model.llm.forward_embeds(&x, None)?; // (B, T, D), final-normed
+    Ok((Tensor::cat(&rows, 0)?, tokens))
+}
+
+/// Cross-entropy of every target of `samples` from the final-normed `hidden` `(B, T, D)`.
+fn heads_loss(
+    model: &Janus,
+    samples: &[&TrainSample],
+    hidden: &Tensor,
+    tokens: usize,
+) -> Result<MicroLoss> {
+    let (b, t, d) = hidden.dims3()?;
+    let dev = hidden.device().clone();
     let flat = hidden.reshape((b * t, d))?;
 
     let mut by_kind = [(0f64, 0usize); 3];

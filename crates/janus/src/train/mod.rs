@@ -6,7 +6,9 @@
 //! - [`sample`]: records to token ids, image positions and supervised targets;
 //! - [`codes`]: VQ codes of text-to-image images, cached on disk;
 //! - [`params`]: the model with its trainable tensors as variables (f32 masters);
-//! - [`loss`]: the forward of a mixed micro-batch and its cross-entropy;
+//! - [`loss`]: the forward of a mixed micro-batch, its cross-entropy and its backward
+//!   (optionally recomputing each decoder layer);
+//! - [`memory`]: what a run will need, estimated before it starts;
 //! - [`optim`]: AdamW, gradient clipping and the learning-rate schedules;
 //! - [`checkpoint`]: atomic checkpoints in the input's layout, and resuming;
 //! - [`trainer`]: the loop; [`eval`]: held-out evaluation; [`metrics`]: `metrics.jsonl`;
@@ -19,6 +21,7 @@ pub mod data;
 pub mod eval;
 mod font;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod params;

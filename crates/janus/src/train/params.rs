@@ -5,6 +5,9 @@
 //! The model is built by the same code as for inference ([`Janus::new`]) from a backend
 //! that wraps the checkpoint's: the trainable canonical tensors come back as variables, so
 //! every module that holds them (or a view of them) sees the optimiser's in-place updates.
+//! With LoRA the backend also serves each adapted layer's `lora_A` / `lora_B` (new
+//! variables: A uniform in ±1/√in as peft's Kaiming init, B zero) and its scale, and
+//! every checkpoint tensor stays frozen.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,10 +17,13 @@ use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
+use rand::{Rng, SeedableRng};
+
 use super::parts::Part;
 use crate::config::{JanusConfig, Layout};
 use crate::error::{Error, Result};
 use crate::model::Janus;
+use crate::weights::lora::{self, LoraSpec, Module};
 use crate::weights::{load_model_dir, JanusBackend, TensorStore};
 
 /// One trainable tensor.
@@ -70,6 +76,18 @@ pub struct TrainModel {
     pub store: TensorStore,
     /// Compute dtype.
     pub dtype: DType,
+    /// The adapters' settings when training LoRA adapters (then `params` are exactly the
+    /// adapters' A and B).
+    pub lora: Option<LoraSpec>,
+}
+
+/// What a run trains: whole parts of the checkpoint, or LoRA adapters over a frozen one.
+#[derive(Debug, Clone)]
+pub enum Trainable {
+    /// These parts' tensors.
+    Parts(BTreeSet<Part>),
+    /// Adapters (seeded initialisation); nothing of the checkpoint trains.
+    Lora { spec: LoraSpec, seed: u64 },
 }
 
 impl TrainModel {
@@ -77,7 +95,7 @@ impl TrainModel {
     /// replace the checkpoint's values of trainable tensors (resuming).
     pub fn load(
         dir: &Path,
-        parts: &BTreeSet<Part>,
+        trainable: &Trainable,
         dtype: DType,
         device: &Device,
         masters: Option<HashMap<String, Tensor>>,
@@ -89,9 +107,27 @@ impl TrainModel {
         }
         let (cfg, store) = load_model_dir(dir)?;
         let created = Arc::new(Mutex::new(BTreeMap::new()));
+        let (parts, lora) = match trainable {
+            Trainable::Parts(p) => (p.clone(), None),
+            Trainable::Lora { spec, seed } => {
+                spec.validate()?;
+                let modules = lora::modules(&cfg, &spec.targets)
+                    .into_iter()
+                    .map(|m| (m.name.clone(), m))
+                    .collect();
+                let plan = LoraPlan {
+                    rank: spec.rank,
+                    scale: spec.scale() as f32,
+                    modules,
+                    seed: *seed,
+                };
+                (BTreeSet::new(), Some(plan))
+            }
+        };
         let backend = TrainBackend {
             inner: JanusBackend::new(store.clone(), cfg.layout),
-            parts: parts.clone(),
+            parts,
+            lora,
             masters: masters.unwrap_or_default(),
             created: created.clone(),
         };
@@ -110,6 +146,10 @@ impl TrainModel {
             cfg,
             store,
             dtype,
+            lora: match trainable {
+                Trainable::Lora { spec, .. } => Some(spec.clone()),
+                Trainable::Parts(_) => None,
+            },
         })
     }
 
@@ -132,8 +172,101 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct TrainBackend {
     inner: JanusBackend,
     parts: BTreeSet<Part>,
+    lora: Option<LoraPlan>,
     masters: HashMap<String, Tensor>,
     created: Arc<Mutex<BTreeMap<String, Param>>>,
+}
+
+/// The adapted layers of a LoRA run.
+struct LoraPlan {
+    rank: usize,
+    scale: f32,
+    modules: HashMap<String, Module>,
+    seed: u64,
+}
+
+/// What a LoRA tensor name asks for.
+enum LoraName<'a> {
+    A(&'a Module),
+    B(&'a Module),
+    Scaling,
+}
+
+impl LoraPlan {
+    fn lookup(&self, name: &str) -> Option<LoraName<'_>> {
+        let (module, tail) = name.rsplit_once(".lora_")?;
+        let m = self.modules.get(module)?;
+        match tail {
+            "A.weight" => Some(LoraName::A(m)),
+            "B.weight" => Some(LoraName::B(m)),
+            "scaling" => Some(LoraName::Scaling),
+            _ => None,
+        }
+    }
+
+    /// peft's initialisation: A ~ U(±1/√in) (Kaiming-uniform with a = √5), seeded per
+    /// tensor name; B = 0, so the adapted model starts as the base.
+    fn init(&self, name: &str, rows: usize, cols: usize, zero: bool) -> Vec<f32> {
+        if zero {
+            return vec![0.0; rows * cols];
+        }
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ h);
+        let bound = 1.0 / (cols as f32).sqrt();
+        (0..rows * cols)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect()
+    }
+}
+
+impl TrainBackend {
+    /// Registers `master` (f32) as the trainable `name` and returns the compute copy.
+    fn variable(&self, name: &str, master: Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+        let var = Var::from_tensor(&master.to_dtype(dtype)?)?;
+        let param = Param {
+            name: name.to_string(),
+            decay: master.rank() >= 2,
+            master: (dtype != DType::F32).then_some(master),
+            var: var.clone(),
+        };
+        lock(&self.created).insert(name.to_string(), param);
+        Ok(var.as_tensor().clone())
+    }
+
+    /// The saved master of `name` when resuming, checked against `dims`.
+    fn saved(&self, name: &str, dims: &[usize], dev: &Device) -> candle_core::Result<Option<Tensor>> {
+        match self.masters.get(name) {
+            Some(m) if m.dims() == dims => Ok(Some(m.to_dtype(DType::F32)?.to_device(dev)?)),
+            Some(m) => candle_core::bail!(
+                "saved optimiser state for {name} has shape {:?}, the model {:?}",
+                m.dims(),
+                dims
+            ),
+            None => Ok(None),
+        }
+    }
+
+    fn lora_tensor(
+        &self,
+        plan: &LoraPlan,
+        name: &str,
+        which: LoraName<'_>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, cols, zero) = match which {
+            LoraName::Scaling => return Tensor::new(plan.scale, dev),
+            LoraName::A(m) => (plan.rank, m.in_dim, false),
+            LoraName::B(m) => (m.out_dim, plan.rank, true),
+        };
+        let master = match self.saved(name, &[rows, cols], dev)? {
+            Some(m) => m,
+            None => Tensor::from_vec(plan.init(name, rows, cols, zero), (rows, cols), dev)?,
+        };
+        self.variable(name, master, dtype)
+    }
 }
 
 impl SimpleBackend for TrainBackend {
@@ -149,31 +282,24 @@ impl SimpleBackend for TrainBackend {
         if !trainable {
             return self.inner.get(s, name, init, dtype, dev);
         }
-        let master = match self.masters.get(name) {
-            Some(m) if m.dims() == s.dims() => m.to_dtype(DType::F32)?.to_device(dev)?,
-            Some(m) => candle_core::bail!(
-                "saved optimiser state for {name} has shape {:?}, the model {:?}",
-                m.dims(),
-                s.dims()
-            ),
-            None => self.inner.get(s.clone(), name, init, DType::F32, dev)?,
+        let master = match self.saved(name, s.dims(), dev)? {
+            Some(m) => m,
+            None => self.inner.get(s, name, init, DType::F32, dev)?,
         };
-        let var = Var::from_tensor(&master.to_dtype(dtype)?)?;
-        let param = Param {
-            name: name.to_string(),
-            decay: master.rank() >= 2,
-            master: (dtype != DType::F32).then_some(master),
-            var: var.clone(),
-        };
-        lock(&self.created).insert(name.to_string(), param);
-        Ok(var.as_tensor().clone())
+        self.variable(name, master, dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if let Some(plan) = &self.lora {
+            if let Some(which) = plan.lookup(name) {
+                return self.lora_tensor(plan, name, which, dtype, dev);
+            }
+        }
         self.inner.get_unchecked(name, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.inner.contains_tensor(name)
+        self.lora.as_ref().is_some_and(|p| p.lookup(name).is_some())
+            || self.inner.contains_tensor(name)
     }
 }

@@ -7,10 +7,11 @@
 //! kind's records), caption drops, first-sentence cuts. Resuming therefore needs only the
 //! step, the weights and the optimiser state, and replays the run exactly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -18,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, TrainerState};
 use super::codes::{vq_fingerprint, CodeCache};
 use super::data::{Dataset, Kind, Located, Record};
-use super::loss::micro_batch_loss;
+use super::loss::micro_batch_backward;
 use super::metrics::{EvalMetrics, StepMetrics};
 use super::optim::{clip_grad_norm, lr_at, AdamW};
-use super::params::TrainModel;
+use super::params::{TrainModel, Trainable};
 use super::recipe::TrainConfig;
 use super::sample::{
     first_sentence, sample_rng, t2i_sample, text_sample, understanding_ids, SampleDraws,
@@ -29,6 +30,7 @@ use super::sample::{
 };
 use crate::error::{Error, Result};
 use crate::processor::{load_image, ImageProcessorConfig, JanusTokenizer};
+use crate::weights::lora::LoraSpec;
 
 /// The run's settings, written to `RUN_DIR/run.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +48,12 @@ pub struct RunSpec {
     pub vq_cache: Option<PathBuf>,
     /// Hyperparameters in force.
     pub config: TrainConfig,
+    /// LoRA adapters instead of the recipe's parts (`--lora`).
+    #[serde(default)]
+    pub lora: Option<LoraSpec>,
+    /// Recompute each decoder layer in the backward pass (`--checkpoint-layers`).
+    #[serde(default)]
+    pub checkpoint_layers: bool,
 }
 
 impl RunSpec {
@@ -167,7 +175,13 @@ impl Trainer {
     ) -> Result<Self> {
         spec.config.validate()?;
         let dtype = spec.compute_dtype()?;
-        let parts: BTreeSet<_> = spec.config.train.iter().copied().collect();
+        let trainable = match &spec.lora {
+            Some(l) => Trainable::Lora {
+                spec: l.clone(),
+                seed: spec.config.seed,
+            },
+            None => Trainable::Parts(spec.config.train.iter().copied().collect()),
+        };
         let (model_dir, masters, moments, opt_t, state) = match restored {
             Some((dir, r)) => (
                 dir,
@@ -178,7 +192,13 @@ impl Trainer {
             ),
             None => (spec.model.clone(), None, None, 0, TrainerState::default()),
         };
-        let model = TrainModel::load(&model_dir, &parts, dtype, device, masters)?;
+        // A LoRA checkpoint holds adapters only: the model is always the run's base.
+        let model_dir = if spec.lora.is_some() {
+            spec.model.clone()
+        } else {
+            model_dir
+        };
+        let model = TrainModel::load(&model_dir, &trainable, dtype, device, masters)?;
         if model_dir != spec.model {
             check_same_model(&spec.model, &model)?;
         }
@@ -381,16 +401,9 @@ impl Trainer {
         let mut tokens = 0;
         let micro = self.spec.config.micro_batch_size.max(1) as usize;
         let refs: Vec<&TrainSample> = samples.iter().collect();
-        for chunk in refs.chunks(micro) {
-            let ml = micro_batch_loss(&self.model.model, chunk)?;
-            tokens += ml.tokens;
-            for (acc, k) in by_kind.iter_mut().zip(ml.by_kind) {
-                acc.0 += k.0;
-                acc.1 += k.1;
-            }
-            let scaled = (ml.sum / n_targets as f64)?;
-            let store = scaled.backward()?;
-            for (slot, p) in grads.iter_mut().zip(&self.model.params) {
+        let params = &self.model.params;
+        let mut accumulate = |store: &GradStore| -> Result<()> {
+            for (slot, p) in grads.iter_mut().zip(params) {
                 if let Some(g) = store.get(p.var.as_tensor()) {
                     let g = g.to_dtype(DType::F32)?;
                     *slot = Some(match slot.take() {
@@ -398,6 +411,17 @@ impl Trainer {
                         None => g,
                     });
                 }
+            }
+            Ok(())
+        };
+        let (scale, recompute) = (1.0 / n_targets as f64, self.spec.checkpoint_layers);
+        for chunk in refs.chunks(micro) {
+            let model = &self.model.model;
+            let ml = micro_batch_backward(model, chunk, scale, recompute, &mut accumulate)?;
+            tokens += ml.tokens;
+            for (acc, k) in by_kind.iter_mut().zip(ml.by_kind) {
+                acc.0 += k.0;
+                acc.1 += k.1;
             }
         }
         let loss = by_kind.iter().map(|k| k.0).sum::<f64>() / n_targets as f64;

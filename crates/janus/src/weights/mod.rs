@@ -19,6 +19,7 @@
 
 mod backend;
 pub mod convert;
+pub mod lora;
 pub mod names;
 mod store;
 
