@@ -15,6 +15,7 @@ use half::bf16;
 use crate::kernels::gemm::matmul_bf16;
 use crate::kernels::packed::PackedBf16;
 use crate::kernels::quant::{QuantFormat, QuantMatrix};
+use super::autograd::{storage_to_tensor, tensor_to_storage};
 use crate::kernels::{self, with_cpu_slice};
 
 /// How a [`Linear`] computes its product.
@@ -266,6 +267,14 @@ impl Linear {
 
     /// The product with the (frozen or trained) weight, without the adapter.
     fn forward_base(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+        if path == Path::Auto && x.track_op() && x.device().is_cpu() && self.frozen() {
+            let plain = Self {
+                weight: self.weight.clone(),
+                bias: self.bias.clone(),
+                adapter: None,
+            };
+            return x.contiguous()?.apply_op1(FrozenProduct(plain));
+        }
         if path == Path::Auto {
             if let Some(y) = self.forward_kernels(x)? {
                 return Ok(y);
@@ -283,6 +292,25 @@ impl Linear {
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// Whether neither the weight nor the bias trains.
+    fn frozen(&self) -> bool {
+        let weight = match &self.weight {
+            Weight::Dense(w) => w.track_op(),
+            Weight::Packed(_) | Weight::Quant(_) => false,
+        };
+        !weight && !self.bias.as_ref().is_some_and(|b| b.track_op())
+    }
+
+    /// The weight as a dense f32 `(out, in)` tensor (a temporary copy unless it is one).
+    fn dense_f32(&self, device: &candle_core::Device) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Dense(w) => w.to_dtype(DType::F32),
+            Weight::Packed(p) => Tensor::from_vec(p.unpack(), (p.rows(), p.cols()), device)?
+                .to_dtype(DType::F32),
+            Weight::Quant(q) => Tensor::from_vec(q.dequantize(), (q.rows(), q.cols()), device),
         }
     }
 
@@ -351,6 +379,38 @@ impl Linear {
             }
         };
         Ok(Some(y))
+    }
+}
+
+/// `x·Wᵀ + b` with a frozen weight as one autograd op: the forward through the same
+/// kernels as inference (packed, quantised or candle's product), the backward `dx = dy·W`
+/// only. candle's own product would also compute the weight's gradient, a weight-sized
+/// tensor per layer kept to the end of the backward pass, that nothing uses.
+struct FrozenProduct(Linear);
+
+impl candle_core::CustomOp1 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = storage_to_tensor(s, l)?;
+        tensor_to_storage(&self.0.forward_base(&x, Path::Auto)?)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // In f32 whatever the dtype: candle's bf16 products are slow on the CPU.
+        let w = self.0.dense_f32(arg.device())?; // (out, in)
+        let g = grad.to_dtype(DType::F32)?;
+        let dx = match g.rank() {
+            3 => g.matmul(&w.broadcast_left(g.dim(0)?)?)?,
+            _ => g.broadcast_matmul(&w)?,
+        };
+        Ok(Some(dx.to_dtype(arg.dtype())?))
     }
 }
 
@@ -444,6 +504,42 @@ mod tests {
         let y = lin.forward(x.as_tensor()).unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(x.as_tensor()).is_some());
+    }
+
+    /// Values and input gradients of the frozen-weight op against candle's product (on
+    /// the dequantised weight when quantised), and no gradient for the weight.
+    #[test]
+    fn frozen_product_matches_candle_values_and_input_gradients() {
+        let cases: &[(&[usize], usize, usize, DType, Option<QuantFormat>)] = &[
+            (&[3, 33], 33, 7, DType::F32, None),
+            (&[2, 3, 67], 67, 29, DType::F32, None),
+            (&[1, 4, 130], 130, 13, DType::BF16, None),
+            (&[5, 64], 64, 3, DType::F32, Some(QuantFormat::Q8)),
+            (&[2, 9, 96], 96, 17, DType::BF16, Some(QuantFormat::Q4)),
+        ];
+        for &(shape, k, n, dtype, quant) in cases {
+            let w = rand(&[n, k], 1).to_dtype(dtype).unwrap();
+            let b = Some(rand(&[n], 2).to_dtype(dtype).unwrap());
+            let lin = Linear::new_quantized(w.clone(), b, quant).unwrap();
+            let x = Var::from_tensor(&rand(shape, 3).to_dtype(dtype).unwrap()).unwrap();
+            let dy = rand(&[shape[..shape.len() - 1].to_vec(), vec![n]].concat(), 4)
+                .to_dtype(dtype)
+                .unwrap();
+            let run = |path| {
+                let y = lin.forward_with(x.as_tensor(), path).unwrap();
+                let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+                (y, g)
+            };
+            let (fast, gf) = run(Path::Auto);
+            let (plain, gp) = run(Path::Candle);
+            let tol = if dtype == DType::F32 && quant.is_none() { 1e-5 } else { 1e-2 };
+            let case = format!("{shape:?} -> {n} {dtype:?} {quant:?}");
+            assert!(max_rel(&fast, &plain) < tol, "{case}: values");
+            let (dxf, dxp) = (gf.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap());
+            assert_eq!(dxf.dtype(), dtype, "{case}");
+            assert!(max_rel(dxf, dxp) < tol, "{case}: input gradient");
+            assert!(gf.get(&w).is_none(), "{case}: the frozen weight got a gradient");
+        }
     }
 
     #[test]

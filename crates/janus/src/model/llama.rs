@@ -119,6 +119,20 @@ impl Rope {
     /// Rotates `x` given as `(B, T, H, Dh)` and returns it as `(B, H, T, Dh)`: the fused
     /// kernel for bf16 CPU tensors without gradient, [`Self::apply`] otherwise.
     fn apply_bthd(&self, x: &Tensor, pos: &Positions) -> Result<Tensor> {
+        let float = matches!(x.dtype(), DType::F32 | DType::BF16);
+        if let (true, true, true, Positions::Shared(offset)) =
+            (x.track_op(), x.device().is_cpu(), float, pos)
+        {
+            // Training: one autograd op with its own backward (see autograd::RopeOp).
+            let t = x.dim(1)?;
+            let (rope, pos) = (self.clone(), pos.clone());
+            let op = super::autograd::RopeOp {
+                cos: self.cos.narrow(0, *offset, t)?,
+                sin: self.sin.narrow(0, *offset, t)?,
+                forward: Box::new(move |x| rope.apply_bthd(x, &pos)),
+            };
+            return x.contiguous()?.apply_op1(op);
+        }
         if x.device().is_cpu() && x.dtype() == DType::BF16 && !x.track_op() {
             let (b, t, h, dh) = x.dims4()?;
             let rows: Vec<usize> = match pos {
@@ -770,6 +784,27 @@ mod tests {
                         .unwrap(),
                 );
                 assert_eq!(a, b, "dh {dh}, {pos:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn rope_op_matches_the_chain_in_values_and_gradients() {
+        use crate::model::autograd::tests::{check, rand};
+        for dtype in [DType::F32, DType::BF16] {
+            for (dh, heads, t, offset) in [(2, 1, 1, 0), (6, 3, 5, 0), (34, 2, 9, 7)] {
+                let rope = Rope::new(&cfg(dh), &Device::Cpu).unwrap();
+                let pos = Positions::Shared(offset);
+                check(
+                    &format!("rope dh {dh} t {t} offset {offset}"),
+                    &[rand(&[2, t, heads, dh], dh as u64)],
+                    dtype,
+                    |x| rope.apply_bthd(&x[0], &pos).unwrap(),
+                    |x| {
+                        let x = x[0].transpose(1, 2).unwrap().contiguous().unwrap();
+                        rope.apply(&x, &pos).unwrap()
+                    },
+                );
             }
         }
     }

@@ -9,6 +9,7 @@
 //! Modules are built from canonical (original-layout) tensor names; the weights module
 //! maps other layouts onto them.
 
+mod autograd;
 pub mod conv;
 pub mod linear;
 pub mod llama;

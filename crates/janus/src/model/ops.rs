@@ -167,10 +167,15 @@ impl Module for RmsNorm {
     /// # Shapes
     /// `(..., C) -> (..., C)`
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self.forward_fused(x)? {
-            Some(y) => Ok(y),
-            None => self.forward_plain(x),
+        if let Some(y) = self.forward_fused(x)? {
+            return Ok(y);
         }
+        let w = &self.weight;
+        if tracked_cpu_pair(x, w) && x.dim(D::Minus1)? == w.elem_count() {
+            let op = super::autograd::RmsNormOp { eps: self.eps };
+            return x.contiguous()?.apply_op2(&w.contiguous()?, op);
+        }
+        self.forward_plain(x)
     }
 }
 
@@ -218,10 +223,23 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// gate and up `(..., F)` -> `(..., F)`
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    match elementwise_bf16(gate, up, crate::kernels::fused::silu_mul_bf16)? {
-        Some(y) => Ok(y),
-        None => gate.silu()? * up,
+    if let Some(y) = elementwise_bf16(gate, up, crate::kernels::fused::silu_mul_bf16)? {
+        return Ok(y);
     }
+    if tracked_cpu_pair(gate, up) && gate.dims() == up.dims() {
+        let op = super::autograd::SiluMulOp;
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, op);
+    }
+    gate.silu()? * up
+}
+
+/// Two CPU tensors of one dtype (f32 or bf16), at least one tracking a gradient: what the
+/// ops of [`super::autograd`] differentiate.
+fn tracked_cpu_pair(a: &Tensor, b: &Tensor) -> bool {
+    a.device().is_cpu()
+        && matches!(a.dtype(), DType::F32 | DType::BF16)
+        && a.dtype() == b.dtype()
+        && (a.track_op() || b.track_op())
 }
 
 /// `kernel(a, b, out)` over two bf16 CPU tensors of the same shape that track no
@@ -302,6 +320,10 @@ pub fn attention_heads_merged(
         return Ok(y);
     }
     let h_kv = k.dim(1)?;
+    let tracked = [q, k, v].iter().any(|t| t.track_op());
+    if tracked && q.device().is_cpu() && h_kv == h && k.dims() == v.dims() {
+        return attention_op(q, k, v, mask);
+    }
     let (k, v) = (repeat_kv(k, h / h_kv)?, repeat_kv(v, h / h_kv)?);
     let m = match mask {
         AttnMask::None => None,
@@ -311,6 +333,45 @@ pub fn attention_heads_merged(
     attention(q, &k, &v, m)?
         .transpose(1, 2)? // (B, Tq, H, Dh)
         .reshape((b, tq, h * dh))
+}
+
+/// [`attention_heads_merged`] as one autograd op ([`super::autograd::AttentionOp`]).
+fn attention_op(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask) -> Result<Tensor> {
+    /// The mask, owned by the op's forward.
+    enum Owned {
+        None,
+        Causal(usize, Option<Tensor>),
+        Additive(Tensor),
+    }
+    let f32_mask = |t: &Tensor| t.to_dtype(DType::F32);
+    let owned = match mask {
+        AttnMask::None => Owned::None,
+        AttnMask::Causal { offset, tensor } => {
+            Owned::Causal(offset, tensor.map(f32_mask).transpose()?)
+        }
+        AttnMask::Additive(t) => Owned::Additive(f32_mask(t)?),
+    };
+    let additive = match &owned {
+        Owned::None | Owned::Causal(_, None) => None,
+        Owned::Causal(_, Some(t)) | Owned::Additive(t) => Some(t.clone()),
+    };
+    let forward = move |q: &Tensor, k: &Tensor, v: &Tensor| {
+        let mask = match &owned {
+            Owned::None => AttnMask::None,
+            Owned::Causal(offset, t) => AttnMask::Causal {
+                offset: *offset,
+                tensor: t.as_ref(),
+            },
+            Owned::Additive(t) => AttnMask::Additive(t),
+        };
+        attention_heads_merged(q, k, v, mask)
+    };
+    let op = super::autograd::AttentionOp {
+        mask: additive,
+        forward: Box::new(forward),
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
 /// Repeats key/value heads for grouped-query attention: `(B, Hkv, T, Dh) -> (B, Hkv*n, T, Dh)`.
