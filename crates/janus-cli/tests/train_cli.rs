@@ -410,3 +410,94 @@ fn ctrl_c_saves_a_checkpoint_that_resume_continues() {
     assert!(last.trim().ends_with(&format!("step-{total}")), "{last}");
     assert_eq!(metrics(&run).len() as u64, step + 1);
 }
+
+/// `--lora` with recomputed layers and a q8 base: adapter-only checkpoints, a merged model,
+/// and `--lora` at inference giving the merged model's tokens; a run that cannot fit the
+/// memory limit is refused with the estimate before anything is written.
+#[test]
+fn lora_runs_merge_and_apply_at_inference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let run = tmp.path().join("lora");
+    let out = train(
+        &data(),
+        &run,
+        &cache,
+        &[
+            "--steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--lora",
+            "4",
+            "--lora-targets",
+            "q,v,down,gen_head,lm_head",
+            "--checkpoint-layers",
+            "--quant",
+            "q8",
+        ],
+    );
+    assert!(stdout_of(&out).trim().ends_with("step-2"));
+    let ckpt = run.join("step-2");
+    assert!(ckpt.join("adapter_config.json").is_file());
+    assert!(!ckpt.join("model.safetensors").exists());
+    let m = metrics(&run);
+    assert!(m[1]["peak_rss"].as_u64().unwrap_or(0) > 0 || !cfg!(target_os = "linux"));
+
+    let merged = tmp.path().join("merged");
+    let (r, mg) = (run.display().to_string(), merged.display().to_string());
+    assert_eq!(
+        stdout_of(&janus(&["-q", "train", "merge", &r, "--out", &mg])).trim(),
+        mg
+    );
+    let again = janus(&["-q", "train", "merge", &r, "--out", &mg]);
+    assert_clean_error(&again, &["exists"]);
+
+    let ask = |model: &str, lora: Option<&Path>| {
+        let mut args = vec![
+            "-q".to_string(),
+            "understand".into(),
+            "--model".into(),
+            model.into(),
+            "--dtype".into(),
+            "f32".into(),
+            "--image".into(),
+            image("wide.png"),
+            "--prompt".into(),
+            "What?".into(),
+            "--max-new-tokens".into(),
+            "6".into(),
+            "--json".into(),
+        ];
+        if let Some(l) = lora {
+            args.extend(["--lora".into(), l.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        json_of(&janus(&args))["token_ids"].clone()
+    };
+    assert_eq!(ask(&mg, None), ask(&model("tiny-pro"), Some(&ckpt)));
+
+    let refused = tmp.path().join("refused");
+    let out = train(
+        &data(),
+        &refused,
+        &cache,
+        &["--steps", "1", "--memory-limit", "0.01"],
+    );
+    assert_clean_error(&out, &["needs about", "GiB", "--memory-limit"]);
+    assert!(!refused.exists(), "nothing written for a refused run");
+    // A run directory is not an adapter directory.
+    let bad = janus(&[
+        "-q",
+        "understand",
+        "--model",
+        &model("tiny-pro"),
+        "--lora",
+        &r,
+        "--image",
+        &image("wide.png"),
+        "--prompt",
+        "What?",
+    ]);
+    assert_clean_error(&bad, &["adapter"]);
+}

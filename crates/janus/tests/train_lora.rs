@@ -83,7 +83,10 @@ fn adapter_gradients_match_peft() {
         worst = worst.max(err);
         assert!(err <= 1e-4, "gradient of {name} off by {err:.2e}");
     }
-    eprintln!("{} adapter tensors, worst gradient error {worst:.2e}", g.grads.len());
+    eprintln!(
+        "{} adapter tensors, worst gradient error {worst:.2e}",
+        g.grads.len()
+    );
 }
 
 fn max_diff(a: &[Tensor], b: &[Tensor]) -> f32 {
@@ -100,13 +103,24 @@ fn recomputed_layers_give_the_same_gradients() {
     // Full fine-tuning of stage 3 (original layout) and LoRA (transformers layout).
     for lora in [false, true] {
         let (plain, ckpt) = if lora {
-            (lora_trainer(tmp.path(), false), lora_trainer(tmp.path(), true))
+            (
+                lora_trainer(tmp.path(), false),
+                lora_trainer(tmp.path(), true),
+            )
         } else {
-            let t = |c| trainer_with("tiny-janus", RECIPE, tmp.path(), |s| s.checkpoint_layers = c);
+            let t = |c| {
+                trainer_with("tiny-janus", RECIPE, tmp.path(), |s| {
+                    s.checkpoint_layers = c
+                })
+            };
             (t(false), t(true))
         };
         let (mut plain, mut ckpt) = (plain, ckpt);
-        let gold = if lora { golden("tiny-pro").0 } else { gold.clone() };
+        let gold = if lora {
+            golden("tiny-pro").0
+        } else {
+            gold.clone()
+        };
         let samples = batch(&mut plain, &gold);
         let _ = batch(&mut ckpt, &gold);
         let a = plain.gradients(&samples).unwrap();
@@ -114,7 +128,10 @@ fn recomputed_layers_give_the_same_gradients() {
         assert_eq!(a.loss, b.loss, "lora {lora}: the forward is the same");
         assert_eq!(a.grads.len(), b.grads.len());
         let d = max_diff(&b.grads, &a.grads);
-        assert!(d <= 1e-5, "lora {lora}: recomputed gradients off by {d:.2e}");
+        assert!(
+            d <= 1e-5,
+            "lora {lora}: recomputed gradients off by {d:.2e}"
+        );
         eprintln!("lora {lora}: recomputed gradients within {d:.2e}");
     }
 }
@@ -144,9 +161,15 @@ fn merged_and_load_time_adapters_equal_base_plus_adapters() {
     let plain = Pipeline::load(&base, f32, &Device::Cpu).unwrap();
     let (lm, ll, lp) = (loss(&m.model), loss(&at_load.model), loss(&plain.model));
     eprintln!("loss sums: adapters {with_adapters}, merged {lm}, at load {ll}, base {lp}");
-    assert!(rel(lm, with_adapters) <= 1e-5, "merged {lm} vs {with_adapters}");
+    assert!(
+        rel(lm, with_adapters) <= 1e-5,
+        "merged {lm} vs {with_adapters}"
+    );
     assert_eq!(lm, ll, "merging at load is what merge writes");
-    assert!(rel(lp, with_adapters) > 1e-3, "the adapters change nothing?");
+    assert!(
+        rel(lp, with_adapters) > 1e-3,
+        "the adapters change nothing?"
+    );
 }
 
 #[test]
@@ -193,8 +216,43 @@ fn lora_runs_save_peft_adapters_and_resume_exactly() {
         let mut v: Vec<_> = m.iter().collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v.into_iter()
-            .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
             .collect::<Vec<_>>()
     };
-    assert_eq!(sorted(&saved), sorted(&again), "resumed run equals the uninterrupted one");
+    assert_eq!(
+        sorted(&saved),
+        sorted(&again),
+        "resumed run equals the uninterrupted one"
+    );
+}
+
+/// The loss curves of one run in f32, in f32 with recomputed layers and in bf16 (f32
+/// masters): recomputation changes nothing; bf16 stays within 2% of f32 at every step.
+#[test]
+fn bf16_and_recomputed_runs_follow_the_f32_loss_curve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let curve = |name: &str, edit: &dyn Fn(&mut janus::train::RunSpec)| {
+        let mut s = support::run_spec("tiny-janus", &tmp.path().join("cache"));
+        s.config.steps = 6;
+        edit(&mut s);
+        let mut losses = Vec::new();
+        let mut t = Trainer::create(&tmp.path().join(name), s, &Device::Cpu).unwrap();
+        t.run(&stop, |m| losses.push(m.loss), |_| {}).unwrap();
+        losses
+    };
+    let f32 = curve("f32", &|_| {});
+    let ckpt = curve("ckpt", &|s| s.checkpoint_layers = true);
+    let bf16 = curve("bf16", &|s| s.dtype = "bf16".into());
+    eprintln!("f32 {f32:?}\nbf16 {bf16:?}");
+    assert_eq!(f32, ckpt);
+    assert!(f32.last() < f32.first(), "the run learns: {f32:?}");
+    for (i, (a, b)) in f32.iter().zip(&bf16).enumerate() {
+        assert!(rel(*b, *a) <= 0.02, "step {}: bf16 {b} vs f32 {a}", i + 1);
+    }
 }

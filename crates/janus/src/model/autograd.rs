@@ -33,6 +33,11 @@ pub(crate) fn tensor_to_storage(t: &Tensor) -> Result<(CpuStorage, Shape)> {
     Ok((storage, shape))
 }
 
+/// A forward on plain tensors, as a custom op holds it.
+pub(crate) type Forward1 = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+/// [`Forward1`] of three inputs.
+pub(crate) type Forward3 = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
+
 fn f32_values(t: &Tensor) -> Result<Tensor> {
     t.detach().to_dtype(DType::F32)
 }
@@ -136,7 +141,7 @@ pub(crate) struct RopeOp {
     /// `(T, Dh)`.
     pub sin: Tensor,
     /// The forward on a plain tensor `(B, T, H, Dh) -> (B, H, T, Dh)`.
-    pub forward: Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>,
+    pub forward: Forward1,
 }
 
 impl candle_core::CustomOp1 for RopeOp {
@@ -171,7 +176,7 @@ pub(crate) struct AttentionOp {
     /// Additive f32 mask broadcastable to `(B, H, Tq, Tk)`.
     pub mask: Option<Tensor>,
     /// The forward on plain tensors.
-    pub forward: Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync>,
+    pub forward: Forward3,
 }
 
 impl candle_core::CustomOp3 for AttentionOp {
@@ -286,7 +291,10 @@ pub(crate) mod tests {
             let (a, b) = (gf.get(t).unwrap(), gp.get(t).unwrap());
             assert_eq!(a.dtype(), dtype, "{what}");
             let e = rel(a, b);
-            assert!(e <= tol, "{what} {dtype:?}: gradient of input {i} off by {e:.2e}");
+            assert!(
+                e <= tol,
+                "{what} {dtype:?}: gradient of input {i} off by {e:.2e}"
+            );
         }
     }
 
@@ -336,7 +344,11 @@ pub(crate) mod tests {
                     .unwrap()
                     .permute((2, 0, 3, 1, 4))
                     .unwrap();
-                (qkv.get(0).unwrap(), qkv.get(1).unwrap(), qkv.get(2).unwrap())
+                (
+                    qkv.get(0).unwrap(),
+                    qkv.get(1).unwrap(),
+                    qkv.get(2).unwrap(),
+                )
             };
             check(
                 "attention views",
@@ -358,9 +370,19 @@ pub(crate) mod tests {
     #[test]
     fn attention_op_matches_the_chain() {
         for dtype in [DType::F32, DType::BF16] {
-            for (b, h, t, dh) in [(1usize, 1usize, 1usize, 4usize), (1, 3, 5, 6), (2, 2, 17, 8)] {
+            for (b, h, t, dh) in [
+                (1usize, 1usize, 1usize, 4usize),
+                (1, 3, 5, 6),
+                (2, 2, 17, 8),
+            ] {
                 let mask: Vec<f32> = (0..t * t)
-                    .map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 })
+                    .map(|i| {
+                        if i % t > i / t {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
                 let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
                 let shape = [b, h, t, dh];

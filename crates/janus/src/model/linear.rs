@@ -12,10 +12,10 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use half::bf16;
 
+use super::autograd::{storage_to_tensor, tensor_to_storage};
 use crate::kernels::gemm::matmul_bf16;
 use crate::kernels::packed::PackedBf16;
 use crate::kernels::quant::{QuantFormat, QuantMatrix};
-use super::autograd::{storage_to_tensor, tensor_to_storage};
 use crate::kernels::{self, with_cpu_slice};
 
 /// How a [`Linear`] computes its product.
@@ -93,16 +93,23 @@ impl Adapter {
     }
 }
 
-/// `x · Wᵀ` for `x` `(..., in)`.
+/// `x · Wᵀ` for `x` `(..., in)`, as one 2-D product over every row (a weight broadcast
+/// over a batch dimension was copied whole by candle's product, every call).
 fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    match x.rank() {
-        // (B, T, in) x (in, out), as candle_nn::Linear does it.
-        3 => {
-            let b = x.dim(0)?;
-            x.matmul(&w.broadcast_left(b)?.t()?)
-        }
-        _ => x.broadcast_matmul(&w.t()?),
+    rows_matmul(x, &w.t()?)
+}
+
+/// `x · m` for `x` `(..., k)` and `m` `(k, n)`: `(..., n)`.
+pub(crate) fn rows_matmul(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = *dims.last().unwrap_or(&1);
+    let rows = x.elem_count() / k.max(1);
+    let y = x.reshape((rows, k))?.matmul(m)?;
+    let mut shape = dims.to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = m.dim(1)?;
     }
+    y.reshape(shape)
 }
 
 impl Linear {
@@ -308,8 +315,9 @@ impl Linear {
     fn dense_f32(&self, device: &candle_core::Device) -> Result<Tensor> {
         match &self.weight {
             Weight::Dense(w) => w.to_dtype(DType::F32),
-            Weight::Packed(p) => Tensor::from_vec(p.unpack(), (p.rows(), p.cols()), device)?
-                .to_dtype(DType::F32),
+            Weight::Packed(p) => {
+                Tensor::from_vec(p.unpack(), (p.rows(), p.cols()), device)?.to_dtype(DType::F32)
+            }
             Weight::Quant(q) => Tensor::from_vec(q.dequantize(), (q.rows(), q.cols()), device),
         }
     }
@@ -406,10 +414,7 @@ impl candle_core::CustomOp1 for FrozenProduct {
         // In f32 whatever the dtype: candle's bf16 products are slow on the CPU.
         let w = self.0.dense_f32(arg.device())?; // (out, in)
         let g = grad.to_dtype(DType::F32)?;
-        let dx = match g.rank() {
-            3 => g.matmul(&w.broadcast_left(g.dim(0)?)?)?,
-            _ => g.broadcast_matmul(&w)?,
-        };
+        let dx = rows_matmul(&g, &w)?;
         Ok(Some(dx.to_dtype(arg.dtype())?))
     }
 }
@@ -510,7 +515,8 @@ mod tests {
     /// the dequantised weight when quantised), and no gradient for the weight.
     #[test]
     fn frozen_product_matches_candle_values_and_input_gradients() {
-        let cases: &[(&[usize], usize, usize, DType, Option<QuantFormat>)] = &[
+        type Case<'a> = (&'a [usize], usize, usize, DType, Option<QuantFormat>);
+        let cases: &[Case] = &[
             (&[3, 33], 33, 7, DType::F32, None),
             (&[2, 3, 67], 67, 29, DType::F32, None),
             (&[1, 4, 130], 130, 13, DType::BF16, None),
@@ -532,13 +538,23 @@ mod tests {
             };
             let (fast, gf) = run(Path::Auto);
             let (plain, gp) = run(Path::Candle);
-            let tol = if dtype == DType::F32 && quant.is_none() { 1e-5 } else { 1e-2 };
+            let tol = if dtype == DType::F32 && quant.is_none() {
+                1e-5
+            } else {
+                1e-2
+            };
             let case = format!("{shape:?} -> {n} {dtype:?} {quant:?}");
             assert!(max_rel(&fast, &plain) < tol, "{case}: values");
-            let (dxf, dxp) = (gf.get(x.as_tensor()).unwrap(), gp.get(x.as_tensor()).unwrap());
+            let (dxf, dxp) = (
+                gf.get(x.as_tensor()).unwrap(),
+                gp.get(x.as_tensor()).unwrap(),
+            );
             assert_eq!(dxf.dtype(), dtype, "{case}");
             assert!(max_rel(dxf, dxp) < tol, "{case}: input gradient");
-            assert!(gf.get(&w).is_none(), "{case}: the frozen weight got a gradient");
+            assert!(
+                gf.get(&w).is_none(),
+                "{case}: the frozen weight got a gradient"
+            );
         }
     }
 

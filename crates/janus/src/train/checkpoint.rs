@@ -182,7 +182,13 @@ pub fn merge_adapters(adapter_dir: &Path, base: &Path, out: &Path) -> Result<()>
     let mut replaced = Vec::new();
     for (name, delta) in adapters.deltas()? {
         let dims = delta.dims().to_vec();
-        let w = backend.get(dims.into(), &name, Init::Const(0.0), DType::F32, &Device::Cpu)?;
+        let w = backend.get(
+            dims.into(),
+            &name,
+            Init::Const(0.0),
+            DType::F32,
+            &Device::Cpu,
+        )?;
         replaced.push((name, (w + delta)?));
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty());

@@ -3,7 +3,7 @@
 //!
 //! The activation term models what candle's autograd keeps per decoder layer and token
 //! (every intermediate of the forward that depends on a trained tensor); its constants
-//! were checked against measured peaks in `docs/training.md`.
+//! were checked against measured peaks (docs/training.md: within 15% on Janus-Pro-1B).
 
 use std::fmt;
 
@@ -12,6 +12,7 @@ use candle_core::DType;
 use super::data::Kind;
 use super::parts::Part;
 use crate::config::{JanusConfig, Layout};
+use crate::kernels::quant::QuantFormat;
 use crate::weights::lora::{self, LoraSpec};
 use crate::weights::TensorStore;
 
@@ -20,6 +21,8 @@ use crate::weights::TensorStore;
 pub struct PlanSettings {
     /// Compute dtype.
     pub dtype: DType,
+    /// Quantisation of the frozen base (LoRA only).
+    pub quant: Option<QuantFormat>,
     /// Parts trained (ignored with LoRA).
     pub parts: Vec<Part>,
     /// LoRA adapters instead of parts.
@@ -125,15 +128,34 @@ fn seq_len(cfg: &JanusConfig, ratio: [u64; 3]) -> usize {
 /// The estimate for a model of `cfg` stored in `store`.
 pub fn estimate(cfg: &JanusConfig, store: &TensorStore, s: &PlanSettings) -> MemoryPlan {
     let elem = s.dtype.size_in_bytes() as u64;
-    let mut total = 0u64;
+    let mut weight_bytes = 0u64;
     let mut trained = 0u64;
     let mut largest = 0u64;
+    let mut largest_quant = 0u64;
     for name in store.names() {
-        let n: u64 = store
-            .shape(name)
-            .map_or(0, |d| d.iter().product::<usize>() as u64);
-        total += n;
+        let shape = store.shape(name).unwrap_or(&[]);
+        let n = shape.iter().product::<usize>() as u64;
         let part = part_of_stored(cfg.layout, name);
+        // What Janus::load quantises: the LLM's, generation head's and wide aligner
+        // layers' matrices.
+        let quantised = s.quant.is_some()
+            && shape.len() == 2
+            && shape[1] >= 512
+            && part.is_some_and(|p| {
+                matches!(
+                    p,
+                    Part::Llm | Part::LmHead | Part::GenHead | Part::GenAligner
+                )
+            });
+        weight_bytes += match (quantised, s.quant) {
+            // Bits per weight plus the block scales (kernels/quant.rs).
+            (true, Some(QuantFormat::Q8)) => n * (8 * 32 + 10) / (8 * 32),
+            (true, Some(QuantFormat::Q4)) => n * (4 * 32 + 10) / (8 * 32),
+            _ => n * elem,
+        };
+        if quantised {
+            largest_quant = largest_quant.max(n);
+        }
         if s.lora.is_none() && part.is_some_and(|p| s.parts.contains(&p)) {
             trained += n;
             largest = largest.max(n);
@@ -155,9 +177,10 @@ pub fn estimate(cfg: &JanusConfig, store: &TensorStore, s: &PlanSettings) -> Mem
     );
     let len = seq_len(cfg, s.ratio) as u64;
     let rows = s.micro_batch.max(1) as u64 * len;
-    // Per token and layer: norms, projections, RoPE, attention scores and their softmax,
-    // the MLP's gate/up/SiLU products (elements kept by autograd).
-    let per_layer_token = 24 * d + 8 * f + 5 * h * len;
+    // Per token and layer, the elements autograd keeps: the norms', projections', RoPE's
+    // and MLP's inputs and outputs. Attention keeps no probabilities (model/autograd.rs);
+    // its backward recomputes them, one layer at a time (`attention` below).
+    let per_layer_token = 24 * d + 8 * f;
     let lora_extra = s.lora.as_ref().map_or(0, |l| 7 * l.rank as u64 * 2);
     let per_layer = rows * (per_layer_token + lora_extra) * elem;
     let kept = if s.checkpoint_layers {
@@ -169,13 +192,21 @@ pub fn estimate(cfg: &JanusConfig, store: &TensorStore, s: &PlanSettings) -> Mem
     // Logits of the targets in f32, with the cross-entropy's shifted and exp copies.
     let vocab = t.vocab_size.max(cfg.gen_head.image_token_size) as u64;
     let heads = rows * vocab * 4 * 4;
+    // One layer's attention backward: probabilities, their gradient and the scores.
+    let attention = s.micro_batch.max(1) as u64 * 4 * h * len * len * 4;
+    // A quantised layer's backward product dequantises its weight for the moment.
+    let dequantised = largest_quant * 4;
     let adapters = s.lora.is_some();
     MemoryPlan {
-        weights: total * elem + if adapters { trained * elem } else { 0 },
-        masters: if s.dtype == DType::F32 { 0 } else { trained * 4 },
+        weights: weight_bytes + if adapters { trained * elem } else { 0 },
+        masters: if s.dtype == DType::F32 {
+            0
+        } else {
+            trained * 4
+        },
         gradients: trained * (elem + 4),
         optimizer: trained * 8 + largest * 4 * 3,
-        activations: kept + heads,
+        activations: kept + heads + attention + dequantised,
         trainable: trained,
         seq_len: len as usize,
     }
@@ -223,6 +254,11 @@ pub fn alternatives(
         c.checkpoint_layers = true;
         push(
             "--lora 16 --dtype bf16 --checkpoint-layers --micro-batch-size 1",
+            c.clone(),
+        );
+        c.quant = Some(QuantFormat::Q4);
+        push(
+            "--lora 16 --quant q4 --dtype bf16 --checkpoint-layers --micro-batch-size 1",
             c,
         );
     }
@@ -250,10 +286,63 @@ pub fn check_fits(
     let advice = if fitting.is_empty() {
         "nothing the trainer offers fits; use a machine with more memory".to_string()
     } else {
-        format!("these would fit:\n{}", fitting.join("\n"))
+        format!("adding these options would fit:\n{}", fitting.join("\n"))
     };
     Err(crate::error::Error::InvalidInput(format!(
         "this run needs about {plan}, more than the {} available (--memory-limit); {advice}",
         gib(limit)
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> PlanSettings {
+        PlanSettings {
+            dtype: DType::F32,
+            quant: None,
+            parts: Part::ALL.to_vec(),
+            lora: None,
+            checkpoint_layers: false,
+            micro_batch: 2,
+            ratio: [1, 1, 1],
+        }
+    }
+
+    #[test]
+    fn each_saving_option_lowers_the_estimate_and_refusals_name_them() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/models/tiny-janus");
+        let (cfg, store) = crate::weights::load_model_dir(&dir).unwrap();
+        let base = estimate(&cfg, &store, &settings());
+        assert!(base.trainable > 0 && base.optimizer >= base.trainable * 8);
+        let with = |f: &dyn Fn(&mut PlanSettings)| {
+            let mut s = settings();
+            f(&mut s);
+            estimate(&cfg, &store, &s)
+        };
+        let ckpt = with(&|s| s.checkpoint_layers = true);
+        assert!(ckpt.activations < base.activations);
+        let micro = with(&|s| s.micro_batch = 1);
+        assert!(micro.activations < base.activations);
+        let lora = with(&|s| {
+            s.lora = Some(LoraSpec {
+                rank: 2,
+                alpha: 2.0,
+                targets: lora::Target::DEFAULT.to_vec(),
+            })
+        });
+        assert!(lora.trainable < base.trainable && lora.optimizer < base.optimizer);
+        let bf16 = with(&|s| s.dtype = DType::BF16);
+        assert!(bf16.weights < base.weights && bf16.masters > 0);
+        assert!(check_fits(&cfg, &store, &settings(), u64::MAX).is_ok());
+        let err = check_fits(&cfg, &store, &settings(), base.total() - 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("needs about") && err.contains("--checkpoint-layers"),
+            "{err}"
+        );
+    }
 }

@@ -38,6 +38,10 @@ pub struct StepMetrics {
     pub bad_samples: u64,
     /// Wall-clock seconds of the step.
     pub seconds: f64,
+    /// Peak resident memory of the process during the step, in bytes (Linux; `None`
+    /// where the kernel does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss: Option<u64>,
 }
 
 impl StepMetrics {
@@ -103,4 +107,18 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     super::trainer::write_atomic(path, kept.as_bytes())
+}
+
+/// Starts a new peak-memory window: the process's peak resident set (`VmHWM`) is reset to
+/// its current size. Linux only; elsewhere (or where refused) a no-op.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set since start or the last [`reset_peak_rss`], in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
 }

@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use super::parts::Part;
 use crate::config::{JanusConfig, Layout};
 use crate::error::{Error, Result};
+use crate::kernels::quant::QuantFormat;
 use crate::model::Janus;
 use crate::weights::lora::{self, LoraSpec, Module};
 use crate::weights::{load_model_dir, JanusBackend, TensorStore};
@@ -86,8 +87,13 @@ pub struct TrainModel {
 pub enum Trainable {
     /// These parts' tensors.
     Parts(BTreeSet<Part>),
-    /// Adapters (seeded initialisation); nothing of the checkpoint trains.
-    Lora { spec: LoraSpec, seed: u64 },
+    /// Adapters (seeded initialisation) over the frozen checkpoint, whose LLM and
+    /// generation-head products may be quantised (QLoRA-style).
+    Lora {
+        spec: LoraSpec,
+        seed: u64,
+        quant: Option<QuantFormat>,
+    },
 }
 
 impl TrainModel {
@@ -109,7 +115,7 @@ impl TrainModel {
         let created = Arc::new(Mutex::new(BTreeMap::new()));
         let (parts, lora) = match trainable {
             Trainable::Parts(p) => (p.clone(), None),
-            Trainable::Lora { spec, seed } => {
+            Trainable::Lora { spec, seed, .. } => {
                 spec.validate()?;
                 let modules = lora::modules(&cfg, &spec.targets)
                     .into_iter()
@@ -132,7 +138,16 @@ impl TrainModel {
             created: created.clone(),
         };
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-        let model = Janus::new(&cfg, vb)?;
+        let quant = match trainable {
+            Trainable::Lora { quant, .. } => *quant,
+            Trainable::Parts(_) => None,
+        };
+        if quant.is_some() && !device.is_cpu() {
+            return Err(Error::InvalidInput(
+                "quantised base weights (--quant) train on the CPU only".into(),
+            ));
+        }
+        let model = Janus::load(&cfg, vb, quant)?;
         let params: Vec<Param> = std::mem::take(&mut *lock(&created)).into_values().collect();
         if params.is_empty() {
             return Err(Error::InvalidInput(
@@ -236,7 +251,12 @@ impl TrainBackend {
     }
 
     /// The saved master of `name` when resuming, checked against `dims`.
-    fn saved(&self, name: &str, dims: &[usize], dev: &Device) -> candle_core::Result<Option<Tensor>> {
+    fn saved(
+        &self,
+        name: &str,
+        dims: &[usize],
+        dev: &Device,
+    ) -> candle_core::Result<Option<Tensor>> {
         match self.masters.get(name) {
             Some(m) if m.dims() == dims => Ok(Some(m.to_dtype(DType::F32)?.to_device(dev)?)),
             Some(m) => candle_core::bail!(

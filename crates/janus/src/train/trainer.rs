@@ -29,6 +29,7 @@ use super::sample::{
     TrainSample,
 };
 use crate::error::{Error, Result};
+use crate::kernels::quant::QuantFormat;
 use crate::processor::{load_image, ImageProcessorConfig, JanusTokenizer};
 use crate::weights::lora::LoraSpec;
 
@@ -54,6 +55,9 @@ pub struct RunSpec {
     /// Recompute each decoder layer in the backward pass (`--checkpoint-layers`).
     #[serde(default)]
     pub checkpoint_layers: bool,
+    /// Quantisation of the frozen base under LoRA (`q8`, `q4`; `--quant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<String>,
 }
 
 impl RunSpec {
@@ -71,6 +75,21 @@ impl RunSpec {
             ))
         })?;
         serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The base's quantisation (`None`: as loaded); only LoRA runs quantise.
+    pub fn quant_format(&self) -> Result<Option<QuantFormat>> {
+        let Some(q) = self.quant.as_deref().filter(|q| *q != "none") else {
+            return Ok(None);
+        };
+        if self.lora.is_none() {
+            return Err(Error::InvalidInput(
+                "--quant needs --lora: only a frozen base can be quantised".into(),
+            ));
+        }
+        q.parse::<QuantFormat>()
+            .map(Some)
+            .map_err(|_| Error::InvalidInput(format!("--quant {q:?}: use q8 or q4")))
     }
 
     /// The compute dtype.
@@ -179,6 +198,7 @@ impl Trainer {
             Some(l) => Trainable::Lora {
                 spec: l.clone(),
                 seed: spec.config.seed,
+                quant: spec.quant_format()?,
             },
             None => Trainable::Parts(spec.config.train.iter().copied().collect()),
         };
@@ -444,6 +464,7 @@ impl Trainer {
     /// One optimiser step.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
+        super::metrics::reset_peak_rss();
         let step = self.state.step;
         let samples = self.step_samples(step);
         let Gradients {
@@ -486,6 +507,7 @@ impl Trainer {
             samples: samples.len() as u64,
             bad_samples: self.state.bad_samples,
             seconds: start.elapsed().as_secs_f64(),
+            peak_rss: super::metrics::peak_rss(),
         })
     }
 

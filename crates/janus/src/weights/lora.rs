@@ -528,8 +528,8 @@ pub fn base_of(dir: &Path, base: Option<&Path>) -> Result<PathBuf> {
     }
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let pc: PeftConfig =
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let pc: PeftConfig = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     match pc.base_model_name_or_path {
         Some(b) if Path::new(&b).is_dir() => Ok(PathBuf::from(b)),
         other => Err(Error::InvalidInput(format!(

@@ -31,7 +31,12 @@ pub fn trainer(model: &str, recipe: &str, tmp: &Path) -> Trainer {
 }
 
 /// [`trainer`] with the run's settings changed by `edit` first.
-pub fn trainer_with(model: &str, recipe: &str, tmp: &Path, edit: impl FnOnce(&mut RunSpec)) -> Trainer {
+pub fn trainer_with(
+    model: &str,
+    recipe: &str,
+    tmp: &Path,
+    edit: impl FnOnce(&mut RunSpec),
+) -> Trainer {
     let recipe = Recipe::load(recipe).unwrap();
     let overrides = Overrides {
         batch_size: Some(6),
@@ -48,6 +53,7 @@ pub fn trainer_with(model: &str, recipe: &str, tmp: &Path, edit: impl FnOnce(&mu
         config,
         lora: None,
         checkpoint_layers: false,
+        quant: None,
     };
     let mut spec = spec;
     edit(&mut spec);
@@ -150,7 +156,6 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
-
 /// A short mixed run: 3 samples per step (one of each kind), half the captions dropped,
 /// cosine schedule with warm-up, every trainable part of stage 3.
 pub fn run_spec(model: &str, cache: &Path) -> RunSpec {
@@ -176,6 +181,6 @@ pub fn run_spec(model: &str, cache: &Path) -> RunSpec {
         config: TrainConfig::resolve(&recipe, &o, false).unwrap(),
         lora: None,
         checkpoint_layers: false,
+        quant: None,
     }
 }
-
