@@ -69,7 +69,19 @@ fn adapter_gradients_match_peft() {
     assert_eq!(t.model.params.len(), 2 * layers);
     assert!(t.model.params.iter().all(|p| p.name.contains(".lora_")));
     let samples = batch(&mut t, &golden("tiny-pro").0);
+    let before = janus::model::backward_calls();
     let g = t.gradients(&samples).unwrap();
+    // The step ran through the ops with their own backward (model/autograd.rs): every
+    // frozen product, norm, SwiGLU, RoPE and attention of the two decoder layers.
+    let after = janus::model::backward_calls();
+    assert!(
+        after.frozen_linear >= before.frozen_linear + 14,
+        "{before:?} -> {after:?}"
+    );
+    assert!(after.rms_norm >= before.rms_norm + 4, "{after:?}");
+    assert!(after.silu_mul >= before.silu_mul + 2, "{after:?}");
+    assert!(after.rope >= before.rope + 4, "{after:?}");
+    assert!(after.attention >= before.attention + 2, "{after:?}");
     let want = gold["loss"].as_f64().unwrap();
     assert!(rel(g.loss, want) <= 1e-5, "loss {} vs {want}", g.loss);
     let mut worst = 0f32;

@@ -7,6 +7,42 @@
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
 use half::bf16;
 
+/// How many backward passes each op has run in this process: shows that a training step
+/// went through these ops (tests, profiles).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackwardCalls {
+    /// Products with a frozen weight.
+    pub frozen_linear: usize,
+    /// RMSNorm.
+    pub rms_norm: usize,
+    /// SwiGLU.
+    pub silu_mul: usize,
+    /// Rotary embeddings.
+    pub rope: usize,
+    /// Attention.
+    pub attention: usize,
+}
+
+static CALLS: [std::sync::atomic::AtomicUsize; 5] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 5];
+
+/// Counts one backward pass of op `i` (the field order of [`BackwardCalls`]).
+pub(crate) fn count(i: usize) {
+    CALLS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The counts so far.
+pub fn backward_calls() -> BackwardCalls {
+    let c = |i: usize| CALLS[i].load(std::sync::atomic::Ordering::Relaxed);
+    BackwardCalls {
+        frozen_linear: c(0),
+        rms_norm: c(1),
+        silu_mul: c(2),
+        rope: c(3),
+        attention: c(4),
+    }
+}
+
 /// The CPU storage a custom op receives, as a tensor that tracks nothing (a copy of the
 /// contiguous elements).
 pub(crate) fn storage_to_tensor(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
@@ -74,6 +110,7 @@ impl candle_core::CustomOp2 for RmsNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        count(1);
         let xf = f32_values(x)?;
         let d = xf.dim(candle_core::D::Minus1)? as f64;
         let r = ((xf.sqr()?.sum_keepdim(candle_core::D::Minus1)? / d)? + self.eps)?
@@ -118,6 +155,7 @@ impl candle_core::CustomOp2 for SiluMulOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        count(2);
         let (x, u, g) = (f32_values(gate)?, f32_values(up)?, f32_values(grad)?);
         let s = candle_nn::ops::sigmoid(&x)?;
         let silu = (&x * &s)?;
@@ -155,6 +193,7 @@ impl candle_core::CustomOp1 for RopeOp {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        count(3);
         let g = f32_values(grad)?; // (B, H, T, Dh)
         let dh = g.dim(candle_core::D::Minus1)?;
         let gs = g.broadcast_mul(&self.sin)?;
@@ -207,6 +246,7 @@ impl candle_core::CustomOp3 for AttentionOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        count(4);
         let (b, h, tq, dh) = q.dims4()?;
         let scale = 1.0 / (dh as f64).sqrt();
         let (qf, kf, vf) = (f32_values(q)?, f32_values(k)?, f32_values(v)?);

@@ -411,6 +411,7 @@ impl candle_core::CustomOp1 for FrozenProduct {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        super::autograd::count(0);
         // In f32 whatever the dtype: candle's bf16 products are slow on the CPU.
         let w = self.0.dense_f32(arg.device())?; // (out, in)
         let g = grad.to_dtype(DType::F32)?;

@@ -21,6 +21,7 @@ pub mod vq;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
+pub use autograd::{backward_calls, BackwardCalls};
 pub use llama::{KvCache, Llama};
 pub use mlp::{GenHead, MlpProjector};
 pub use siglip::SiglipVit;

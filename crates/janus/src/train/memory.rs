@@ -3,7 +3,7 @@
 //!
 //! The activation term models what candle's autograd keeps per decoder layer and token
 //! (every intermediate of the forward that depends on a trained tensor); its constants
-//! were checked against measured peaks (docs/training.md: within 15% on Janus-Pro-1B).
+//! were checked against measured peaks (docs/training.md: 1-22% over on Janus-Pro-1B).
 
 use std::fmt;
 
