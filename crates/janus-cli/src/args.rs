@@ -81,6 +81,19 @@ impl ModelArgs {
         }
     }
 
+    /// [`Self::resolve`] for the commands that read the checkpoint as it is (`info`,
+    /// `convert`, `data`): `--lora` is refused there rather than ignored.
+    pub fn resolve_without_lora(&self, progress: &Progress) -> Result<PathBuf> {
+        if let Some(l) = &self.lora {
+            bail!(
+                "--lora {} applies to understand, generate, chat and serve; to write a model \
+                 with the adapters folded in, use janus train merge",
+                l.display()
+            );
+        }
+        self.resolve(progress)
+    }
+
     /// Names the model for records: the local path (absolute when it exists), or
     /// `owner/name@revision` for a hub model.
     pub fn model_id(&self) -> String {

@@ -500,4 +500,13 @@ fn lora_runs_merge_and_apply_at_inference() {
         "What?",
     ]);
     assert_clean_error(&bad, &["adapter"]);
+    // Commands that read the checkpoint as it is refuse --lora instead of ignoring it.
+    let info = janus(&[
+        "info",
+        "--model",
+        &model("tiny-pro"),
+        "--lora",
+        &ckpt.display().to_string(),
+    ]);
+    assert_clean_error(&info, &["--lora", "janus train merge"]);
 }

@@ -219,7 +219,7 @@ fn lora_runs_save_peft_adapters_and_resume_exactly() {
     let part = tmp.path().join("part");
     let mut t = Trainer::create(&part, spec(2), &Device::Cpu).unwrap();
     t.run(&stop, |_| {}, |_| {}).unwrap();
-    let mut t = Trainer::resume(&part, Some(3), &Device::Cpu).unwrap();
+    let mut t = Trainer::resume(&part, Some(3), false, &Device::Cpu).unwrap();
     t.run(&stop, |_| {}, |_| {}).unwrap();
     let again =
         candle_core::safetensors::load(part.join("step-3").join(lora::WEIGHTS_FILE), &Device::Cpu)

@@ -45,7 +45,7 @@ pub fn run(a: ConvertArgs, progress: &Progress) -> Result<()> {
         dtype: target_dtype(&a.model.dtype)?,
         ..Default::default()
     };
-    let src = a.model.resolve(progress)?;
+    let src = a.model.resolve_without_lora(progress)?;
     let mut bar: Option<Bar> = None;
     let report = convert_checkpoint(&src, &a.out, &opts, |done, total| {
         bar.get_or_insert_with(|| progress.bytes("converting", total))

@@ -55,7 +55,7 @@ pub fn run(c: DataCommand, progress: &Progress) -> Result<()> {
 }
 
 fn run_check(a: CheckArgs, progress: &Progress) -> Result<()> {
-    let dir = a.model.resolve(progress)?;
+    let dir = a.model.resolve_without_lora(progress)?;
     let report = check(&a.manifest, &dir)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -88,7 +88,7 @@ fn run_check(a: CheckArgs, progress: &Progress) -> Result<()> {
 }
 
 fn run_encode(a: EncodeArgs, progress: &Progress) -> Result<()> {
-    let dir = a.model.resolve(progress)?;
+    let dir = a.model.resolve_without_lora(progress)?;
     let data = Dataset::load(&a.manifest)?;
     let mut images: Vec<PathBuf> = data
         .of(Kind::T2i)

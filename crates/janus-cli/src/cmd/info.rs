@@ -23,7 +23,7 @@ pub struct InfoArgs {
 /// Runs `janus info`. Problems found are reported, not failed on: the exit status is 0
 /// whenever the directory could be described.
 pub fn run(a: InfoArgs, progress: &Progress) -> Result<()> {
-    let dir = a.model.resolve(progress)?;
+    let dir = a.model.resolve_without_lora(progress)?;
     let mut info = ModelInfo::from_dir(&dir)?;
     info.dir = a.model.model_id();
     if a.json {

@@ -433,8 +433,7 @@ fn resume(
     spec.checkpoint_layers |= a.checkpoint_layers;
     check_memory(a, &spec)?;
     let spinner = progress.spinner(&format!("resuming {}", run_dir.display()));
-    let mut t = Trainer::resume(run_dir, o.steps, device)?;
-    t.spec.checkpoint_layers = spec.checkpoint_layers;
+    let mut t = Trainer::resume(run_dir, o.steps, spec.checkpoint_layers, device)?;
     spinner.finish();
     if let Some(s) = o.save_every {
         t.spec.config.save_every = s;

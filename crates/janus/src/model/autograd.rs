@@ -80,9 +80,11 @@ fn f32_values(t: &Tensor) -> Result<Tensor> {
 
 /// LLaMA's RMSNorm `y = (x / √(mean(x²) + eps))·w` over the last dimension: forward by
 /// [`super::ops::RmsNorm`]'s own paths on plain tensors, backward in f32 (keeps nothing but
-/// the input, where candle's chain keeps six intermediates).
+/// the inputs, where candle's chain keeps six intermediates).
 pub(crate) struct RmsNormOp {
     pub eps: f64,
+    /// Whether the weight trains (else its gradient is not computed).
+    pub weight_grad: bool,
 }
 
 impl candle_core::CustomOp2 for RmsNormOp {
@@ -118,12 +120,17 @@ impl candle_core::CustomOp2 for RmsNormOp {
             .recip()?;
         let n = xf.broadcast_mul(&r)?;
         let g = f32_values(grad)?;
-        let rows = n.elem_count() / n.dim(candle_core::D::Minus1)?;
-        let dw = (&g * &n)?.reshape((rows, d as usize))?.sum(0)?;
+        let dw = if self.weight_grad {
+            let rows = n.elem_count() / n.dim(candle_core::D::Minus1)?;
+            let dw = (&g * &n)?.reshape((rows, d as usize))?.sum(0)?;
+            Some(dw.to_dtype(w.dtype())?)
+        } else {
+            None
+        };
         let dn = g.broadcast_mul(&f32_values(w)?)?;
         let mean = ((&dn * &n)?.sum_keepdim(candle_core::D::Minus1)? / d)?;
         let dx = (dn - n.broadcast_mul(&mean)?)?.broadcast_mul(&r)?;
-        Ok((Some(dx.to_dtype(x.dtype())?), Some(dw.to_dtype(w.dtype())?)))
+        Ok((Some(dx.to_dtype(x.dtype())?), dw))
     }
 }
 

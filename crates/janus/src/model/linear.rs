@@ -93,10 +93,18 @@ impl Adapter {
     }
 }
 
-/// `x · Wᵀ` for `x` `(..., in)`, as one 2-D product over every row (a weight broadcast
-/// over a batch dimension was copied whole by candle's product, every call).
+/// `x · Wᵀ` for `x` `(..., in)`. Training takes one 2-D product over every row (no
+/// gradient for a weight broadcast over the batch); inference keeps candle_nn::Linear's
+/// batched form, whose results its parity tests pin.
 fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    rows_matmul(x, &w.t()?)
+    match x.rank() {
+        3 if !x.track_op() => {
+            let b = x.dim(0)?;
+            x.matmul(&w.broadcast_left(b)?.t()?)
+        }
+        2 | 3 => rows_matmul(x, &w.t()?),
+        _ => x.broadcast_matmul(&w.t()?),
+    }
 }
 
 /// `x · m` for `x` `(..., k)` and `m` `(k, n)`: `(..., n)`.
@@ -274,7 +282,8 @@ impl Linear {
 
     /// The product with the (frozen or trained) weight, without the adapter.
     fn forward_base(&self, x: &Tensor, path: Path) -> Result<Tensor> {
-        if path == Path::Auto && x.track_op() && x.device().is_cpu() && self.frozen() {
+        let float = matches!(x.dtype(), DType::F32 | DType::BF16);
+        if path == Path::Auto && x.track_op() && float && x.device().is_cpu() && self.frozen() {
             let plain = Self {
                 weight: self.weight.clone(),
                 bias: self.bias.clone(),

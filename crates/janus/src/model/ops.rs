@@ -172,7 +172,10 @@ impl Module for RmsNorm {
         }
         let w = &self.weight;
         if tracked_cpu_pair(x, w) && x.dim(D::Minus1)? == w.elem_count() {
-            let op = super::autograd::RmsNormOp { eps: self.eps };
+            let op = super::autograd::RmsNormOp {
+                eps: self.eps,
+                weight_grad: w.track_op(),
+            };
             return x.contiguous()?.apply_op2(&w.contiguous()?, op);
         }
         self.forward_plain(x)
@@ -321,7 +324,10 @@ pub fn attention_heads_merged(
     }
     let h_kv = k.dim(1)?;
     let tracked = [q, k, v].iter().any(|t| t.track_op());
-    if tracked && q.device().is_cpu() && h_kv == h && k.dims() == v.dims() {
+    let float = matches!(q.dtype(), DType::F32 | DType::BF16)
+        && k.dtype() == q.dtype()
+        && v.dtype() == q.dtype();
+    if tracked && float && q.device().is_cpu() && h_kv == h && k.dims() == v.dims() {
         return attention_op(q, k, v, mask);
     }
     let (k, v) = (repeat_kv(k, h / h_kv)?, repeat_kv(v, h / h_kv)?);

@@ -1,8 +1,9 @@
 //! Checkpoints: `RUN_DIR/step-N/` is a model directory in the input's layout (its config,
 //! tokenizer and processor files, one `model.safetensors` with every tensor under the
 //! checkpoint's own names), loadable as it is by `janus understand` / `generate` / `serve`
-//! and by the PyTorch reference; beside the model files, `trainer/` holds what resuming
-//! needs: the f32 masters and AdamW moments of the trained tensors and the step.
+//! and by the PyTorch reference; for a LoRA run it holds peft's adapter files instead
+//! (`--lora DIR` at inference, [`merge_adapters`]). Beside them, `trainer/` holds what
+//! resuming needs: the f32 masters and AdamW moments of the trained tensors and the step.
 //!
 //! A checkpoint is written into a hidden temporary directory and renamed into place, so a
 //! crash while saving leaves the previous checkpoints as they were.
@@ -200,6 +201,9 @@ pub fn merge_adapters(adapter_dir: &Path, base: &Path, out: &Path) -> Result<()>
         name.unwrap_or_default(),
         std::process::id()
     ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let written = write_model_files(&tmp, base, &store, cfg.layout, replaced)
         .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e)));

@@ -116,7 +116,7 @@ impl TrainModel {
         let (parts, lora) = match trainable {
             Trainable::Parts(p) => (p.clone(), None),
             Trainable::Lora { spec, seed, .. } => {
-                spec.validate()?;
+                spec.validate_for(&cfg)?;
                 let modules = lora::modules(&cfg, &spec.targets)
                     .into_iter()
                     .map(|m| (m.name.clone(), m))

@@ -162,9 +162,16 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Continues the run in `run_dir` from its latest checkpoint (`steps`: a new total).
-    pub fn resume(run_dir: &Path, steps: Option<u64>, device: &Device) -> Result<Self> {
+    /// Continues the run in `run_dir` from its latest checkpoint (`steps`: a new total;
+    /// `checkpoint_layers`: recompute layers from now on, which changes no result).
+    pub fn resume(
+        run_dir: &Path,
+        steps: Option<u64>,
+        checkpoint_layers: bool,
+        device: &Device,
+    ) -> Result<Self> {
         let mut spec = RunSpec::read(run_dir)?;
+        spec.checkpoint_layers |= checkpoint_layers;
         if let Some(s) = steps {
             spec.config.steps = s;
             spec.config.validate()?;

@@ -136,6 +136,20 @@ impl LoraSpec {
         self.alpha / self.rank as f64
     }
 
+    /// [`Self::validate`], and the targets exist in a model of `cfg` (a tied `lm_head`
+    /// is the embedding table, which adapters do not cover).
+    pub fn validate_for(&self, cfg: &JanusConfig) -> Result<()> {
+        self.validate()?;
+        if cfg.text.tie_word_embeddings && self.targets.contains(&Target::LmHead) {
+            return Err(Error::InvalidInput(
+                "this model ties lm_head to the token embeddings: lm_head cannot take an \
+                 adapter"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Rejects a zero rank, a non-finite alpha or no target.
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
@@ -407,9 +421,13 @@ impl Adapters {
         let mut targets = Vec::new();
         for (name, t) in raw {
             let Some(&(m, tail)) = by_peft.get(&name) else {
+                let all: Vec<_> = Target::ALL.iter().map(|t| t.name()).collect();
                 return Err(Error::InvalidInput(format!(
-                    "{}: {name} is not a LoRA tensor of a layer this model has",
-                    weights.display()
+                    "{}: {name} is not a LoRA A/B matrix of a layer janus adapts ({}); \
+                     adapters on other layers, saved base weights (modules_to_save) and \
+                     LoRA biases are not supported",
+                    weights.display(),
+                    all.join(",")
                 )));
             };
             let want = if tail.starts_with("lora_A") {
@@ -454,7 +472,7 @@ impl Adapters {
             alpha: pc.lora_alpha,
             targets,
         };
-        spec.validate()?;
+        spec.validate_for(cfg)?;
         Ok(Self {
             spec,
             base: pc.base_model_name_or_path,
@@ -530,8 +548,9 @@ pub fn base_of(dir: &Path, base: Option<&Path>) -> Result<PathBuf> {
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let pc: PeftConfig = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    match pc.base_model_name_or_path {
-        Some(b) if Path::new(&b).is_dir() => Ok(PathBuf::from(b)),
+    // A relative path is taken from the adapter directory.
+    match pc.base_model_name_or_path.map(|b| dir.join(b)) {
+        Some(b) if b.is_dir() => Ok(b),
         other => Err(Error::InvalidInput(format!(
             "{} names base model {:?}, which is not a local directory; pass the base model",
             dir.display(),
