@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use janus::config::Layout;
 use janus::pipeline::{DTypeChoice, Pipeline};
-use janus::train::loss::micro_batch_loss;
+use janus::train::loss::{micro_batch_backward, micro_batch_loss};
 use janus::train::Trainer;
 use janus::weights::lora::{self, Adapters, LoraSpec, Target};
 use serde_json::Value;
@@ -135,6 +135,26 @@ fn recomputed_layers_give_the_same_gradients() {
         };
         let samples = batch(&mut plain, &gold);
         let _ = batch(&mut ckpt, &gold);
+        // The recomputing backward really runs segment by segment: one gradient store
+        // for the heads, one per decoder layer (and one for the inputs when they train).
+        let refs: Vec<_> = samples.iter().collect();
+        let stores = |recompute: bool| {
+            let mut n = 0;
+            let model = &plain.model.model;
+            micro_batch_backward(model, &refs, 1.0, recompute, &mut |_| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+            n
+        };
+        let layers = plain.model.model.llm.num_layers();
+        assert_eq!(stores(false), 1);
+        let segments = stores(true);
+        assert!(
+            segments == layers + 1 || segments == layers + 2,
+            "{segments} stores for {layers} layers"
+        );
         let a = plain.gradients(&samples).unwrap();
         let b = ckpt.gradients(&samples).unwrap();
         assert_eq!(a.loss, b.loss, "lora {lora}: the forward is the same");

@@ -295,10 +295,9 @@ pub fn tune_allocator() {
 
 /// Allocator settings for training, called before the model loads: one arena, freed
 /// memory kept for reuse (no trimming), blocks up to glibc's largest mmap threshold
-/// (32 MiB) from the heap. A training step frees and reallocates its activations
-/// (gigabytes) every step; with one arena per thread the freed blocks of one step were
-/// not reused by the next (peak 1.4x), and returning them to the kernel cost a fifth of
-/// the step in page zeroing (docs/training.md). Process-wide, for binaries.
+/// (32 MiB) from the heap. A training step frees and reallocates gigabytes of
+/// activations; with an arena per thread one step's freed blocks went unused by the next
+/// (measured in docs/training.md). Process-wide, for binaries.
 pub fn tune_allocator_for_training() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters (glibc serialises it with

@@ -151,11 +151,6 @@ impl Linear {
         self
     }
 
-    /// Whether a LoRA adapter is attached.
-    pub fn has_adapter(&self) -> bool {
-        self.adapter.is_some()
-    }
-
     /// Whether [`Self::new`] packs this weight for the CPU kernel.
     pub fn packs(weight: &Tensor) -> bool {
         weight.device().is_cpu()

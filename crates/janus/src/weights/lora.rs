@@ -406,13 +406,16 @@ impl Adapters {
         let raw = candle_core::safetensors::load(&weights, &Device::Cpu)
             .map_err(|e| Error::InvalidInput(format!("{}: {e}", weights.display())))?;
         // Every name an adapter of any target could have, in both layouts.
-        let all = modules(cfg, &Target::ALL);
-        let mut by_peft: HashMap<String, (&Module, &str)> = HashMap::new();
-        for m in &all {
+        let all: Vec<(Target, Module)> = Target::ALL
+            .into_iter()
+            .flat_map(|t| modules(cfg, &[t]).into_iter().map(move |m| (t, m)))
+            .collect();
+        let mut by_peft: HashMap<String, (Target, &Module, &str)> = HashMap::new();
+        for (t, m) in &all {
             for layout in [Layout::Original, Layout::Transformers] {
                 if let Ok(n) = module_in_layout(layout, &m.name) {
                     for tail in ["lora_A.weight", "lora_B.weight"] {
-                        by_peft.insert(format!("{PEFT_PREFIX}{n}.{tail}"), (m, tail));
+                        by_peft.insert(format!("{PEFT_PREFIX}{n}.{tail}"), (*t, m, tail));
                     }
                 }
             }
@@ -420,7 +423,7 @@ impl Adapters {
         let mut tensors = BTreeMap::new();
         let mut targets = Vec::new();
         for (name, t) in raw {
-            let Some(&(m, tail)) = by_peft.get(&name) else {
+            let Some(&(target, m, tail)) = by_peft.get(&name) else {
                 let all: Vec<_> = Target::ALL.iter().map(|t| t.name()).collect();
                 return Err(Error::InvalidInput(format!(
                     "{}: {name} is not a LoRA A/B matrix of a layer janus adapts ({}); \
@@ -443,15 +446,12 @@ impl Adapters {
                     pc.r
                 )));
             }
-            let target = Target::ALL
-                .into_iter()
-                .find(|t| modules(cfg, &[*t]).iter().any(|x| x.name == m.name));
-            if let Some(t) = target.filter(|t| !targets.contains(t)) {
-                targets.push(t);
+            if !targets.contains(&target) {
+                targets.push(target);
             }
             tensors.insert(format!("{}.{tail}", m.name), t.to_dtype(DType::F32)?);
         }
-        for m in &all {
+        for (_, m) in &all {
             if tensors.contains_key(&m.a()) != tensors.contains_key(&m.b()) {
                 return Err(Error::InvalidInput(format!(
                     "{}: {} has only one of lora_A and lora_B",
