@@ -305,7 +305,8 @@ pub fn tune_allocator_for_training() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // -1: never trim. Any positive value caps at 2 GiB, less than one step frees.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
     }
 }
 
