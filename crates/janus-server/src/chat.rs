@@ -12,7 +12,6 @@ use axum::Json;
 use janus::engine::sampling::random_seed;
 use janus::engine::SamplingParams;
 use janus::pipeline::UnderstandOptions;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::api::{
@@ -20,7 +19,8 @@ use crate::api::{
 };
 use crate::conversation::{self, Conversation, ImageSources};
 use crate::error::{Result, ServerError};
-use crate::routes::ApiJson;
+use crate::extract::ApiJson;
+use crate::sse::json_event;
 use crate::worker::{CancelOnDrop, ChatEvent, ChatJob, Job};
 use crate::{unix_now, AppState};
 
@@ -301,13 +301,4 @@ fn stream_answer(
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-/// An SSE event whose data is `v` as JSON.
-pub(crate) fn json_event(v: &impl Serialize) -> Event {
-    Event::default().data(serde_json::to_string(v).unwrap_or_else(|e| {
-        ServerError::Internal(format!("cannot serialise an event: {e}"))
-            .body()
-            .to_string()
-    }))
 }

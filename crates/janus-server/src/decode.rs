@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::error::ServerError;
+use crate::jobs::{catch_panic, CancelFlag, ImageEvent, ImageJob};
 use crate::metrics::{JobKind, JobOutcome, Metrics};
-use crate::worker::{catch_panic, CancelFlag, ImageEvent, ImageJob};
 
 /// Sampled batches that may wait for the decoder while it decodes another.
 pub const DECODE_BACKLOG: usize = 1;

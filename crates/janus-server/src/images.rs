@@ -18,9 +18,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::api::{ImageData, ImageRequest, ImagesResponse};
-use crate::chat::json_event;
 use crate::error::{Result, ServerError};
-use crate::routes::ApiJson;
+use crate::extract::ApiJson;
+use crate::sse::json_event;
 use crate::worker::{CancelOnDrop, ImageEvent, ImageJob, Job, MAX_BATCH_IMAGES};
 use crate::{unix_now, AppState};
 

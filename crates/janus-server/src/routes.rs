@@ -3,14 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::error::{Result, ServerError};
@@ -39,32 +37,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(state.opts.max_body_bytes))
         .with_state(state)
-}
-
-/// A JSON body whose rejections (malformed JSON, too large a body) are [`ServerError`]s.
-pub(crate) struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for ApiJson<T> {
-    type Rejection = ServerError;
-
-    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ServerError::PayloadTooLarge {
-                    limit: state.opts.max_body_bytes,
-                }
-            } else {
-                ServerError::bad_request(r.body_text())
-            }
-        })?;
-        serde_json::from_slice(&bytes)
-            .map(ApiJson)
-            .map_err(|e| ServerError::InvalidRequest {
-                message: format!("the request body is not valid JSON for this endpoint: {e}"),
-                param: None,
-                code: Some("invalid_json"),
-            })
-    }
 }
 
 /// Refuses requests without `Authorization: Bearer <key>` when a key is set.

@@ -664,7 +664,7 @@ fn check_processor(dir: &Path, cfg: &JanusConfig, problems: &mut Vec<Problem>) {
         })
     };
     match JanusTokenizer::from_file(dir.join("tokenizer.json"))
-        .and_then(|tok| crate::pipeline::check_vocab(cfg, &tok))
+        .and_then(|tok| tok.check_vocab(cfg.text.vocab_size))
     {
         Ok(()) => {}
         Err(e) => push(e.to_string()),
@@ -703,11 +703,11 @@ mod tests {
         assert_eq!(Part::of_canonical("foo.bar"), Part::Unused);
     }
 
-    /// The published checkpoints' full name lists (`shared/checkpoints`, as in
+    /// The published checkpoints' full name lists (`fixtures/checkpoints`, as in
     /// tests/checkpoint_names.rs) with their configs (tests/data/configs).
     fn published(model: &str, layout: &str) -> ModelInfo {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let list = root.join(format!("../../../shared/checkpoints/{model}.{layout}.tsv"));
+        let list = root.join(format!("../../fixtures/checkpoints/{model}.{layout}.tsv"));
         let text = std::fs::read_to_string(&list).unwrap();
         let shapes = weights::parse_shape_list(&text).unwrap();
         let cfg_path = root.join(format!("tests/data/configs/{model}.{layout}.json"));

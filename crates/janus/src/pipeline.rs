@@ -179,7 +179,7 @@ impl Pipeline {
         let (cfg, store) = weights::load_model_dir(dir)?;
         let dtype = dtype.resolve(parameter_count(&store), device);
         let tokenizer = JanusTokenizer::from_file(dir.join("tokenizer.json"))?;
-        check_vocab(&cfg, &tokenizer)?;
+        tokenizer.check_vocab(cfg.text.vocab_size)?;
         let image_processor = ImageProcessorConfig::from_model_dir(dir)?;
         let backend = weights::JanusBackend::new(store.clone(), cfg.layout);
         let vb = match lora {
@@ -428,27 +428,4 @@ fn parameter_count(store: &weights::TensorStore) -> usize {
         .filter_map(|n| store.shape(n))
         .map(|s| s.iter().product::<usize>())
         .sum()
-}
-
-/// The tokenizer's special ids must index the model's embedding table.
-pub(crate) fn check_vocab(cfg: &JanusConfig, tok: &JanusTokenizer) -> Result<()> {
-    let s = tok.special();
-    let max = [
-        s.bos,
-        s.eos,
-        s.pad,
-        s.image_placeholder,
-        s.begin_of_image,
-        s.end_of_image,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0);
-    if max as usize >= cfg.text.vocab_size {
-        return Err(Error::Tokenizer(format!(
-            "special token id {max} is outside the model's vocabulary of {}",
-            cfg.text.vocab_size
-        )));
-    }
-    Ok(())
 }

@@ -1,5 +1,5 @@
 //! Checkpoint names, config sizes and weight files, checked against the real tensor lists
-//! of the published checkpoints (`shared/checkpoints/janus-pro-{1b,7b}.{original,transformers}.tsv`).
+//! of the published checkpoints (`fixtures/checkpoints/janus-pro-{1b,7b}.{original,transformers}.tsv`).
 //!
 //! * the original -> transformers name map reproduces each transformers list exactly;
 //! * the five published `config.json`s (fixtures in `tests/data/configs/`) give the sizes
@@ -20,7 +20,7 @@ use janus::weights::{
 };
 use janus::Error;
 
-const CHECKPOINTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/checkpoints");
+const CHECKPOINTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/checkpoints");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 
 type Shapes = Vec<(String, Vec<usize>)>;
@@ -31,8 +31,7 @@ fn tsv(model: &str, layout: Layout) -> Shapes {
         Layout::Transformers => "transformers",
     };
     let path = format!("{CHECKPOINTS}/janus-pro-{model}.{suffix}.tsv");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (shared/checkpoints must sit next to the repo)"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let list = parse_shape_list(&text).unwrap();
     assert!(list.len() > 800, "{path}: only {} tensors", list.len());
     list

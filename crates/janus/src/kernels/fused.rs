@@ -236,7 +236,7 @@ vectorized_fn! {
         for (e, &g) in e.iter_mut().zip(g) {
             *e = -widen(g);
         }
-        super::attention::exp_in_place(e, isa);
+        super::math::exp_in_place(e, isa);
         for ((o, (&g, &u)), &e) in out.iter_mut().zip(g.iter().zip(u)).zip(e.iter()) {
             *o = narrow(widen(narrow(widen(g) / (1.0 + e))) * widen(u));
         }
@@ -267,7 +267,7 @@ vectorized_fn! {
             }
             *e = -z * z + p;
         }
-        super::attention::exp_in_place(e, isa);
+        super::math::exp_in_place(e, isa);
         for ((o, &x), &e) in out.iter_mut().zip(x).zip(e.iter()) {
             let x = widen(x);
             let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
@@ -357,7 +357,7 @@ vectorized_fn! {
                 for (e, &o) in e.iter_mut().zip(chunk.iter()) {
                     *e = -widen(o);
                 }
-                super::attention::exp_in_place(e, isa);
+                super::math::exp_in_place(e, isa);
                 for (o, &e) in chunk.iter_mut().zip(e.iter()) {
                     *o = narrow(widen(*o) / (1.0 + e));
                 }

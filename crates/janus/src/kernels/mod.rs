@@ -16,6 +16,7 @@ pub mod attention;
 pub mod conv;
 pub mod fused;
 pub mod gemm;
+pub mod math;
 pub mod packed;
 pub mod quant;
 

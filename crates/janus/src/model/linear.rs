@@ -12,7 +12,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use half::bf16;
 
-use super::autograd::{storage_to_tensor, tensor_to_storage};
+use super::ops::{storage_to_tensor, tensor_to_storage};
 use crate::kernels::gemm::matmul_bf16;
 use crate::kernels::packed::PackedBf16;
 use crate::kernels::quant::{QuantFormat, QuantMatrix};
@@ -415,7 +415,7 @@ impl candle_core::CustomOp1 for FrozenProduct {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        super::autograd::count(0);
+        super::ops::count(0);
         // In f32 whatever the dtype: candle's bf16 products are slow on the CPU.
         let w = self.0.dense_f32(arg.device())?; // (out, in)
         let g = grad.to_dtype(DType::F32)?;

@@ -123,10 +123,10 @@ impl Rope {
         if let (true, true, true, Positions::Shared(offset)) =
             (x.track_op(), x.device().is_cpu(), float, pos)
         {
-            // Training: one autograd op with its own backward (see autograd::RopeOp).
+            // Training: one autograd op with its own backward (see ops::rope::RopeOp).
             let t = x.dim(1)?;
             let (rope, pos) = (self.clone(), pos.clone());
-            let op = super::autograd::RopeOp {
+            let op = super::ops::rope::RopeOp {
                 cos: self.cos.narrow(0, *offset, t)?,
                 sin: self.sin.narrow(0, *offset, t)?,
                 forward: Box::new(move |x| rope.apply_bthd(x, &pos)),
@@ -790,7 +790,7 @@ mod tests {
 
     #[test]
     fn rope_op_matches_the_chain_in_values_and_gradients() {
-        use crate::model::autograd::tests::{check, rand};
+        use crate::model::ops::autograd_tests::{check, rand};
         for dtype in [DType::F32, DType::BF16] {
             for (dh, heads, t, offset) in [(2, 1, 1, 0), (6, 3, 5, 0), (34, 2, 9, 7)] {
                 let rope = Rope::new(&cfg(dh), &Device::Cpu).unwrap();

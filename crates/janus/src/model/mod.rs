@@ -9,7 +9,6 @@
 //! Modules are built from canonical (original-layout) tensor names; the weights module
 //! maps other layouts onto them.
 
-mod autograd;
 pub mod conv;
 pub mod linear;
 pub mod llama;
@@ -21,9 +20,9 @@ pub mod vq;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-pub use autograd::{backward_calls, BackwardCalls};
 pub use llama::{KvCache, Llama};
 pub use mlp::{GenHead, MlpProjector};
+pub use ops::{backward_calls, BackwardCalls};
 pub use siglip::SiglipVit;
 pub use vq::VqModel;
 

@@ -8,7 +8,7 @@ use image::DynamicImage;
 
 use crate::error::{Error, Result};
 use crate::processor::image::load_image;
-use crate::processor::tokenizer::{BEGIN_OF_IMAGE, EOS_TOKEN, IMAGE_PLACEHOLDER};
+use crate::processor::special_tokens::{BEGIN_OF_IMAGE, EOS_TOKEN, IMAGE_PLACEHOLDER};
 
 /// The understanding system prompt (`VLChatProcessor.system_prompt`).
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful language and vision assistant. \

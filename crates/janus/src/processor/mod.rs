@@ -6,6 +6,7 @@ pub mod conversation;
 pub mod image;
 mod jpeg;
 mod resample;
+pub mod special_tokens;
 pub mod tokenizer;
 
 use std::ops::Range;

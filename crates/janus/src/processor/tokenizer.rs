@@ -7,20 +7,9 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::processor::conversation::Roles;
 
-/// Beginning-of-sequence token; the reference prepends it to every prompt.
-pub const BOS_TOKEN: &str = "<｜begin▁of▁sentence｜>";
-/// End-of-sequence token; ends an assistant turn and stops decoding.
-pub const EOS_TOKEN: &str = "<｜end▁of▁sentence｜>";
-/// Padding token; fills the unconditional row of classifier-free guidance.
-pub const PAD_TOKEN: &str = "<｜▁pad▁｜>";
-/// Marks where an image goes in a prompt; also the token the image embeddings overwrite.
-pub const IMAGE_PLACEHOLDER: &str = "<image_placeholder>";
-/// Opens a run of image tokens (and starts text-to-image generation).
-pub const BEGIN_OF_IMAGE: &str = "<begin_of_image>";
-/// Closes a run of image tokens.
-pub const END_OF_IMAGE: &str = "<end_of_image>";
-/// Janus-Pro's user role, a single token in its vocabulary.
-pub const PRO_USER_ROLE: &str = "<|User|>";
+pub use super::special_tokens::{
+    BEGIN_OF_IMAGE, BOS_TOKEN, END_OF_IMAGE, EOS_TOKEN, IMAGE_PLACEHOLDER, PAD_TOKEN, PRO_USER_ROLE,
+};
 
 /// A token's `start..end` byte offsets in the text it came from.
 pub type ByteRange = (usize, usize);
@@ -95,6 +84,29 @@ impl JanusTokenizer {
     /// The special token ids.
     pub fn special(&self) -> &SpecialTokens {
         &self.special
+    }
+
+    /// Checks that every special token's id indexes an embedding table of `vocab_size`
+    /// rows (a tokenizer from another model would index past it).
+    pub fn check_vocab(&self, vocab_size: usize) -> Result<()> {
+        let s = self.special();
+        let max = [
+            s.bos,
+            s.eos,
+            s.pad,
+            s.image_placeholder,
+            s.begin_of_image,
+            s.end_of_image,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        if max as usize >= vocab_size {
+            return Err(Error::Tokenizer(format!(
+                "special token id {max} is outside the model's vocabulary of {vocab_size}"
+            )));
+        }
+        Ok(())
     }
 
     /// The conversation roles this tokenizer's model was trained with.

@@ -127,7 +127,7 @@ impl CodeCache {
         let codes = self.encode(model, image)?;
         if let Some(path) = entry {
             let bytes: Vec<u8> = codes.iter().flat_map(|c| c.to_le_bytes()).collect();
-            super::trainer::write_atomic(&path, &bytes)?;
+            super::atomic::write_file(&path, &bytes)?;
         }
         self.memory.insert(image.to_path_buf(), codes.clone());
         Ok(codes)

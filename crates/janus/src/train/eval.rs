@@ -7,14 +7,28 @@ use std::ops::ControlFlow;
 use super::data::{Dataset, Kind, Record};
 use super::loss::micro_batch_loss;
 use super::metrics::EvalMetrics;
+use super::sample::TrainSample;
 use super::sample::{understanding_ids, SampleDraws};
-use super::trainer::Trainer;
 use crate::engine::{understand, SamplingParams, UnderstandInput, UnderstandParams};
 use crate::error::Result;
-use crate::processor::{load_image, to_tensor};
+use crate::model::Janus;
+use crate::processor::{load_image, to_tensor, ImageProcessorConfig, JanusTokenizer};
 
-/// Evaluates the trainer's model on `data`; bad samples are skipped with a warning.
-pub fn evaluate(trainer: &mut Trainer, data: &Dataset) -> Result<EvalMetrics> {
+/// What evaluation needs from a run (the trainer implements it).
+pub trait EvalModel {
+    /// The model being trained.
+    fn model(&self) -> &Janus;
+    /// The run's tokenizer.
+    fn tokenizer(&self) -> &JanusTokenizer;
+    /// The understanding images' preprocessing.
+    fn image_processor(&self) -> &ImageProcessorConfig;
+    /// `rec` as a sample, the way training builds it.
+    fn sample(&mut self, rec: &Record, draws: SampleDraws) -> Result<TrainSample>;
+}
+
+/// Evaluates `run`'s model on `data` after step `step`; bad samples are skipped with a
+/// warning.
+pub fn evaluate(run: &mut impl EvalModel, data: &Dataset, step: u64) -> Result<EvalMetrics> {
     let keep = SampleDraws {
         drop_caption: false,
         first_sentence: false,
@@ -25,14 +39,14 @@ pub fn evaluate(trainer: &mut Trainer, data: &Dataset) -> Result<EvalMetrics> {
     let (mut answers, mut right) = (0usize, 0usize);
     for kind in Kind::ALL {
         for rec in data.of(kind) {
-            let sample = match trainer.build(&rec.record, keep) {
+            let sample = match run.sample(&rec.record, keep) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("skipping held-out sample {}: {e}", rec.origin());
                     continue;
                 }
             };
-            let ml = micro_batch_loss(&trainer.model.model, &[&sample])?;
+            let ml = micro_batch_loss(run.model(), &[&sample])?;
             for i in 0..3 {
                 by_kind[i].0 += ml.by_kind[i].0;
                 by_kind[i].1 += ml.by_kind[i].1;
@@ -41,7 +55,7 @@ pub fn evaluate(trainer: &mut Trainer, data: &Dataset) -> Result<EvalMetrics> {
             samples += 1;
             if let Record::Understanding { images, messages } = &rec.record {
                 answers += 1;
-                right += usize::from(greedy_matches(trainer, images, messages)?);
+                right += usize::from(greedy_matches(run, images, messages)?);
             }
         }
     }
@@ -53,7 +67,7 @@ pub fn evaluate(trainer: &mut Trainer, data: &Dataset) -> Result<EvalMetrics> {
     let t2i = by_kind[Kind::T2i.index()].1;
     Ok(EvalMetrics {
         eval: true,
-        step: trainer.state.step,
+        step,
         loss: by_kind.iter().map(|k| k.0).sum::<f64>() / n.max(1) as f64,
         loss_understanding: mean(Kind::Understanding),
         loss_text: mean(Kind::Text),
@@ -67,15 +81,15 @@ pub fn evaluate(trainer: &mut Trainer, data: &Dataset) -> Result<EvalMetrics> {
 /// Whether greedy decoding of the conversation's last answer reproduces it exactly
 /// (compared after trimming whitespace).
 fn greedy_matches(
-    trainer: &Trainer,
+    run: &impl EvalModel,
     images: &[std::path::PathBuf],
     messages: &[(crate::processor::Role, String)],
 ) -> Result<bool> {
-    let model = &trainer.model.model;
-    let tok = trainer.tokenizer();
+    let model = run.model();
+    let tok = run.tokenizer();
     let n = model.config().vision.num_image_tokens();
     let prompt = understanding_ids(tok, messages, images.len(), n, true)?;
-    let proc = trainer.image_processor();
+    let proc = run.image_processor();
     let pixel_values = if images.is_empty() {
         None
     } else {

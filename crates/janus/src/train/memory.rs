@@ -178,7 +178,7 @@ pub fn estimate(cfg: &JanusConfig, store: &TensorStore, s: &PlanSettings) -> Mem
     let len = seq_len(cfg, s.ratio) as u64;
     let rows = s.micro_batch.max(1) as u64 * len;
     // Per token and layer, the elements autograd keeps: the norms', projections', RoPE's
-    // and MLP's inputs and outputs. Attention keeps no probabilities (model/autograd.rs);
+    // and MLP's inputs and outputs. Attention keeps no probabilities (model/ops/attention.rs);
     // its backward recomputes them, one layer at a time (`attention` below).
     let per_layer_token = 24 * d + 8 * f;
     let lora_extra = s.lora.as_ref().map_or(0, |l| 7 * l.rank as u64 * 2);

@@ -106,7 +106,7 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    super::trainer::write_atomic(path, kept.as_bytes())
+    super::atomic::write_file(path, kept.as_bytes())
 }
 
 /// Starts a new peak-memory window: the process's peak resident set (`VmHWM`) is reset to

@@ -14,6 +14,7 @@
 //! - [`trainer`]: the loop; [`eval`]: held-out evaluation; [`metrics`]: `metrics.jsonl`;
 //! - [`plot`]: loss curves to PNG.
 
+mod atomic;
 pub mod check;
 pub mod checkpoint;
 pub mod codes;

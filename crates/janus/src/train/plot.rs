@@ -13,10 +13,8 @@
 //! points with y <= 0 on a log axis, are skipped and break the line there; a point with no
 //! drawable neighbour is drawn as a dot.
 
-use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use image::{Rgb, RgbImage};
 use serde_json::{Map, Value};
@@ -280,36 +278,7 @@ pub fn write_png(charts: &[Chart], width: u32, panel_height: u32, path: &Path) -
     image::codecs::png::PngEncoder::new(&mut bytes)
         .write_image(&raw, width, height, image::ExtendedColorType::Rgb8)
         .map_err(io::Error::other)?;
-    write_atomically(path, &bytes)
-}
-
-/// Writes `bytes` to a hidden temporary file beside `path`, syncs it and renames it over
-/// `path`: a reader (or a crash) sees the old file or the new one, never part of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    // Unique per process and call, so concurrent writers never share a temporary file.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} names no file", path.display()),
-        )
-    })?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    let id = COUNTER.fetch_add(1, Ordering::Relaxed);
-    tmp_name.push(format!(".{}-{id}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    super::atomic::write(path, &bytes)
 }
 
 /// Width of the colour swatch before a legend name.

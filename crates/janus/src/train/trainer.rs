@@ -158,7 +158,7 @@ impl Trainer {
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         let path = run_dir.join(RunSpec::FILE);
         let text = serde_json::to_string_pretty(&trainer.spec).unwrap_or_default() + "\n";
-        write_atomic(&path, text.as_bytes())?;
+        super::atomic::write_file(&path, text.as_bytes())?;
         Ok(trainer)
     }
 
@@ -188,7 +188,7 @@ impl Trainer {
         t.spec = spec;
         let path = run_dir.join(RunSpec::FILE);
         let text = serde_json::to_string_pretty(&t.spec).unwrap_or_default() + "\n";
-        write_atomic(&path, text.as_bytes())?;
+        super::atomic::write_file(&path, text.as_bytes())?;
         super::metrics::truncate_after(&run_dir.join(super::metrics::FILE), step)?;
         Ok(t)
     }
@@ -531,15 +531,8 @@ impl Trainer {
         let Some(eval) = self.eval.clone() else {
             return Ok(None);
         };
-        super::eval::evaluate(self, &eval).map(Some)
-    }
-
-    pub(super) fn tokenizer(&self) -> &JanusTokenizer {
-        &self.tok
-    }
-
-    pub(super) fn image_processor(&self) -> &ImageProcessorConfig {
-        &self.image_proc
+        let step = self.state.step;
+        super::eval::evaluate(self, &eval, step).map(Some)
     }
 
     /// Runs until `steps`, saving every `save_every` steps and at the end; `stop` asks
@@ -612,10 +605,20 @@ fn check_same_model(base: &Path, model: &TrainModel) -> Result<()> {
     Ok(())
 }
 
-/// Writes `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::io(path, e))
+impl super::eval::EvalModel for Trainer {
+    fn model(&self) -> &crate::model::Janus {
+        &self.model.model
+    }
+
+    fn tokenizer(&self) -> &JanusTokenizer {
+        &self.tok
+    }
+
+    fn image_processor(&self) -> &ImageProcessorConfig {
+        &self.image_proc
+    }
+
+    fn sample(&mut self, rec: &Record, draws: SampleDraws) -> Result<TrainSample> {
+        self.build(rec, draws)
+    }
 }

@@ -144,7 +144,7 @@ pub fn var_builder(
     JanusBackend::new(store.clone(), layout).into_var_builder(dtype, device)
 }
 
-/// Parses a tensor list in the `shared/checkpoints/*.tsv` format: a `name<TAB>shape` header,
+/// Parses a tensor list in the `fixtures/checkpoints/*.tsv` format: a `name<TAB>shape` header,
 /// then one `name<TAB>[d0, d1, ...]` line per tensor (`[]` for a scalar).
 pub fn parse_shape_list(text: &str) -> Result<Vec<(String, Vec<usize>)>> {
     let mut out = Vec::new();

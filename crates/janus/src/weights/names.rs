@@ -7,7 +7,7 @@
 //!
 //! The rules follow transformers' `convert_janus_weights_to_hf.py` (its `MAPPINGS` table,
 //! `split_tensor` for the fused qkv and the `pos_embed.squeeze(0)`), and are tested against
-//! the full name lists of both layouts in `shared/checkpoints/`.
+//! the full name lists of both layouts in `fixtures/checkpoints/`.
 
 /// Where one canonical tensor lives in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
