@@ -43,7 +43,7 @@ fn resolve_logged(
     repo: &str,
     revision: &str,
     opts: &HubOptions,
-) -> (janus::Result<PathBuf>, Vec<String>) {
+) -> (Result<PathBuf, HubError>, Vec<String>) {
     let mut log = Vec::new();
     let dir = hub::resolve(repo, revision, opts, &mut |p| {
         log.push(match p {
@@ -59,14 +59,13 @@ fn resolve_logged(
     (dir, log)
 }
 
-fn resolve(repo: &str, revision: &str, opts: &HubOptions) -> janus::Result<PathBuf> {
+fn resolve(repo: &str, revision: &str, opts: &HubOptions) -> Result<PathBuf, HubError> {
     resolve_logged(repo, revision, opts).0
 }
 
-fn hub_error(r: janus::Result<PathBuf>) -> HubError {
+fn hub_error(r: Result<PathBuf, HubError>) -> HubError {
     match r {
-        Err(Error::Hub(e)) => e,
-        Err(e) => panic!("expected a hub error, got {e:?}"),
+        Err(e) => e,
         Ok(p) => panic!("expected a hub error, got {}", p.display()),
     }
 }
@@ -684,6 +683,12 @@ fn invalid_repo_ids_and_revisions_are_refused_before_any_request() {
     let opts = options(cache.path(), &dead_endpoint());
     let e = hub_error(resolve("not-a-repo", "main", &opts));
     assert!(matches!(e, HubError::InvalidModel(_)));
+    // The library's error wraps hub errors with the same message.
+    let msg = e.to_string();
+    let wrapped = Error::from(e);
+    assert!(matches!(wrapped, Error::Hub(HubError::InvalidModel(_))));
+    assert_eq!(wrapped.to_string(), msg);
     let e = resolve("o/n", "", &opts).unwrap_err();
-    assert!(e.to_string().contains("revision"), "{e}");
+    assert!(matches!(e, HubError::EmptyRevision), "{e:?}");
+    assert_eq!(e.to_string(), "the revision is empty");
 }
