@@ -134,6 +134,18 @@ pub enum HubError {
         /// Size downloaded.
         found: u64,
     },
+    /// A downloaded LFS file's SHA-256 differs from the repo listing's (the file is removed).
+    #[error("{repo}: the downloaded {file} has SHA-256 {found} but the hub lists {expected}; it was removed from the cache, run again to download it afresh")]
+    HashMismatch {
+        /// `owner/name`.
+        repo: String,
+        /// The file in the repo.
+        file: String,
+        /// SHA-256 in the repo listing (the LFS pointer's oid), lowercase hex.
+        expected: String,
+        /// SHA-256 of the bytes downloaded, lowercase hex.
+        found: String,
+    },
     /// The repo lacks a file a Janus model needs.
     #[error("{repo}@{revision} has no {file}{why}")]
     MissingFile {

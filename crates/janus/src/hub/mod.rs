@@ -13,11 +13,28 @@
 //! Downloads, the cache layout and resuming go through the `hf-hub` crate's blocking client
 //! (ureq + rustls). On top of it this module decides which files a Janus checkpoint needs
 //! (the repo's file list, then the weight index for shard names), resolves offline from the
-//! cache alone, checks every downloaded file's size against the repo listing, and turns
-//! HTTP failures into [`HubError`]s that name the repo, file and URL.
+//! cache alone, verifies downloads against the repo listing, and turns HTTP failures into
+//! [`HubError`]s that name the repo, file and URL.
 //!
 //! Files: this one holds the public API and [`resolve`]; `online.rs` the downloads and their
-//! size check; `cache.rs` the reading of a cached snapshot; `error.rs` [`HubError`].
+//! verification; `cache.rs` the reading of a cached snapshot; `error.rs` [`HubError`].
+//!
+//! # Verification
+//!
+//! Every downloaded file's size must match the repo listing
+//! (`/api/models/{repo}/revision/{rev}?blobs=true`). An LFS file (the weights) must also hash
+//! to the listing's `siblings[].lfs.sha256`, the LFS pointer's oid; the bytes are streamed
+//! through SHA-256 once the transfer is complete. hf-hub names the blob after the resolve
+//! URL's `x-linked-etag` header (else `etag`), which the hub sets to that same sha256; the
+//! listing is the reference because it states what the value is, where an etag's meaning
+//! would be guessed from its shape. A file of the wrong size or hash loses its blob and its
+//! snapshot link, so the next run downloads it afresh.
+//!
+//! Hashes are checked at download time only: a file already in the cache is trusted by its
+//! size, as hashing the whole checkpoint on every load (offline ones included) would read
+//! gigabytes each time. Small git files (`config.json`, `tokenizer.json`) are not hashed:
+//! their etag is a git blob sha1, they come straight from the hub rather than a CDN, and
+//! the loader parses them strictly.
 //!
 //! ```no_run
 //! # fn main() -> janus::Result<()> {
@@ -241,6 +258,9 @@ pub enum FileProgress<'a> {
 /// cannot be reached, a complete cached snapshot is used instead (with a warning).
 /// Offline ([`HubOptions::offline`]), only the cache is read: `refs/<revision>` names the
 /// snapshot (a commit revision may name it directly), and no network is touched.
+///
+/// Each file downloaded now is checked against the repo listing (size, and SHA-256 for
+/// LFS files; see the module docs) and removed from the cache when it fails.
 pub fn resolve(
     repo: &str,
     revision: &str,

@@ -1,6 +1,7 @@
-//! Downloads through hf-hub and their size check against the repo listing, with hf-hub's
-//! failures turned into [`HubError`]s.
+//! Downloads through hf-hub and their verification against the repo listing (size, and
+//! SHA-256 for LFS files), with hf-hub's failures turned into [`HubError`]s.
 
+use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -12,7 +13,7 @@ use super::cache::file_len;
 use super::{FileProgress, HubError};
 
 /// The hub's answer to `GET /api/models/{repo}/revision/{revision}?blobs=true` (the parts
-/// used). hf-hub's `RepoInfo` lacks the file sizes.
+/// used). hf-hub's `RepoInfo` lacks the file sizes and LFS hashes.
 #[derive(Debug, Deserialize)]
 pub(super) struct RepoInfo {
     /// The commit the revision names.
@@ -27,6 +28,15 @@ pub(super) struct Sibling {
     /// The path in the repo.
     pub(super) rfilename: String,
     size: Option<u64>,
+    /// Present for LFS files only.
+    lfs: Option<LfsPointer>,
+}
+
+/// The LFS pointer of a file stored with LFS.
+#[derive(Debug, Deserialize)]
+struct LfsPointer {
+    /// The pointer's oid: the SHA-256 of the contents, lowercase hex.
+    sha256: String,
 }
 
 /// One online resolution: the repo, its revision and the hf-hub client.
@@ -62,7 +72,8 @@ impl Online<'_> {
         })
     }
 
-    /// Makes sure `snapshot/file` is in the cache with the listed size.
+    /// Makes sure `snapshot/file` is in the cache with the listed size, and, when it is
+    /// downloaded now and stored with LFS, the listed SHA-256.
     pub(super) fn fetch(
         &self,
         file: &str,
@@ -118,6 +129,19 @@ impl Online<'_> {
                 expected,
                 found,
             });
+        }
+        if let Some(lfs) = listed.and_then(|s| s.lfs.as_ref()) {
+            tracing::debug!("verifying the SHA-256 of {}", target.display());
+            let found = sha256_hex(&target).map_err(|e| HubError::io(&target, e))?;
+            if !found.eq_ignore_ascii_case(&lfs.sha256) {
+                remove_download(&target);
+                return Err(HubError::HashMismatch {
+                    repo: self.repo.to_string(),
+                    file: file.to_string(),
+                    expected: lfs.sha256.to_ascii_lowercase(),
+                    found,
+                });
+            }
         }
         Ok(())
     }
@@ -245,4 +269,57 @@ fn remove_download(link: &Path) {
         let _ = std::fs::remove_file(blob);
     }
     let _ = std::fs::remove_file(link);
+}
+
+/// The SHA-256 of a file, lowercase hex, read in chunks: weight files can be larger than
+/// the memory free.
+fn sha256_hex(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => ctx.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_hex_matches_the_standard_vectors_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(
+            sha256_hex(&path).unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(
+            sha256_hex(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        // FIPS 180-2's long vector (a million 'a's), then a file longer than one read.
+        let mut bytes = vec![b'a'; 1_000_000];
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            sha256_hex(&path).unwrap(),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+        );
+        bytes.resize((1 << 20) + 7, b'b');
+        std::fs::write(&path, &bytes).unwrap();
+        let one_shot = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        assert_eq!(sha256_hex(&path).unwrap(), hex(one_shot.as_ref()));
+    }
 }
