@@ -65,7 +65,8 @@ pub enum Error {
     /// An error from the tensor library.
     #[error("tensor error: {0}")]
     Candle(candle_core::Error),
-    /// Finding or downloading a model on the Hugging Face hub failed.
+    /// Finding or downloading a model on the Hugging Face hub failed (the hub module has
+    /// its own error type and does not depend on this one).
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
 }

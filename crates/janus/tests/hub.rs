@@ -13,7 +13,7 @@ use candle_core::Device;
 use janus::hub::{self, FileProgress, HubError, HubOptions, ModelRef};
 use janus::pipeline::{DTypeChoice, Pipeline};
 use janus::Error;
-use stub_hub::{dead_endpoint, etag, StubHub, StubRepo};
+use stub_hub::{dead_endpoint, etag, sha256, StubHub, StubRepo};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -43,7 +43,7 @@ fn resolve_logged(
     repo: &str,
     revision: &str,
     opts: &HubOptions,
-) -> (janus::Result<PathBuf>, Vec<String>) {
+) -> (Result<PathBuf, HubError>, Vec<String>) {
     let mut log = Vec::new();
     let dir = hub::resolve(repo, revision, opts, &mut |p| {
         log.push(match p {
@@ -59,14 +59,13 @@ fn resolve_logged(
     (dir, log)
 }
 
-fn resolve(repo: &str, revision: &str, opts: &HubOptions) -> janus::Result<PathBuf> {
+fn resolve(repo: &str, revision: &str, opts: &HubOptions) -> Result<PathBuf, HubError> {
     resolve_logged(repo, revision, opts).0
 }
 
-fn hub_error(r: janus::Result<PathBuf>) -> HubError {
+fn hub_error(r: Result<PathBuf, HubError>) -> HubError {
     match r {
-        Err(Error::Hub(e)) => e,
-        Err(e) => panic!("expected a hub error, got {e:?}"),
+        Err(e) => e,
         Ok(p) => panic!("expected a hub error, got {}", p.display()),
     }
 }
@@ -243,7 +242,12 @@ fn downloads_sharded_safetensors_then_works_offline() {
         let link = dir.join(&name);
         assert!(link.symlink_metadata().unwrap().is_symlink(), "{name}");
         let blob = std::fs::canonicalize(&link).unwrap();
-        assert_eq!(blob, repo_dir.join("blobs").join(etag(&want)), "{name}");
+        // Weights are named by their sha256, which the download was checked against.
+        assert_eq!(
+            blob,
+            repo_dir.join("blobs").join(etag(&name, &want)),
+            "{name}"
+        );
         assert_eq!(std::fs::read(&link).unwrap(), want, "{name}");
         let size = want.len();
         assert!(log.contains(&format!("start {name} {size}")), "{log:?}");
@@ -584,7 +588,8 @@ fn an_interrupted_download_leaves_no_file_and_resumes() {
     let dir = snapshot(cache.path(), repo, SHA);
     assert!(!dir.join(shard).exists());
     let blobs = cache.path().join("models--test-org--tiny-pro/blobs");
-    let tag = etag(&want);
+    let tag = etag(shard, &want);
+    assert_eq!(tag, sha256(&want));
     assert!(!blobs.join(&tag).exists());
     let part = blobs.join(format!("{tag}.part"));
     assert_eq!(std::fs::metadata(&part).unwrap().len(), half as u64);
@@ -652,7 +657,52 @@ fn a_download_of_the_wrong_size_is_removed() {
     let dir = snapshot(cache.path(), repo, SHA);
     assert!(!dir.join("model.safetensors").exists());
     let blobs = cache.path().join("models--test-org--liar/blobs");
-    assert!(!blobs.join(etag(b"abcdef")).exists());
+    assert!(!blobs.join(etag("model.safetensors", b"abcdef")).exists());
+}
+
+#[test]
+fn a_download_with_the_wrong_bytes_is_removed() {
+    let repo = "test-org/corrupt";
+    let file = "model.safetensors";
+    let (good, bad) = (b"weights-v1".as_slice(), b"weights-XX".as_slice());
+    // The listing and etag give the sha256 of `good`; the CDN sends `bad`, of the same size.
+    let hub = StubHub::start(vec![
+        fake_repo(repo, &[(file, "weights-v1")]).serving(file, bad)
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let opts = options(cache.path(), &hub.endpoint());
+    let e = hub_error(resolve(repo, "main", &opts));
+    assert!(matches!(e, HubError::HashMismatch { .. }), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{repo}: the downloaded {file} has SHA-256 {} but the hub lists {}; it was removed from the cache, run again to download it afresh",
+            sha256(bad),
+            sha256(good)
+        )
+    );
+    // Neither the snapshot link nor the blob (named by the expected sha256) is left.
+    let link = snapshot(cache.path(), repo, SHA).join(file);
+    assert!(link.symlink_metadata().is_err(), "{} kept", link.display());
+    let blobs = cache.path().join("models--test-org--corrupt/blobs");
+    assert!(!blobs.join(sha256(good)).exists());
+    for b in files_in(&blobs) {
+        assert_ne!(std::fs::read(blobs.join(&b)).unwrap(), bad, "blob {b} kept");
+    }
+    assert!(matches!(
+        hub_error(resolve(repo, "main", &offline(cache.path()))),
+        HubError::NotCached { .. }
+    ));
+
+    // Once the right bytes arrive, the next run downloads the file afresh and keeps it.
+    drop(hub);
+    let hub = StubHub::start(vec![fake_repo(repo, &[(file, "weights-v1")])]);
+    let dir = resolve(repo, "main", &options(cache.path(), &hub.endpoint())).unwrap();
+    assert_eq!(std::fs::read(dir.join(file)).unwrap(), good);
+    assert_eq!(
+        std::fs::canonicalize(dir.join(file)).unwrap(),
+        std::fs::canonicalize(blobs.join(sha256(good))).unwrap()
+    );
 }
 
 #[test]
@@ -684,6 +734,12 @@ fn invalid_repo_ids_and_revisions_are_refused_before_any_request() {
     let opts = options(cache.path(), &dead_endpoint());
     let e = hub_error(resolve("not-a-repo", "main", &opts));
     assert!(matches!(e, HubError::InvalidModel(_)));
+    // The library's error wraps hub errors with the same message.
+    let msg = e.to_string();
+    let wrapped = Error::from(e);
+    assert!(matches!(wrapped, Error::Hub(HubError::InvalidModel(_))));
+    assert_eq!(wrapped.to_string(), msg);
     let e = resolve("o/n", "", &opts).unwrap_err();
-    assert!(e.to_string().contains("revision"), "{e}");
+    assert!(matches!(e, HubError::EmptyRevision), "{e:?}");
+    assert_eq!(e.to_string(), "the revision is empty");
 }

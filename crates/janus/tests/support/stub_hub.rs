@@ -2,19 +2,19 @@
 //! and `janus-cli/tests/hub_cli.rs`).
 //!
 //! It answers what hf-hub's blocking client asks, the way huggingface.co does:
-//! - `GET /api/models/{owner}/{name}/revision/{rev}`: `{"id", "sha", "siblings": [{"rfilename", "size"}]}`;
-//! - `GET /{owner}/{name}/resolve/{rev}/{file}`: small (git) files directly with `etag` and
-//!   `x-repo-commit`; weights (LFS) as a 302 to `/cdn/{etag}` with `x-linked-etag`, the way
-//!   the hub redirects to its CDN;
+//! - `GET /api/models/{owner}/{name}/revision/{rev}`: `{"id", "sha", "siblings": [{"rfilename",
+//!   "size", "lfs": {"sha256", "size"}}]}` (`lfs` for weight files only, as with `?blobs=true`);
+//! - `GET /{owner}/{name}/resolve/{rev}/{file}`: small (git) files directly with `etag` (the
+//!   git blob sha1) and `x-repo-commit`; weights (LFS) as a 302 to `/cdn/{etag}` with
+//!   `x-linked-etag` (the sha256), the way the hub redirects to its CDN;
 //! - `Range: bytes=a-` / `bytes=a-b` with 206 and `Content-Range` (hf-hub sizes a file by
 //!   asking for `bytes=0-0`, and resumes with `bytes=n-`);
 //! - 404s with `x-error-code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`), 401 for a
 //!   repo that wants a bearer token it was not sent;
-//! - injected faults: a file's body cut off after some bytes (the connection then closes).
+//! - injected faults: a file's body cut off after some bytes (the connection then closes), or
+//!   other bytes served than the listing and etag describe.
 #![allow(dead_code)]
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -36,6 +36,9 @@ pub struct StubRepo {
     pub token: Option<String>,
     /// Sizes the file listing states instead of the true ones (a lying listing).
     pub listed_sizes: Vec<(String, usize)>,
+    /// Bytes served for a file instead of its contents, which the listing and etag still
+    /// describe (a corrupted transfer).
+    pub served: Vec<(String, Vec<u8>)>,
 }
 
 impl StubRepo {
@@ -47,6 +50,7 @@ impl StubRepo {
             files: Vec::new(),
             token: None,
             listed_sizes: Vec::new(),
+            served: Vec::new(),
         }
     }
 
@@ -91,6 +95,20 @@ impl StubRepo {
         self
     }
 
+    /// Serves `bytes` for `name` while the listing and etag describe its true contents.
+    pub fn serving(mut self, name: &str, bytes: impl Into<Vec<u8>>) -> Self {
+        self.served.push((name.to_string(), bytes.into()));
+        self
+    }
+
+    /// What a download of `name` receives.
+    fn served<'a>(&'a self, name: &str, bytes: &'a [u8]) -> &'a [u8] {
+        self.served
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(bytes, |(_, b)| b.as_slice())
+    }
+
     fn listed_size(&self, name: &str, bytes: &[u8]) -> usize {
         self.listed_sizes
             .iter()
@@ -111,13 +129,26 @@ fn is_lfs(name: &str) -> bool {
     name.ends_with(".safetensors") || name.ends_with(".bin")
 }
 
-/// A stable stand-in for the hub's etag (git sha1 or LFS sha256) of some contents.
-pub fn etag(bytes: &[u8]) -> String {
-    let mut h = DefaultHasher::new();
-    bytes.hash(&mut h);
-    let a = h.finish();
-    bytes.len().hash(&mut h);
-    format!("{a:016x}{:016x}", h.finish())
+/// The hub's etag of a file: the LFS oid (sha256 of the contents) for LFS files, else the
+/// git blob sha1 (of `blob {len}\0` and the contents).
+pub fn etag(name: &str, bytes: &[u8]) -> String {
+    if is_lfs(name) {
+        sha256(bytes)
+    } else {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        ctx.update(format!("blob {}\0", bytes.len()).as_bytes());
+        ctx.update(bytes);
+        hex(ctx.finish().as_ref())
+    }
+}
+
+/// The SHA-256 of some bytes, lowercase hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A request the stub received.
@@ -341,7 +372,13 @@ fn route(st: &State, req: &Seen) -> Response {
                 .iter()
                 .map(|(n, b)| {
                     let size = repo.listed_size(n, b);
-                    format!("{{\"rfilename\":\"{n}\",\"size\":{size}}}")
+                    let lfs = if is_lfs(n) {
+                        let sha = sha256(b);
+                        format!(",\"lfs\":{{\"sha256\":\"{sha}\",\"size\":{size}}}")
+                    } else {
+                        String::new()
+                    };
+                    format!("{{\"rfilename\":\"{n}\",\"size\":{size}{lfs}}}")
                 })
                 .collect();
             let body = format!(
@@ -353,11 +390,10 @@ fn route(st: &State, req: &Seen) -> Response {
             Response::new(200, body).header("content-type", "application/json")
         }
         ["cdn", tag] => {
-            let file = st
-                .repos
-                .iter()
-                .flat_map(|r| r.files.iter())
-                .find(|(_, b)| etag(b) == *tag);
+            let file = st.repos.iter().find_map(|r| {
+                let (name, bytes) = r.files.iter().find(|(n, b)| etag(n, b) == *tag)?;
+                Some((name, r.served(name, bytes)))
+            });
             match file {
                 Some((name, bytes)) => serve_bytes(st, name, bytes, req),
                 None => Response::error(404, "EntryNotFound"),
@@ -375,7 +411,7 @@ fn route(st: &State, req: &Seen) -> Response {
             let Some(bytes) = repo.get(&file) else {
                 return Response::error(404, "EntryNotFound");
             };
-            let tag = etag(bytes);
+            let tag = etag(&file, bytes);
             if is_lfs(&file) {
                 Response::new(302, Vec::new())
                     .header("location", format!("{}/cdn/{tag}", st.endpoint))
@@ -383,7 +419,7 @@ fn route(st: &State, req: &Seen) -> Response {
                     .header("x-linked-etag", format!("\"{tag}\""))
                     .header("x-linked-size", bytes.len().to_string())
             } else {
-                serve_bytes(st, &file, bytes, req)
+                serve_bytes(st, &file, repo.served(&file, bytes), req)
                     .header("x-repo-commit", &repo.sha)
                     .header("etag", format!("\"{tag}\""))
             }
