@@ -25,6 +25,7 @@ pub mod hub;
 pub mod info;
 pub mod kernels;
 pub mod model;
+pub mod model_dir;
 pub mod pipeline;
 pub mod png;
 pub mod processor;

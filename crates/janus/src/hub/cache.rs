@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 
 use super::{HubError, REQUIRED_FILES};
-use crate::weights::WEIGHT_FILES;
+use crate::model_dir::WEIGHT_FILES;
 
 /// The size of a regular file (through links), `None` when absent.
 pub(super) fn file_len(path: &Path) -> Option<u64> {

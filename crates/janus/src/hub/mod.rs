@@ -58,7 +58,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::weights::WEIGHT_FILES;
+use crate::model_dir::WEIGHT_FILES;
 use cache::{cached_snapshot, shard_names};
 pub use error::HubError;
 use online::Online;

@@ -21,13 +21,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
-/// File names [`TensorStore::open`] looks for, in order of preference.
-pub const WEIGHT_FILES: [&str; 4] = [
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-];
+pub use crate::model_dir::WEIGHT_FILES;
 
 /// On-disk format of a store's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
