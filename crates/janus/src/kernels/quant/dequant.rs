@@ -1,0 +1,106 @@
+//! Q8 rows dequantised into bf16 panels (the bf16 route for prefill).
+
+use super::*;
+
+/// Rows `j0..j0 + dst.rows()` (at most 32) of the Q8 matrix `w` (`j0` at a quad),
+/// dequantised into `dst`'s panels: `q d` rounded to bf16 to nearest even, as
+/// [`super::narrow`] rounds.
+///
+/// # Panics
+/// If `w` is not Q8 or the rows or shapes do not fit.
+pub(super) fn dequantize_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut PackedBf16) {
+    assert!(w.format == QuantFormat::Q8 && j0.is_multiple_of(QUAD) && j0 + dst.rows() <= w.rows);
+    assert!(dst.rows() <= 2 * PANEL && dst.cols() == w.cols);
+    let (rows, pairs) = (dst.rows(), w.cols.div_ceil(2));
+    let data = dst.panels_mut();
+    assert!(data.len() >= rows.div_ceil(PANEL) * pairs * 2 * PANEL);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Bf16 {
+        // SAFETY: the level was checked against the CPU; shapes asserted above.
+        return unsafe { avx512::dequantize_q8(w, j0, rows, data.as_mut_ptr(), pairs) };
+    }
+    dequantize_panels_loops(isa, w, j0, rows, data);
+}
+
+vectorized_fn! {
+    /// [`dequantize_panels`] as plain loops (after its checks).
+    pub(super) fn dequantize_panels_loops(isa: Isa, w: &QuantMatrix, j0: usize, rows: usize, data: &mut [bf16]) {
+        let pairs = w.cols.div_ceil(2);
+        // Each value pair goes out as one u32 (pairs start at even offsets).
+        let base = data.as_mut_ptr();
+        // Group by group, line by line, all rows: a line's 32 pairs of all rows land on
+        // the same 64 destination lines (one per pair and panel), which stay in L1.
+        let mut d = [[0f32; GROUP_BLOCKS]; 2 * PANEL];
+        for g in 0..w.groups {
+            for (r, dr) in d.iter_mut().enumerate().take(rows) {
+                let j = j0 + r;
+                let at = (j / QUAD * w.groups + g) * QUAD + j % QUAD;
+                for (v, &s) in dr.iter_mut().zip(&w.subs[at * GROUP_BLOCKS..]) {
+                    *v = block_scale(s, w.supers[at]);
+                }
+            }
+            // Pairs of this group inside the row (the last group's may run past it).
+            let valid = pairs.saturating_sub(g * GROUP / 2).min(GROUP / 2);
+            for u in 0..CHUNKS {
+                for (r, dr) in d.iter().enumerate().take(rows) {
+                    let j = j0 + r;
+                    let line = &w.quants[((j / QUAD * w.groups + g) * CHUNKS + u) * QUAD + j % QUAD];
+                    let mut v = [0u32; 32];
+                    for (e2, p) in v.iter_mut().enumerate() {
+                        let scale = dr[e2 / 2];
+                        let lo = crate::kernels::narrow(line.0[2 * e2] as i8 as f32 * scale).to_bits();
+                        let hi = crate::kernels::narrow(line.0[2 * e2 + 1] as i8 as f32 * scale).to_bits();
+                        *p = u32::from(lo) | u32::from(hi) << 16;
+                    }
+                    let panel = r / PANEL * pairs * 2 * PANEL + 2 * (r % PANEL);
+                    // Bytes 4l..4l + 4 are weights 4u..4u + 4 of block l: column pairs
+                    // 256 g + 16 l + 2u and the next.
+                    for (e2, &p) in v.iter().enumerate() {
+                        let c = e2 / 2 * BLOCK / 2 + 2 * u + e2 % 2;
+                        if c < valid {
+                            let c = g * GROUP / 2 + c;
+                            // SAFETY: c < pairs and r < rows: inside `data` (asserted);
+                            // `panel + 2 PANEL c` is even, so the u32 covers the pair.
+                            unsafe {
+                                base.add(panel + c * 2 * PANEL).cast::<u32>().write_unaligned(p)
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+vectorized_fn! {
+    /// Quantises one row (`w`, `cols` long) into its lines and block scales, as row `r` of
+    /// the quad whose lines and scales these are.
+    /// (Compiled per vector level: the division and rounding vectorise, the same bits.)
+    pub(super) fn quantize_row(
+        isa: Isa,
+        w: &[f32],
+        format: QuantFormat,
+        r: usize,
+        lines: &mut [Line],
+        subs: &mut [i8],
+        supers: &mut [f32],
+    ) {
+        let lpg = format.lines_per_group();
+        let block = |b: usize| w.get(b * BLOCK..((b + 1) * BLOCK).min(w.len())).unwrap_or(&[]);
+        for g in 0..supers.len() / QUAD {
+            // A plain loop (not `array::from_fn`, which is not inlined) so that this
+            // compiles at the body's vector level.
+            let mut ideal = [0f32; GROUP_BLOCKS];
+            for (l, e) in ideal.iter_mut().enumerate() {
+                *e = ideal_scale(block(g * GROUP_BLOCKS + l), format);
+            }
+            let (d, s) = group_scales(&ideal);
+            supers[g * QUAD + r] = d;
+            subs[(g * QUAD + r) * GROUP_BLOCKS..][..GROUP_BLOCKS].copy_from_slice(&s);
+            for (l, &s) in s.iter().enumerate() {
+                let q = quantize_block(block(g * GROUP_BLOCKS + l), block_scale(s, d), format);
+                quantize_row_block(lines, lpg, g, l, r, &q, format);
+            }
+        }
+    }
+}
