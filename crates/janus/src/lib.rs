@@ -8,13 +8,14 @@
 //! - [`config`]: both checkpoint layouts' `config.json` parsed into one [`config::JanusConfig`];
 //! - [`weights`]: safetensors / PyTorch `.bin` / sharded loading, the transformers name map
 //!   and conversion to safetensors;
+//! - [`model_dir`]: the file names a model directory holds (shared by loaders and hub);
 //! - [`model`]: the network parts (SigLIP, aligners, LLaMA with KV cache, gen head, VQ);
 //! - [`processor`]: tokenizer, conversation template, image preprocessing;
 //! - [`engine`]: sampling loops for understanding and text-to-image;
 //! - [`hub`]: models by Hugging Face repo id, downloaded into the standard cache;
 //! - [`info`]: what a model directory holds, read from file headers only;
 //! - [`png`]: PNG encoding with the generation parameters in text chunks;
-//! - [`bench`]: the standard benchmark workloads behind `janus bench`;
+//! - [`bench`](mod@bench): the standard benchmark workloads behind `janus bench`;
 //! - [`train`]: the three-stage training recipes behind `janus train`.
 
 pub mod bench;

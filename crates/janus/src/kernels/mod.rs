@@ -1,7 +1,7 @@
 //! Hand-written CPU kernels for the hot paths candle is slow at.
 //!
 //! candle's CPU bf16 matrix products run at a small fraction of what the hardware allows
-//! (bf16 matrix-vector ~1 GB/s where memory streams ~43 GB/s), so the linear layers, the
+//! (docs/kernels.md), so the linear layers, the
 //! attention over the KV cache and the quantised weights have their own kernels here.
 //!
 //! Every kernel has up to three implementations chosen at run time: AVX-512 BF16
@@ -118,9 +118,8 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// until `f` returns. A parallel loop's halves are then taken up at once instead of after
 /// a futex wake-up (tens of microseconds in a VM; an image step has about a hundred
 /// loops of well under a millisecond each). The cost is the spinning: `f`'s serial parts
-/// keep every pool thread busy, and SigLIP (long loops) measured about 8 % slower this
-/// way (1.36-1.41 s against 1.23-1.30 s, alternating runs; the cause was not isolated),
-/// so it is for forwards of a few rows. The spinning tasks are not waited for: one that
+/// keep every pool thread busy, and long loops (SigLIP) ran slower this way
+/// (docs/kernels.md), so it is for forwards of a few rows. The spinning tasks are not waited for: one that
 /// picked up other work (another caller's forward) finishes it after `f` has returned.
 pub fn on_pool_spinning<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     use std::cell::Cell;

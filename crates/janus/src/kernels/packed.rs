@@ -12,9 +12,8 @@
 //! Many rows (prefill, SigLIP, attention, the VQ convolutions): x regrouped so each group
 //! of 12 rows' pairs is one contiguous stream (`put_row`), then for each pair of panels
 //! every row group runs over the whole of `k` with 24 accumulators, so the panels stay in
-//! L2 and each output tile is written once: about 91 % of the `VDPBF16PS` peak on one core
-//! of this Zen 4 (213 of 235 GFLOP/s), 400-430 GFLOP/s on two. `matmul_taps` is the same
-//! kernel reading x in place at several offsets (a direct convolution's taps).
+//! L2 and each output tile is written once (its speed: docs/kernels.md). `matmul_taps` is
+//! the same kernel reading x in place at several offsets (a direct convolution's taps).
 
 use half::bf16;
 use rayon::prelude::*;
@@ -27,16 +26,15 @@ pub const PANEL: usize = 16;
 const K_BLOCK: usize = 256;
 /// Panels per task at least (so a task's panel slice of a k block stays in L2).
 const MIN_PANELS: usize = 4;
-/// Rows of x from which the product regroups x (see [`PackedBf16::pack_rows`]) in blocks
-/// of about [`X_BLOCK_BYTES`] and runs every row group of a block over one pair of panels
-/// at a time, over the whole of `k`: the block and the panels' weights stay in L2 while
-/// the rows pass, and each output tile is written once (k blocks would read and write the
-/// `(m, n)` f32 output once per block, which measured 7 % slower at prefill sizes).
+/// Rows of x from which the product regroups x ([`regroup`]) in blocks of about
+/// [`X_BLOCK_BYTES`] and runs every row group of a block over one pair of panels at a
+/// time, over the whole of `k`: the block and the panels' weights stay in L2 while the
+/// rows pass, and each output tile is written once (k blocks would read and write the
+/// `(m, n)` f32 output once per block; docs/kernels.md).
 const BLOCKED_ROWS: usize = 16;
 /// Bytes of regrouped x per row block at most: x then streams from L3 while a panel
-/// pair's weights stay in L2, and the weights come from memory once per block. (Smaller
-/// blocks that fit L2, 384 KiB to 4 MiB, measured 3-10 % slower at prefill and SigLIP
-/// sizes with two threads.)
+/// pair's weights stay in L2, and the weights come from memory once per block (blocks
+/// that fit L2 were slower: docs/kernels.md).
 const X_BLOCK_BYTES: usize = 8 << 20;
 /// Bytes of regrouped x made at once (bounds the copy for the VQ decoder's tall im2col
 /// products).

@@ -536,22 +536,17 @@ const TILE_ROWS: usize = 4;
 /// Weight quads walked together while every group of activation rows passes over them.
 const REUSE_QUADS: usize = 8;
 
-/// Bytes of quantised activations a decoding tile keeps in L1 (32 KiB here) next to the
-/// weights streaming through. Beyond it (Q8's two 5632-long rows: 25 KiB) the rows go one
-/// at a time: with one weight row per tile, both at once ran half as fast; with quads,
-/// both at once and one at a time measured the same.
+/// Bytes of quantised activations a decoding tile keeps in L1 next to the weights
+/// streaming through; beyond it the rows go one at a time (docs/kernels.md).
 const DECODE_ACTS: usize = 16 << 10;
 
 /// Bytes of quantised activations a prefill tile keeps in L1: longer rows are cut into
-/// even K blocks (Q8 with K = 5632 ran 1.4x faster; shorter blocks cost more than they
-/// saved).
+/// even K blocks (docs/kernels.md).
 const PREFILL_ACTS: usize = 32 << 10;
 
 /// Activation rows from which a Q8 product goes through bf16 panels (see
-/// [`QuantMatrix::matmul_bf16`]). Measured on up_proj (5632 x 2048, two threads): the
-/// integer path is faster up to 32 rows (1.36 against 1.92 ms at 16, 2.40 against 2.84 at
-/// 32), even at 48 (3.51, 3.57), and the bf16 panels from 64 on (4.38 against 4.55 ms at
-/// 64, 7.80 against 8.74 at 128; a 616-position prefill 4.3 against 5.3 s).
+/// [`QuantMatrix::matmul_bf16`]): the crossover measured on AVX-512 BF16
+/// (docs/kernels.md).
 pub const DEQUANT_ROWS: usize = 64;
 
 #[cfg(test)]
