@@ -27,29 +27,31 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable scalar Rust: the reference the fast paths are tested against.
     Plain,
-    /// AVX2 + FMA (x86-64 since 2013).
+    /// AVX2 + FMA + F16C (x86-64 since 2013).
     Avx2,
-    /// AVX-512 F/BW/VL + BF16 (Zen 4, Sapphire Rapids and later).
+    /// AVX-512 F/BW/VL + BF16 + VNNI (Zen 4, Sapphire Rapids and later).
     Avx512Bf16,
 }
 
 impl Isa {
-    /// The best level this CPU supports.
+    /// The best level this CPU supports: every feature a kernel of that level uses is
+    /// present, so kernels test the level alone (VNNI and F16C come with AVX-512 BF16 and
+    /// AVX2 on every CPU that has those).
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("avx512bf16")
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            if avx2
+                && has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512vl")
+                && has!("avx512bf16")
+                && has!("avx512vnni")
             {
                 return Isa::Avx512Bf16;
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if avx2 {
                 return Isa::Avx2;
             }
         }

@@ -20,7 +20,7 @@ use crate::kernels::{self, with_cpu_slice};
 
 /// How a [`Linear`] computes its product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
+pub enum ProductPath {
     /// Whatever applies: the kernels where they can run, candle otherwise.
     Auto,
     /// candle's product (dequantised weights when quantised).
@@ -264,7 +264,7 @@ impl Linear {
     ///
     /// # Shapes
     /// `(..., in) -> (..., out)`
-    pub fn forward_with(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+    pub fn forward_with(&self, x: &Tensor, path: ProductPath) -> Result<Tensor> {
         let y = self.forward_base(x, path)?;
         match &self.adapter {
             Some(a) => {
@@ -276,9 +276,14 @@ impl Linear {
     }
 
     /// The product with the (frozen or trained) weight, without the adapter.
-    fn forward_base(&self, x: &Tensor, path: Path) -> Result<Tensor> {
+    fn forward_base(&self, x: &Tensor, path: ProductPath) -> Result<Tensor> {
         let float = matches!(x.dtype(), DType::F32 | DType::BF16);
-        if path == Path::Auto && x.track_op() && float && x.device().is_cpu() && self.frozen() {
+        if path == ProductPath::Auto
+            && x.track_op()
+            && float
+            && x.device().is_cpu()
+            && self.frozen()
+        {
             let plain = Self {
                 weight: self.weight.clone(),
                 bias: self.bias.clone(),
@@ -286,7 +291,7 @@ impl Linear {
             };
             return x.contiguous()?.apply_op1(FrozenProduct(plain));
         }
-        if path == Path::Auto {
+        if path == ProductPath::Auto {
             if let Some(y) = self.forward_kernels(x)? {
                 return Ok(y);
             }
@@ -411,7 +416,7 @@ impl candle_core::CustomOp1 for FrozenProduct {
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let x = storage_to_tensor(s, l)?;
-        tensor_to_storage(&self.0.forward_base(&x, Path::Auto)?)
+        tensor_to_storage(&self.0.forward_base(&x, ProductPath::Auto)?)
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -428,7 +433,7 @@ impl Module for Linear {
     /// # Shapes
     /// `(..., in) -> (..., out)`
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, Path::Auto)
+        self.forward_with(x, ProductPath::Auto)
     }
 }
 
@@ -496,8 +501,8 @@ mod tests {
             let mut shape = lead.to_vec();
             shape.push(k);
             let x = rand(&shape, 3).to_dtype(DType::BF16).unwrap();
-            let fast = lin.forward_with(&x, Path::Auto).unwrap();
-            let plain = lin.forward_with(&x, Path::Candle).unwrap();
+            let fast = lin.forward_with(&x, ProductPath::Auto).unwrap();
+            let plain = lin.forward_with(&x, ProductPath::Candle).unwrap();
             assert_eq!(fast.dims(), plain.dims());
             assert_eq!(fast.dtype(), DType::BF16);
             let e = max_rel(&fast, &plain);
@@ -541,8 +546,8 @@ mod tests {
                 let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
                 (y, g)
             };
-            let (fast, gf) = run(Path::Auto);
-            let (plain, gp) = run(Path::Candle);
+            let (fast, gf) = run(ProductPath::Auto);
+            let (plain, gp) = run(ProductPath::Candle);
             let tol = if dtype == DType::F32 && quant.is_none() {
                 1e-5
             } else {

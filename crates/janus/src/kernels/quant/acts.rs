@@ -30,7 +30,7 @@ impl QuantActs {
         k: usize,
         groups: usize,
         format: QuantFormat,
-        level: Level,
+        level: Isa,
     ) -> Self {
         let wide = format == QuantFormat::Q8;
         let (lines, top) = if wide {
@@ -57,7 +57,7 @@ impl QuantActs {
         let one = |(((q, neg), scale), row): Row| {
             for g in 0..groups {
                 #[cfg(target_arch = "x86_64")]
-                if level == Level::Avx512 {
+                if level == Isa::Avx512Bf16 {
                     let src = row.get(g * GROUP..((g + 1) * GROUP).min(k)).unwrap_or(&[]);
                     let lines = &mut q[g * lines..(g + 1) * lines];
                     // SAFETY: `level` was checked against the CPU; `lines` holds the
@@ -82,9 +82,9 @@ impl QuantActs {
                     scale[g].0[l] = unsafe {
                         match level {
                             #[cfg(target_arch = "x86_64")]
-                            Level::Avx512 => avx512::quantize_act_block(src, top, &mut block),
+                            Isa::Avx512Bf16 => avx512::quantize_act_block(src, top, &mut block),
                             #[cfg(target_arch = "x86_64")]
-                            Level::Avx2 => avx2::quantize_act_block(src, top, &mut block),
+                            Isa::Avx2 => avx2::quantize_act_block(src, top, &mut block),
                             _ => quantize_act_block(src, top, &mut block),
                         }
                     };

@@ -451,7 +451,7 @@ impl QuantMatrix {
             std::ptr::write_bytes(out, 0, m * n);
             return;
         }
-        let (groups, level) = (self.groups, Level::of(isa));
+        let (groups, level) = (self.groups, isa);
         let acts = QuantActs::new(x, m, k, groups, self.format, level);
         let parallel = m * n * k >= 1 << 18;
         let quads = n.div_ceil(QUAD);

@@ -2,34 +2,6 @@
 
 use super::*;
 
-/// What a kernel can use: `Isa` narrowed by the extra features the quant kernels need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Level {
-    Plain,
-    /// AVX2 + FMA + F16C.
-    Avx2,
-    /// AVX-512 F/BW + VNNI.
-    Avx512,
-}
-
-impl Level {
-    /// The level `isa` allows: AVX-512 needs VNNI (else AVX2), AVX2 needs F16C.
-    pub(super) fn of(isa: Isa) -> Level {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if isa == Isa::Avx512Bf16 && has!("avx512vnni") {
-                return Level::Avx512;
-            }
-            if isa >= Isa::Avx2 && has!("f16c") {
-                return Level::Avx2;
-            }
-        }
-        let _ = isa;
-        Level::Plain
-    }
-}
-
 /// One tile's operands: `groups` groups of activation rows from `xq`, `neg`, `dx` (row
 /// strides: `stride` groups of lines and of `Lanes`; see [`QuantActs`]) and of one weight
 /// quad from `wq` and `ws`, and the output at `out` (row stride `ldo`), whose first `cols`
@@ -87,16 +59,16 @@ impl TileArgs {
 /// # Safety
 /// `a` points at operands of that many rows (see [`TileArgs`]) quantised for `format`;
 /// the CPU supports `level`.
-pub(super) unsafe fn tile(level: Level, format: QuantFormat, rows: usize, a: TileArgs) {
+pub(super) unsafe fn tile(level: Isa, format: QuantFormat, rows: usize, a: TileArgs) {
     match (level, format) {
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx512, QuantFormat::Q8) => avx512::tile_q8(rows, a),
+        (Isa::Avx512Bf16, QuantFormat::Q8) => avx512::tile_q8(rows, a),
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx512, QuantFormat::Q4) => avx512::tile_q4(rows, a),
+        (Isa::Avx512Bf16, QuantFormat::Q4) => avx512::tile_q4(rows, a),
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, QuantFormat::Q8) => avx2::tile_q8(rows, a),
+        (Isa::Avx2, QuantFormat::Q8) => avx2::tile_q8(rows, a),
         #[cfg(target_arch = "x86_64")]
-        (Level::Avx2, QuantFormat::Q4) => avx2::tile_q4(rows, a),
+        (Isa::Avx2, QuantFormat::Q4) => avx2::tile_q4(rows, a),
         _ => plain_tile(format, rows, a),
     }
 }
