@@ -30,6 +30,8 @@ pub mod model_dir;
 pub mod pipeline;
 pub mod png;
 pub mod processor;
+#[cfg(test)]
+mod testing;
 pub mod train;
 pub mod weights;
 

@@ -439,29 +439,14 @@ impl Module for Linear {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     use super::*;
 
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n as u64)
-            .map(|i| {
-                let h = (i ^ seed)
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    .rotate_left(17);
-                (h % 10007) as f32 / 5003.5 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use crate::testing::max_rel;
 
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-        let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-        let d = (a - &b).unwrap().abs().unwrap().max(0).unwrap();
-        let s = b.abs().unwrap().max(0).unwrap();
-        d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap()
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        crate::testing::hashed(shape, seed, 1.0)
     }
 
     #[test]

@@ -678,18 +678,7 @@ mod tests {
     use super::*;
 
     fn rand_bf16(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n as u64)
-            .map(|i| {
-                let h = (i ^ seed)
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    .rotate_left(23);
-                (h % 10007) as f32 / 2501.0 - 2.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu)
-            .and_then(|t| t.to_dtype(DType::BF16))
-            .unwrap()
+        crate::testing::hashed_bf16(shape, seed, 2.0)
     }
 
     /// Stacked projections give each projection's output bit for bit, packed or

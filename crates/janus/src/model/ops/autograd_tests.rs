@@ -3,26 +3,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::model::ops::{attention, attention_heads_merged, silu_mul, AttnMask, RmsNorm};
 
 pub(crate) fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n as u64)
-        .map(|i| {
-            let h = (i ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D))
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .rotate_left(29);
-            (h % 20011) as f32 / 10005.5 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    crate::testing::hashed(shape, seed, 1.0)
 }
 
-/// `max|a − b| / max|b|`.
-pub(crate) fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let (a, b) = (f(a), f(b));
-    let d = (&a - &b).unwrap().abs().unwrap().max(0).unwrap();
-    let s = b.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    d.to_scalar::<f32>().unwrap() / s.max(1e-30)
-}
+pub(crate) use crate::testing::max_rel as rel;
 
 /// Runs `f` over variables made from `inputs` along the fast (op) and the plain (chain)
 /// path, and compares the outputs and every input's gradient of `sum(y · r)`.

@@ -1,19 +1,9 @@
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 
 use super::*;
 
 fn rand_bf16(n: usize, seed: u64, scale: f32) -> Tensor {
-    let v: Vec<f32> = (0..n as u64)
-        .map(|i| {
-            let h = (i ^ seed)
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .rotate_left(29);
-            ((h % 20001) as f32 / 10000.0 - 1.0) * scale
-        })
-        .collect();
-    Tensor::from_vec(v, (n,), &Device::Cpu)
-        .and_then(|t| t.to_dtype(DType::BF16))
-        .unwrap()
+    crate::testing::hashed_bf16(&[n], seed, scale)
 }
 
 /// Largest difference in units of 2^-8 of the larger magnitude; one bf16 rounding step
