@@ -7,7 +7,7 @@ use candle_core::Device;
 use clap::Args;
 use janus::hub::{self, FileProgress, HubOptions, ModelRef};
 use janus::kernels::quant::QuantFormat;
-use janus::pipeline::{DTypeChoice, Pipeline};
+use janus::pipeline::{DTypeChoice, LoadOptions, Pipeline};
 
 use crate::progress::{Bar, Progress};
 
@@ -124,8 +124,13 @@ impl ModelArgs {
         let quant = self.quant_format()?;
         let dir = self.resolve(progress)?;
         let spinner = progress.spinner(&format!("loading {}", self.model_id()));
-        let lora = self.lora.as_deref();
-        let pipe = Pipeline::load_with_adapters(&dir, dtype, quant, lora, &Device::Cpu)?;
+        let opts = LoadOptions {
+            dtype,
+            quant,
+            lora: self.lora.clone(),
+            device: Device::Cpu,
+        };
+        let pipe = Pipeline::load_with(&dir, &opts)?;
         spinner.finish();
         // After loading, whose large temporaries should go back to the system at once.
         janus::kernels::tune_allocator();

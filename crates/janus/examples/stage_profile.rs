@@ -32,7 +32,11 @@ fn main() -> anyhow::Result<()> {
     let quant = args.get(5).map(|q| q.parse()).transpose()?;
     let dir = std::path::Path::new(dir);
     let t_load = Instant::now();
-    let pipe = Pipeline::load_quantized(dir, DTypeChoice::Fixed(dtype), quant, &dev)?;
+    let opts = janus::pipeline::LoadOptions {
+        quant,
+        ..janus::pipeline::LoadOptions::new(DTypeChoice::Fixed(dtype), dev.clone())
+    };
+    let pipe = Pipeline::load_with(dir, &opts)?;
     eprintln!("loaded in {:.2} s", t_load.elapsed().as_secs_f64());
     janus::kernels::tune_allocator();
     let m = &pipe.model;

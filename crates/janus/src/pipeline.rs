@@ -130,6 +130,34 @@ pub struct GenerateResult {
     pub timings: Timings,
 }
 
+/// How [`Pipeline::load_with`] loads a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The compute dtype.
+    pub dtype: DTypeChoice,
+    /// The LLM's and generation head's weights quantised as they load (CPU only; see
+    /// [`Janus::load`]).
+    pub quant: Option<QuantFormat>,
+    /// A directory of LoRA adapters (peft's files) folded into the weights as they load
+    /// (`W + alpha/r·B·A`, summed in f32 before any dtype conversion or quantisation):
+    /// the same model `janus train merge` writes.
+    pub lora: Option<PathBuf>,
+    /// Where the weights go.
+    pub device: Device,
+}
+
+impl LoadOptions {
+    /// `dtype` on `device`, no quantisation, no adapters.
+    pub fn new(dtype: DTypeChoice, device: Device) -> Self {
+        Self {
+            dtype,
+            quant: None,
+            lora: None,
+            device,
+        }
+    }
+}
+
 /// Model, tokenizer and image processor of one model directory.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -144,32 +172,22 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads `dir` (config.json, weights, tokenizer.json, preprocessor_config.json).
+    /// Loads `dir` (config.json, weights, tokenizer.json, preprocessor_config.json) in
+    /// `dtype` on `device`, the weights as the checkpoint holds them.
     pub fn load(dir: &Path, dtype: DTypeChoice, device: &Device) -> Result<Self> {
-        Self::load_quantized(dir, dtype, None, device)
+        Self::load_with(dir, &LoadOptions::new(dtype, device.clone()))
     }
 
-    /// [`Self::load`] with the LLM and generation-head weights quantised to `quant` as they
-    /// load (see [`Janus::load`]; CPU only).
-    pub fn load_quantized(
-        dir: &Path,
-        dtype: DTypeChoice,
-        quant: Option<QuantFormat>,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::load_with_adapters(dir, dtype, quant, None, device)
-    }
-
-    /// [`Self::load_quantized`] with the LoRA adapters of directory `lora` (peft's files)
-    /// folded into the weights as they load (`W + alpha/r·B·A`, summed in f32 before any
-    /// dtype conversion or quantisation): the same model `janus train merge` writes.
-    pub fn load_with_adapters(
-        dir: &Path,
-        dtype: DTypeChoice,
-        quant: Option<QuantFormat>,
-        lora: Option<&Path>,
-        device: &Device,
-    ) -> Result<Self> {
+    /// Loads `dir` as `opts` say: quantised weights, adapters folded in (see
+    /// [`LoadOptions`]).
+    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let LoadOptions {
+            dtype,
+            quant,
+            lora,
+            device,
+        } = opts;
+        let (dtype, quant, lora) = (*dtype, *quant, lora.as_deref());
         let t0 = Instant::now();
         if quant.is_some() && !device.is_cpu() {
             return Err(Error::InvalidInput(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use janus::engine::{GenerateParams, SamplingParams};
 use janus::kernels::quant::QuantFormat;
-use janus::pipeline::{DTypeChoice, Pipeline, UnderstandOptions};
+use janus::pipeline::{DTypeChoice, LoadOptions, Pipeline, UnderstandOptions};
 use janus::processor::Message;
 
 fn model_dir(m: &str) -> PathBuf {
@@ -19,13 +19,11 @@ fn model_dir(m: &str) -> PathBuf {
 }
 
 fn load(m: &str, quant: Option<QuantFormat>) -> Pipeline {
-    Pipeline::load_quantized(
-        &model_dir(m),
-        DTypeChoice::Fixed(DType::BF16),
+    let opts = LoadOptions {
         quant,
-        &Device::Cpu,
-    )
-    .unwrap()
+        ..LoadOptions::new(DTypeChoice::Fixed(DType::BF16), Device::Cpu)
+    };
+    Pipeline::load_with(&model_dir(m), &opts).unwrap()
 }
 
 /// Logits of every position of a fixed text, `(1, T, V)` f32.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use janus::config::Layout;
-use janus::pipeline::{DTypeChoice, Pipeline};
+use janus::pipeline::{DTypeChoice, LoadOptions, Pipeline};
 use janus::train::loss::{micro_batch_backward, micro_batch_loss};
 use janus::train::Trainer;
 use janus::weights::lora::{self, Adapters, LoraSpec, Target};
@@ -188,8 +188,11 @@ fn merged_and_load_time_adapters_equal_base_plus_adapters() {
     assert!(janus::train::checkpoint::merge_adapters(&adapter_dir(), &base, &merged).is_err());
     let f32 = DTypeChoice::Fixed(DType::F32);
     let m = Pipeline::load(&merged, f32, &Device::Cpu).unwrap();
-    let at_load =
-        Pipeline::load_with_adapters(&base, f32, None, Some(&adapter_dir()), &Device::Cpu).unwrap();
+    let opts = LoadOptions {
+        lora: Some(adapter_dir()),
+        ..LoadOptions::new(f32, Device::Cpu)
+    };
+    let at_load = Pipeline::load_with(&base, &opts).unwrap();
     let plain = Pipeline::load(&base, f32, &Device::Cpu).unwrap();
     let (lm, ll, lp) = (loss(&m.model), loss(&at_load.model), loss(&plain.model));
     eprintln!("loss sums: adapters {with_adapters}, merged {lm}, at load {ll}, base {lp}");

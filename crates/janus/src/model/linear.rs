@@ -121,10 +121,26 @@ pub(crate) fn rows_matmul(x: &Tensor, m: &Tensor) -> Result<Tensor> {
 }
 
 impl Linear {
-    /// Wraps a weight `(out, in)` and an optional bias `(out,)`. On a CPU with AVX-512
-    /// BF16, a bf16 weight that tracks no gradient is packed for the kernel (the layout
-    /// change costs one pass over the weight, once).
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+    /// A weight `(out, in)` and an optional bias `(out,)` as they are, or with `quant` the
+    /// weight quantised straight from its row-major form (never packed first: a packed
+    /// bf16 copy of every layer, written and then dropped, took a third of a quantised
+    /// load's time; CPU only). Unquantised on a CPU with AVX-512 BF16, a bf16 weight that
+    /// tracks no gradient is packed for the kernel (one pass over the weight, once).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, quant: Option<QuantFormat>) -> Result<Self> {
+        let Some(format) = quant else {
+            return Ok(Self::dense(weight, bias));
+        };
+        let mut linear = Self {
+            weight: Weight::Dense(weight),
+            bias,
+            adapter: None,
+        };
+        linear.quantize(format)?;
+        Ok(linear)
+    }
+
+    /// [`Self::new`] without quantisation.
+    fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
         if Self::packs(&weight) {
             if let Ok((n, k)) = weight.dims2() {
                 if let Ok(w) = weight.contiguous() {
@@ -160,13 +176,9 @@ impl Linear {
             && kernels::isa() == kernels::Isa::Avx512Bf16
     }
 
-    /// Loads `weight` (and `bias` when `bias`) of a `in_dim -> out_dim` layer.
-    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        Self::load_quantized(in_dim, out_dim, bias, vb, None)
-    }
-
-    /// [`Self::load`], quantised to `quant` when given (see [`Self::new_quantized`]).
-    pub fn load_quantized(
+    /// Loads `weight` (and `bias` when `bias`) of a `in_dim -> out_dim` layer, and its
+    /// LoRA adapter when `vb` serves one; quantised as [`Self::new`] says.
+    pub fn load(
         in_dim: usize,
         out_dim: usize,
         bias: bool,
@@ -180,27 +192,7 @@ impl Linear {
             None
         };
         let adapter = Adapter::load(&vb, in_dim, out_dim)?;
-        Ok(Self::new_quantized(weight, bias, quant)?.with_adapter(adapter))
-    }
-
-    /// [`Self::new`], or with `quant` the weight quantised straight from its row-major
-    /// form: never packed first (a packed bf16 copy of every layer, written and then
-    /// dropped, took a third of a quantised load's time). CPU only.
-    pub fn new_quantized(
-        weight: Tensor,
-        bias: Option<Tensor>,
-        quant: Option<QuantFormat>,
-    ) -> Result<Self> {
-        let Some(format) = quant else {
-            return Ok(Self::new(weight, bias));
-        };
-        let mut linear = Self {
-            weight: Weight::Dense(weight),
-            bias,
-            adapter: None,
-        };
-        linear.quantize(format)?;
-        Ok(linear)
+        Ok(Self::new(weight, bias, quant)?.with_adapter(adapter))
     }
 
     /// `(out_features, in_features)`.
@@ -460,16 +452,16 @@ mod tests {
             y.into_iter().map(f32::to_bits).collect::<Vec<_>>()
         };
         for f in [QuantFormat::Q8, QuantFormat::Q4] {
-            let mut after = Linear::new(w.clone(), b.clone());
+            let mut after = Linear::new(w.clone(), b.clone(), None).unwrap();
             after.quantize(f).unwrap();
-            let loaded = Linear::new_quantized(w.clone(), b.clone(), Some(f)).unwrap();
+            let loaded = Linear::new(w.clone(), b.clone(), Some(f)).unwrap();
             assert_eq!(loaded.quant_format(), Some(f));
             assert_eq!(loaded.weight_bytes(), after.weight_bytes());
             assert_eq!(bits(&loaded), bits(&after), "{f:?}");
         }
-        let plain = Linear::new_quantized(w.clone(), b.clone(), None).unwrap();
+        let plain = Linear::new(w.clone(), b.clone(), None).unwrap();
         assert_eq!(plain.quant_format(), None);
-        assert_eq!(bits(&plain), bits(&Linear::new(w, b)));
+        assert_eq!(bits(&plain), bits(&Linear::new(w, b, None).unwrap()));
     }
 
     #[test]
@@ -482,7 +474,7 @@ mod tests {
         ] {
             let w = rand(&[n, k], 1).to_dtype(DType::BF16).unwrap();
             let b = bias.then(|| rand(&[n], 2).to_dtype(DType::BF16).unwrap());
-            let lin = Linear::new(w, b);
+            let lin = Linear::new(w, b, None).unwrap();
             let mut shape = lead.to_vec();
             shape.push(k);
             let x = rand(&shape, 3).to_dtype(DType::BF16).unwrap();
@@ -498,7 +490,7 @@ mod tests {
     #[test]
     fn tracked_inputs_keep_the_differentiable_path() {
         let w = rand(&[5, 8], 1).to_dtype(DType::BF16).unwrap();
-        let lin = Linear::new(w, None);
+        let lin = Linear::new(w, None, None).unwrap();
         let x = Var::from_tensor(&rand(&[2, 8], 2).to_dtype(DType::BF16).unwrap()).unwrap();
         assert!(lin.forward_kernels(x.as_tensor()).unwrap().is_none());
         let y = lin.forward(x.as_tensor()).unwrap();
@@ -521,7 +513,7 @@ mod tests {
         for &(shape, k, n, dtype, quant) in cases {
             let w = rand(&[n, k], 1).to_dtype(dtype).unwrap();
             let b = Some(rand(&[n], 2).to_dtype(dtype).unwrap());
-            let lin = Linear::new_quantized(w.clone(), b, quant).unwrap();
+            let lin = Linear::new(w.clone(), b, quant).unwrap();
             let x = Var::from_tensor(&rand(shape, 3).to_dtype(dtype).unwrap()).unwrap();
             let dy = rand(&[shape[..shape.len() - 1].to_vec(), vec![n]].concat(), 4)
                 .to_dtype(dtype)
@@ -555,7 +547,7 @@ mod tests {
 
     #[test]
     fn wrong_input_width_is_an_error() {
-        let lin = Linear::new(rand(&[5, 8], 1).to_dtype(DType::BF16).unwrap(), None);
+        let lin = Linear::new(rand(&[5, 8], 1).to_dtype(DType::BF16).unwrap(), None, None).unwrap();
         let x = rand(&[2, 7], 2).to_dtype(DType::BF16).unwrap();
         assert!(lin.forward(&x).is_err());
     }

@@ -218,7 +218,7 @@ fn linear(
     vb: VarBuilder,
     quant: Option<QuantFormat>,
 ) -> Result<Linear> {
-    Linear::load_quantized(i, o, cfg_bias, vb, quant)
+    Linear::load(i, o, cfg_bias, vb, quant)
 }
 
 /// Projections of the same input (q/k/v, gate/up), kept apart or stacked into one
@@ -259,14 +259,14 @@ impl Projections {
                 let stacked = Tensor::cat(&weights, 0)?;
                 drop(weights);
                 return Ok(Self::Stacked {
-                    linear: Linear::new_quantized(stacked, None, quant)?,
+                    linear: Linear::new(stacked, None, quant)?,
                     sizes: outs.to_vec(),
                 });
             }
             let linears = weights
                 .into_iter()
                 .zip(adapters)
-                .map(|(w, a)| Ok(Linear::new_quantized(w, None, quant)?.with_adapter(a)))
+                .map(|(w, a)| Ok(Linear::new(w, None, quant)?.with_adapter(a)))
                 .collect::<Result<_>>()?;
             return Ok(Self::Separate(linears));
         }
@@ -440,10 +440,10 @@ impl Llama {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new_quantized(embed_tokens.embeddings().clone(), None, quant)?
+            Linear::new(embed_tokens.embeddings().clone(), None, quant)?
         } else {
             let vb = vb.pp("lm_head");
-            Linear::load_quantized(cfg.hidden_size, cfg.vocab_size, false, vb, quant)?
+            Linear::load(cfg.hidden_size, cfg.vocab_size, false, vb, quant)?
         };
         Ok(Self {
             rope: Rope::new(cfg, vb.device())?,
@@ -700,11 +700,11 @@ mod tests {
             // Quantised as they load, straight from the row-major weights.
             let sep = Projections::Separate(
                 ws.iter()
-                    .map(|w| Linear::new_quantized(w.clone(), None, quant).unwrap())
+                    .map(|w| Linear::new(w.clone(), None, quant).unwrap())
                     .collect(),
             );
             let st = Projections::Stacked {
-                linear: Linear::new_quantized(stacked.clone(), None, quant).unwrap(),
+                linear: Linear::new(stacked.clone(), None, quant).unwrap(),
                 sizes: outs.to_vec(),
             };
             for rows in [1, 2, 37] {

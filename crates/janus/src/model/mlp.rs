@@ -30,7 +30,7 @@ impl MlpProjector {
         let layer = |i: usize, in_dim: usize| {
             let quant = quant.filter(|_| in_dim >= 512);
             let vb = vb.pp(format!("layers.{}", 2 * i));
-            Linear::load_quantized(in_dim, cfg.n_embed, true, vb, quant)
+            Linear::load(in_dim, cfg.n_embed, true, vb, quant)
         };
         let mut layers = vec![layer(0, cfg.input_dim)?];
         for i in 1..cfg.depth {
@@ -69,14 +69,8 @@ impl GenHead {
     pub fn load(cfg: &GenHeadConfig, vb: VarBuilder, quant: Option<QuantFormat>) -> Result<Self> {
         let (d, e, v) = (cfg.n_embed, cfg.image_token_embed, cfg.image_token_size);
         Ok(Self {
-            output_mlp_projector: Linear::load_quantized(
-                d,
-                e,
-                true,
-                vb.pp("output_mlp_projector"),
-                quant,
-            )?,
-            vision_head: Linear::load_quantized(e, v, true, vb.pp("vision_head"), quant)?,
+            output_mlp_projector: Linear::load(d, e, true, vb.pp("output_mlp_projector"), quant)?,
+            vision_head: Linear::load(e, v, true, vb.pp("vision_head"), quant)?,
         })
     }
 }

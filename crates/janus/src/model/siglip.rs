@@ -52,13 +52,13 @@ impl Block {
         Ok(Self {
             norm1: LayerNorm::new(c, eps, vb.pp("norm1"))?,
             attn: Attention {
-                qkv: Linear::load(c, 3 * c, true, vb.pp("attn.qkv"))?,
-                proj: Linear::load(c, c, true, vb.pp("attn.proj"))?,
+                qkv: Linear::load(c, 3 * c, true, vb.pp("attn.qkv"), None)?,
+                proj: Linear::load(c, c, true, vb.pp("attn.proj"), None)?,
                 num_heads: cfg.num_heads,
             },
             norm2: LayerNorm::new(c, eps, vb.pp("norm2"))?,
-            fc1: Linear::load(c, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
-            fc2: Linear::load(cfg.intermediate_size, c, true, vb.pp("mlp.fc2"))?,
+            fc1: Linear::load(c, cfg.intermediate_size, true, vb.pp("mlp.fc1"), None)?,
+            fc2: Linear::load(cfg.intermediate_size, c, true, vb.pp("mlp.fc2"), None)?,
         })
     }
 }
@@ -91,7 +91,7 @@ impl SiglipVit {
         let p = cfg.patch_size;
         let pvb = vb.pp("patch_embed.proj");
         let w = pvb.get((c, 3, p, p), "weight")?.reshape((c, 3 * p * p))?;
-        let patch_embed = Linear::new(w, Some(pvb.get(c, "bias")?));
+        let patch_embed = Linear::new(w, Some(pvb.get(c, "bias")?), None)?;
         let pos_embed = vb.get((1, cfg.num_image_tokens(), c), "pos_embed")?;
         let blocks = (0..cfg.num_layers)
             .map(|i| Block::new(cfg, vb.pp("blocks").pp(i)))
