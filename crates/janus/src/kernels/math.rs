@@ -6,8 +6,10 @@ use super::Isa;
 /// give the same bits as each other.
 pub fn exp_in_place(x: &mut [f32], isa: Isa) {
     match isa {
+        // SAFETY: `isa` is only ever a level this CPU has (`Isa::available`).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 => unsafe { simd::exp_avx512(x) },
+        // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { simd::exp_avx2(x) },
         _ => x.iter_mut().for_each(|v| *v = v.exp()),

@@ -268,6 +268,7 @@ pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: the kernels only write disjoint elements through it, and only while the buffer
 // is borrowed mutably by the calling function.
 unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as for Send: shared between threads only to write disjoint elements.
 unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
     /// The pointer (a method, so closures capture the whole wrapper).
@@ -421,6 +422,7 @@ macro_rules! vectorized_fn {
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernels::Isa::Avx512Bf16 => unsafe { avx512($isa $(, $arg)*) },
                 #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
                 $crate::kernels::Isa::Avx2 => unsafe { avx2($isa $(, $arg)*) },
                 _ => body($isa $(, $arg)*),
             }

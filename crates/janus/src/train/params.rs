@@ -90,8 +90,11 @@ pub enum Trainable {
     /// Adapters (seeded initialisation) over the frozen checkpoint, whose LLM and
     /// generation-head products may be quantised (QLoRA-style).
     Lora {
+        /// Rank, alpha and target layers.
         spec: LoraSpec,
+        /// Seed of the A matrices' initialisation.
         seed: u64,
+        /// The frozen products' weight format, if quantised.
         quant: Option<QuantFormat>,
     },
 }
