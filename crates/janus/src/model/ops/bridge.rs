@@ -1,5 +1,7 @@
-//! The glue between candle tensors and the CPU kernels that the ops share: a custom
-//! op's storage as a tensor and back, the backward-call counters, dtype helpers.
+//! The glue between candle tensors and the CPU kernels that the ops share: the one test
+//! for whether the kernels take a set of tensors and the call that runs a bf16 kernel on
+//! them ([`run_bf16_kernel`]), a custom op's storage as a tensor and back, the
+//! backward-call counters, dtype helpers.
 
 use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
 use half::bf16;
@@ -92,28 +94,58 @@ pub(super) fn tracked_cpu_pair(a: &Tensor, b: &Tensor) -> bool {
         && (a.track_op() || b.track_op())
 }
 
-/// `kernel(a, b, out)` over two bf16 CPU tensors of the same shape that track no
-/// gradient; `None` for any other pair (the caller's candle ops then keep the gradient).
+/// Whether the CPU kernels take these tensors: all on the CPU, in bf16, none tracking a
+/// gradient (the one test every op's kernel path makes).
+pub(super) fn kernel_inputs(inputs: &[&Tensor]) -> bool {
+    inputs
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op())
+}
+
+/// Runs a bf16 kernel on `inputs` when [`kernel_inputs`] holds: `kernel(slices, out)`
+/// gets each input's contiguous data and writes all `out_len` values of the output,
+/// which comes back with `shape`. `None` where the kernels do not apply.
+pub(super) fn run_bf16_kernel(
+    inputs: &[&Tensor],
+    out_len: usize,
+    shape: &[usize],
+    kernel: impl FnOnce(&[&[bf16]], &mut [bf16]),
+) -> Result<Option<Tensor>> {
+    if !kernel_inputs(inputs) {
+        return Ok(None);
+    }
+    let contiguous = inputs
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            return Ok(None);
+        };
+        let (Some((start, end)), Ok(data)) = (layout.contiguous_offsets(), cpu.as_slice::<bf16>())
+        else {
+            return Ok(None);
+        };
+        slices.push(&data[start..end]);
+    }
+    let mut out = vec![bf16::ZERO; out_len];
+    kernel(&slices, &mut out);
+    drop(guards);
+    Ok(Some(Tensor::from_vec(out, shape, &Device::Cpu)?))
+}
+
+/// A same-shape binary bf16 kernel through [`run_bf16_kernel`].
 pub(super) fn elementwise_bf16(
     a: &Tensor,
     b: &Tensor,
-    kernel: fn(&[half::bf16], &[half::bf16], &mut [half::bf16], crate::kernels::Isa),
+    kernel: fn(&[bf16], &[bf16], &mut [bf16], crate::kernels::Isa),
 ) -> Result<Option<Tensor>> {
-    use crate::kernels::{isa, with_cpu_slice};
-    let fast = [a, b]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op());
-    if !fast || a.dims() != b.dims() {
+    if a.dims() != b.dims() {
         return Ok(None);
     }
-    let (x, y) = (a.contiguous()?, b.contiguous()?);
-    let mut out = vec![half::bf16::ZERO; x.elem_count()];
-    let done = with_cpu_slice::<half::bf16, _>(&x, |xs| {
-        with_cpu_slice::<half::bf16, _>(&y, |ys| kernel(xs, ys, &mut out, isa()))
+    run_bf16_kernel(&[a, b], a.elem_count(), a.dims(), |s, out| {
+        kernel(s[0], s[1], out, crate::kernels::isa())
     })
-    .flatten();
-    match done {
-        Some(()) => Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?)),
-        None => Ok(None),
-    }
 }

@@ -1,10 +1,10 @@
 //! Element-wise ops: softmax, GELU, residual add, SwiGLU (with its own backward).
 
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, D};
 
 use super::bridge::{
-    count, elementwise_bf16, f32_values, storage_to_tensor, tensor_to_storage, to_f32_internal,
-    tracked_cpu_pair,
+    count, elementwise_bf16, f32_values, run_bf16_kernel, storage_to_tensor, tensor_to_storage,
+    to_f32_internal, tracked_cpu_pair,
 };
 
 /// Softmax over the last dimension, computed in f32 and cast back (the reference's
@@ -21,15 +21,13 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// Exact (erf) GELU, as `torch.nn.GELU()` / ACT2FN["gelu"]; the vectorised kernel for bf16
 /// CPU tensors without gradient (candle's evaluates erf one element at a time).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    use crate::kernels::{fused::gelu_erf_bf16, isa, with_cpu_slice};
-    if x.device().is_cpu() && x.dtype() == DType::BF16 && !x.track_op() {
-        let x = x.contiguous()?;
-        let mut out = vec![half::bf16::ZERO; x.elem_count()];
-        if with_cpu_slice::<half::bf16, _>(&x, |xs| gelu_erf_bf16(xs, &mut out, isa())).is_some() {
-            return Tensor::from_vec(out, x.dims(), x.device());
-        }
+    let fused = run_bf16_kernel(&[x], x.elem_count(), x.dims(), |s, out| {
+        crate::kernels::fused::gelu_erf_bf16(s[0], out, crate::kernels::isa())
+    })?;
+    match fused {
+        Some(y) => Ok(y),
+        None => x.gelu_erf(),
     }
-    x.gelu_erf()
 }
 
 /// `a + b` (same shapes), as candle adds them; one parallel vectorised pass for bf16 CPU

@@ -1,11 +1,14 @@
 //! LayerNorm and RMSNorm: statistics in f32 whatever the dtype, the fused kernels for
 //! bf16 inference, RMSNorm's own backward for training.
 
-use candle_core::{CpuStorage, DType, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, Layout, Module, Result, Shape, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::kernels::fused::{layer_norm_bf16, rms_norm_bf16};
+
 use super::bridge::{
-    count, f32_values, storage_to_tensor, tensor_to_storage, to_f32_internal, tracked_cpu_pair,
+    count, f32_values, kernel_inputs, run_bf16_kernel, storage_to_tensor, tensor_to_storage,
+    to_f32_internal, tracked_cpu_pair,
 };
 
 /// LayerNorm with affine weight and bias over the last dimension.
@@ -41,43 +44,18 @@ impl Module for LayerNorm {
 impl LayerNorm {
     /// The fused kernel for bf16 CPU tensors without gradient (same roundings).
     fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        use crate::kernels::{fused::layer_norm_bf16, with_cpu_slice};
-        use half::bf16;
         let (w, b) = (&self.weight, &self.bias);
-        let all = [x, w, b];
-        if all
-            .iter()
-            .any(|t| !t.device().is_cpu() || t.dtype() != DType::BF16 || t.track_op())
-        {
+        if !kernel_inputs(&[x, w, b]) {
             return Ok(None);
         }
         let d = w.elem_count();
         if x.dim(D::Minus1)? != d || b.elem_count() != d {
             candle_core::bail!("LayerNorm of width {d} over shape {:?}", x.dims());
         }
-        let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
-        let mut out = vec![bf16::ZERO; x.elem_count()];
-        let done = with_cpu_slice::<bf16, _>(&x, |xs| {
-            with_cpu_slice::<bf16, _>(&w, |ws| {
-                with_cpu_slice::<bf16, _>(&b, |bs| {
-                    layer_norm_bf16(
-                        xs,
-                        ws,
-                        bs,
-                        d,
-                        self.eps as f32,
-                        &mut out,
-                        crate::kernels::isa(),
-                    )
-                })
-            })
+        let eps = self.eps as f32;
+        run_bf16_kernel(&[x, w, b], x.elem_count(), x.dims(), |s, out| {
+            layer_norm_bf16(s[0], s[1], s[2], d, eps, out, crate::kernels::isa())
         })
-        .flatten()
-        .flatten();
-        match done {
-            Some(()) => Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?)),
-            None => Ok(None),
-        }
     }
 
     /// The differentiable chain of candle ops.
@@ -114,33 +92,18 @@ impl RmsNorm {
 impl RmsNorm {
     /// The fused kernel for bf16 CPU tensors without gradient (same roundings).
     fn forward_fused(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        use crate::kernels::{fused::rms_norm_bf16, with_cpu_slice};
-        use half::bf16;
         let w = &self.weight;
-        if !x.device().is_cpu()
-            || x.dtype() != DType::BF16
-            || w.dtype() != DType::BF16
-            || x.track_op()
-            || w.track_op()
-        {
+        if !kernel_inputs(&[x, w]) {
             return Ok(None);
         }
         let d = w.elem_count();
         if x.dim(D::Minus1)? != d {
             candle_core::bail!("RMSNorm of width {d} over shape {:?}", x.dims());
         }
-        let (x, w) = (x.contiguous()?, w.contiguous()?);
-        let mut out = vec![bf16::ZERO; x.elem_count()];
-        let done = with_cpu_slice::<bf16, _>(&x, |xs| {
-            with_cpu_slice::<bf16, _>(&w, |ws| {
-                rms_norm_bf16(xs, ws, d, self.eps as f32, &mut out, crate::kernels::isa())
-            })
+        let eps = self.eps as f32;
+        run_bf16_kernel(&[x, w], x.elem_count(), x.dims(), |s, out| {
+            rms_norm_bf16(s[0], s[1], d, eps, out, crate::kernels::isa())
         })
-        .flatten();
-        match done {
-            Some(()) => Ok(Some(Tensor::from_vec(out, x.dims(), x.device())?)),
-            None => Ok(None),
-        }
     }
 }
 
