@@ -97,9 +97,9 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
-    /// Patches per side.
+    /// Patches per side (0 for a zero patch size, which validation then refuses).
     pub fn grid(&self) -> usize {
-        self.image_size / self.patch_size
+        self.image_size.checked_div(self.patch_size).unwrap_or(0)
     }
     /// Image tokens per image (576 for the published models).
     pub fn num_image_tokens(&self) -> usize {
@@ -242,16 +242,29 @@ impl JanusConfig {
                 v.image_size, v.patch_size
             ));
         }
-        if self.vq.ch_mult.is_empty() {
-            return bad("VQ ch_mult is empty".into());
+        let grid = v.grid();
+        if grid.checked_mul(grid).is_none() {
+            return bad(format!("vision grid {grid} x {grid} overflows"));
+        }
+        // downsample() is 1 << (levels - 1); a dozen levels is already absurd.
+        if self.vq.ch_mult.is_empty() || self.vq.ch_mult.len() > 16 {
+            return bad(format!(
+                "VQ ch_mult has {} levels (expected 1 to 16)",
+                self.vq.ch_mult.len()
+            ));
         }
         for m in &self.vq.ch_mult {
-            if !(self.vq.ch * m).is_multiple_of(32) {
+            let channels = self.vq.ch.checked_mul(*m);
+            if !channels.is_some_and(|c| c.is_multiple_of(32)) {
                 return bad(format!(
-                    "VQ channels {} are not a multiple of the 32 GroupNorm groups",
-                    self.vq.ch * m
+                    "VQ channels {} x {m} are not a multiple of the 32 GroupNorm groups",
+                    self.vq.ch
                 ));
             }
+        }
+        let g = self.gen_grid;
+        if g.checked_mul(g).is_none() || g.checked_mul(self.vq.downsample()).is_none() {
+            return bad(format!("generation grid {g} overflows"));
         }
         if self.gen_head.image_token_size != self.vq.codebook_size {
             return bad(format!(

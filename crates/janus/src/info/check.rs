@@ -22,6 +22,10 @@ pub(super) struct CheckLog {
 pub(super) struct LenientBackend {
     pub(super) inner: ShapeCheckBackend,
     pub(super) log: Arc<Mutex<CheckLog>>,
+    /// Element count of the checkpoint's largest tensor: a placeholder larger than that
+    /// stops the build instead (a hostile config.json can ask for shapes whose reshape
+    /// would allocate petabytes).
+    pub(super) largest: usize,
 }
 
 impl LenientBackend {
@@ -52,6 +56,14 @@ impl SimpleBackend for LenientBackend {
                         message,
                     })
                 });
+                let elements = s.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if elements.is_none_or(|n| n > self.largest) {
+                    candle_core::bail!(
+                        "tensor {name}: the config asks for shape {:?}, larger than any tensor \
+                         in the checkpoint",
+                        s.dims()
+                    );
+                }
                 Tensor::zeros((), dtype, dev)?.broadcast_as(s)
             }
         }
@@ -68,11 +80,17 @@ impl SimpleBackend for LenientBackend {
 }
 
 /// Builds the full model on `shapes` (no data), collecting problems.
-pub(super) fn check_build(cfg: &JanusConfig, shapes: ShapeCheckBackend) -> BuildCheck {
+/// `largest` is the element count of the checkpoint's largest tensor.
+pub(super) fn check_build(
+    cfg: &JanusConfig,
+    shapes: ShapeCheckBackend,
+    largest: usize,
+) -> BuildCheck {
     let log = Arc::new(Mutex::new(CheckLog::default()));
     let backend = LenientBackend {
         inner: shapes,
         log: log.clone(),
+        largest,
     };
     let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
     let built = Janus::new(cfg, vb).map(|_| ());

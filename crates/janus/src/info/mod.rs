@@ -412,7 +412,17 @@ impl ModelInfo {
     ) -> Self {
         let tensors: Vec<(String, Vec<usize>, Option<DType>)> = tensors.into_iter().collect();
         let shapes = tensors.iter().map(|(n, s, _)| (n.clone(), s.clone()));
-        let check = check_build(cfg, ShapeCheckBackend::new(cfg.layout, shapes, label));
+        let largest = tensors
+            .iter()
+            .map(|(_, s, _)| s.iter().try_fold(1usize, |n, &d| n.checked_mul(d)))
+            .map(|n| n.unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(0);
+        let check = check_build(
+            cfg,
+            ShapeCheckBackend::new(cfg.layout, shapes, label),
+            largest,
+        );
 
         // Checkpoint name -> part, through the names the model asked for.
         let mut part_of: HashMap<String, Part> = HashMap::new();

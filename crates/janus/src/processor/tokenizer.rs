@@ -47,7 +47,10 @@ impl JanusTokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        // tokenizers unwraps inside some of its Deserialize impls (decoders), so a corrupt
+        // file can panic in it: turn that into an error naming the file.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| Error::Tokenizer(format!("{}: malformed tokenizer", path.display())))?
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         Self::from_tokenizer(inner)
     }

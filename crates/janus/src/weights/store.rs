@@ -435,19 +435,36 @@ fn open_pth(path: &Path, file: usize) -> Result<Opened> {
                 root_message(&e)
             ))
         })?;
-    let entries: Vec<(String, Entry)> = opened
-        .tensor_infos()
-        .iter()
-        .map(|(name, info)| {
-            let entry = Entry {
-                file,
-                shape: info.layout.dims().to_vec(),
-                dtype: Some(info.dtype),
-                dtype_name: format!("{:?}", info.dtype),
-            };
-            (name.clone(), entry)
-        })
-        .collect();
+    // candle allocates a tensor's bytes before reading them, so a pickle claiming a huge
+    // shape would allocate it: refuse any tensor larger than the file (torch.save stores
+    // its zip entries uncompressed, so no real tensor is).
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let mut entries: Vec<(String, Entry)> = Vec::new();
+    for (name, info) in opened.tensor_infos() {
+        let dims = info.layout.dims();
+        let bytes = dims
+            .iter()
+            .try_fold(info.dtype.size_in_bytes(), |n, &d| n.checked_mul(d))
+            .and_then(|n| {
+                let skip = info.layout.start_offset();
+                n.checked_add(skip.checked_mul(info.dtype.size_in_bytes())?)
+            });
+        if bytes.is_none_or(|n| n as u64 > file_len) {
+            return Err(fail(format!(
+                "tensor {name} claims shape {dims:?} of {:?}, more than the file's {file_len} bytes",
+                info.dtype
+            )));
+        }
+        let entry = Entry {
+            file,
+            shape: dims.to_vec(),
+            dtype: Some(info.dtype),
+            dtype_name: format!("{:?}", info.dtype),
+        };
+        entries.push((name.clone(), entry));
+    }
     if entries.is_empty() {
         return Err(fail(
             "holds no tensors (expected a torch.save'd state dict)".into(),
