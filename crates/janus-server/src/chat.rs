@@ -20,8 +20,8 @@ use crate::api::{
 use crate::conversation::{self, Conversation, ImageSources};
 use crate::error::{Result, ServerError};
 use crate::extract::ApiJson;
+use crate::jobs::{CancelOnDrop, ChatEvent, ChatJob, Job};
 use crate::sse::json_event;
-use crate::worker::{CancelOnDrop, ChatEvent, ChatJob, Job};
 use crate::{unix_now, AppState};
 
 /// Generated tokens when the request sets no limit (as `janus understand`), capped by the

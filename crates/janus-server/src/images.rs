@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use crate::api::{ImageData, ImageRequest, ImagesResponse};
 use crate::error::{Result, ServerError};
 use crate::extract::ApiJson;
+use crate::jobs::{CancelOnDrop, ImageEvent, ImageJob, Job, MAX_BATCH_IMAGES};
 use crate::sse::json_event;
-use crate::worker::{CancelOnDrop, ImageEvent, ImageJob, Job, MAX_BATCH_IMAGES};
 use crate::{unix_now, AppState};
 
 /// Most partial images a streamed request may ask for (OpenAI's limit).

@@ -20,13 +20,11 @@ use janus::engine::{BatchItem, BatchProgress, Finish};
 use crate::backend::Backend;
 use crate::decode::{fill_partial_grid, DecodeJob, DecodeQueue, Preview};
 use crate::error::ServerError;
+use crate::jobs::{
+    catch_panic, CancelFlag, ChatEvent, ChatJob, ImageEvent, ImageJob, Job, MAX_BATCH_IMAGES,
+};
 use crate::metrics::{JobKind, JobOutcome, Metrics};
 use crate::stop::StopFilter;
-
-use crate::jobs::catch_panic;
-pub use crate::jobs::{
-    CancelFlag, CancelOnDrop, ChatEvent, ChatJob, ImageEvent, ImageJob, Job, MAX_BATCH_IMAGES,
-};
 
 /// Shortest interval between two progress events of one image job (at most 20 a second).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
