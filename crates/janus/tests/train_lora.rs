@@ -71,7 +71,7 @@ fn adapter_gradients_match_peft() {
     let samples = batch(&mut t, &golden("tiny-pro").0);
     let before = janus::model::backward_calls();
     let g = t.gradients(&samples).unwrap();
-    // The step ran through the ops with their own backward (model/autograd.rs): every
+    // The step ran through the ops with their own backward (model/ops/): every
     // frozen product, norm, SwiGLU, RoPE and attention of the two decoder layers.
     let after = janus::model::backward_calls();
     assert!(

@@ -148,7 +148,7 @@ pub fn estimate(cfg: &JanusConfig, store: &TensorStore, s: &PlanSettings) -> Mem
                 )
             });
         weight_bytes += match (quantised, s.quant) {
-            // Bits per weight plus the block scales (kernels/quant.rs).
+            // Bits per weight plus the block scales (kernels/quant/).
             (true, Some(QuantFormat::Q8)) => n * (8 * 32 + 10) / (8 * 32),
             (true, Some(QuantFormat::Q4)) => n * (4 * 32 + 10) / (8 * 32),
             _ => n * elem,
