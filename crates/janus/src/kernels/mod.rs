@@ -185,20 +185,6 @@ pub(crate) fn chunk_len(n: usize, align: usize, min_chunk: usize) -> usize {
     target.div_ceil(align) * align
 }
 
-/// Runs `f` on the data of `t` when it is a contiguous CPU tensor of element type `T`.
-pub(crate) fn with_cpu_slice<T: candle_core::WithDType, R>(
-    t: &candle_core::Tensor,
-    f: impl FnOnce(&[T]) -> R,
-) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return None;
-    };
-    let (start, end) = layout.contiguous_offsets()?;
-    let data = cpu.as_slice::<T>().ok()?;
-    Some(f(data.get(start..end)?))
-}
-
 /// A vector of `len` values that `fill` writes, not zeroed first (a product's output:
 /// zeroing tens of megabytes before the kernel overwrites them cost 2-3 % of a prefill).
 ///
@@ -240,25 +226,6 @@ pub(crate) fn claim_len(n: usize, min_len: usize) -> usize {
     n.div_ceil(16 * rayon::current_num_threads())
         .max(min_len)
         .max(1)
-}
-
-/// Runs `f(data, offset, [stride0, stride1, stride2])` on a rank-4 CPU tensor of element
-/// type `T` whose last dimension is contiguous (a strided view such as a KV-cache prefix
-/// or a permuted projection).
-pub(crate) fn with_cpu_view<T: candle_core::WithDType, R>(
-    t: &candle_core::Tensor,
-    f: impl FnOnce(&[T], usize, [usize; 3]) -> R,
-) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return None;
-    };
-    let s = layout.stride();
-    if s.len() != 4 || (s[3] != 1 && layout.dims()[3] > 1) {
-        return None;
-    }
-    let data = cpu.as_slice::<T>().ok()?;
-    Some(f(data, layout.start_offset(), [s[0], s[1], s[2]]))
 }
 
 /// A raw output pointer that rayon tasks share, each writing its own disjoint elements

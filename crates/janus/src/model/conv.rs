@@ -7,9 +7,10 @@ use half::bf16;
 
 use std::sync::Arc;
 
+use super::ops::{cpu_slice, kernel_inputs};
+use crate::kernels;
 use crate::kernels::conv::{conv2d_bf16, ConvDims, ConvWeight};
 use crate::kernels::packed::PackedBf16;
-use crate::kernels::{self, with_cpu_slice};
 
 /// A square-kernel convolution with bias, `weight` `(cout, cin, k, k)` in the checkpoint.
 #[derive(Debug, Clone)]
@@ -44,10 +45,10 @@ impl Conv2d {
     ) -> Result<Self> {
         let w = vb.get((cout, cin, k, k), "weight")?;
         let bias = vb.get(cout, "bias")?;
-        let weight = if w.device().is_cpu() && w.dtype() == DType::BF16 && !w.track_op() {
+        let weight = if kernel_inputs(&[&w]) {
             let cl = w.permute((0, 2, 3, 1))?.contiguous()?;
             let packed = (kernels::isa() == kernels::Isa::Avx512Bf16)
-                .then(|| with_cpu_slice::<bf16, _>(&cl, |s| PackedBf16::pack(s, cout, k * k * cin)))
+                .then(|| cpu_slice::<bf16>(&cl).map(|s| PackedBf16::pack(&s, cout, k * k * cin)))
                 .flatten();
             match packed {
                 Some(p) => Weight::Packed(Arc::new(p)),
@@ -92,7 +93,7 @@ impl Conv2d {
         if matches!(self.weight, Weight::Original(_)) {
             return Ok(None);
         }
-        if !x.device().is_cpu() || x.dtype() != DType::BF16 || x.track_op() {
+        if !kernel_inputs(&[x]) {
             return Ok(None);
         }
         let (b, cin, h, wd) = x.dims4()?;
@@ -123,31 +124,19 @@ impl Conv2d {
         let x = x.contiguous()?;
         let bias = self.bias.to_dtype(DType::F32)?.contiguous()?;
         let mut out = vec![bf16::ZERO; b * cout * ho * wo];
-        let done = with_cpu_slice::<bf16, _>(&x, |xs| {
-            with_cpu_slice::<f32, _>(&bias, |bs| match &self.weight {
-                Weight::Packed(p) => {
-                    let w = ConvWeight::Packed(p);
-                    conv2d_bf16(xs, w, Some(bs), d, &mut out, kernels::isa());
-                    Some(())
-                }
-                Weight::ChannelsLast(w) => with_cpu_slice::<bf16, _>(w, |ws| {
-                    conv2d_bf16(
-                        xs,
-                        ConvWeight::Rows(ws),
-                        Some(bs),
-                        d,
-                        &mut out,
-                        kernels::isa(),
-                    )
-                }),
-                Weight::Original(_) => None,
-            })
-        })
-        .flatten()
-        .flatten();
-        if done.is_none() {
+        let (Some(xs), Some(bs)) = (cpu_slice::<bf16>(&x), cpu_slice::<f32>(&bias)) else {
             return Ok(None);
-        }
+        };
+        let rows = match &self.weight {
+            Weight::ChannelsLast(w) => cpu_slice::<bf16>(w),
+            _ => None,
+        };
+        let w = match (&self.weight, &rows) {
+            (Weight::Packed(p), _) => ConvWeight::Packed(p),
+            (Weight::ChannelsLast(_), Some(ws)) => ConvWeight::Rows(ws),
+            _ => return Ok(None),
+        };
+        conv2d_bf16(&xs, w, Some(&bs), d, &mut out, kernels::isa());
         Ok(Some(Tensor::from_vec(out, (b, cout, ho, wo), x.device())?))
     }
 }

@@ -12,11 +12,12 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use half::bf16;
 
+use super::ops::{cpu_slice, kernel_inputs};
 use super::ops::{storage_to_tensor, tensor_to_storage};
+use crate::kernels;
 use crate::kernels::gemm::matmul_bf16;
 use crate::kernels::packed::PackedBf16;
 use crate::kernels::quant::{QuantFormat, QuantMatrix};
-use crate::kernels::{self, with_cpu_slice};
 
 /// How a [`Linear`] computes its product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub struct Linear {
 /// A LoRA adapter: adds `scale·(x·Aᵀ)·Bᵀ` with `A` `(r, in)` and `B` `(out, r)`.
 ///
 /// Training attaches adapters (they are its variables); inference folds them into the
-/// weights at load instead ([`crate::weights::lora::MergedBackend`]).
+/// weights at load instead ([`crate::weights::lora::MergedLoraProvider`]).
 #[derive(Debug, Clone)]
 pub struct Adapter {
     a: Tensor,
@@ -144,7 +145,8 @@ impl Linear {
         if Self::packs(&weight) {
             if let Ok((n, k)) = weight.dims2() {
                 if let Ok(w) = weight.contiguous() {
-                    if let Some(p) = with_cpu_slice::<bf16, _>(&w, |s| PackedBf16::pack(s, n, k)) {
+                    if let Some(s) = cpu_slice::<bf16>(&w) {
+                        let p = PackedBf16::pack(&s, n, k);
                         return Self {
                             weight: Weight::Packed(Arc::new(p)),
                             bias,
@@ -169,11 +171,7 @@ impl Linear {
 
     /// Whether [`Self::new`] packs this weight for the CPU kernel.
     pub fn packs(weight: &Tensor) -> bool {
-        weight.device().is_cpu()
-            && weight.dtype() == DType::BF16
-            && weight.rank() == 2
-            && !weight.track_op()
-            && kernels::isa() == kernels::Isa::Avx512Bf16
+        kernel_inputs(&[weight]) && weight.rank() == 2 && kernels::isa() == kernels::Isa::Avx512Bf16
     }
 
     /// Loads `weight` (and `bias` when `bias`) of a `in_dim -> out_dim` layer, and its
@@ -238,11 +236,11 @@ impl Linear {
         let w = w.contiguous()?;
         let q = match w.dtype() {
             DType::BF16 => {
-                with_cpu_slice::<bf16, _>(&w, |s| QuantMatrix::quantize_bf16(s, rows, cols, format))
+                cpu_slice::<bf16>(&w).map(|s| QuantMatrix::quantize_bf16(&s, rows, cols, format))
             }
             _ => {
                 let w = w.to_dtype(DType::F32)?;
-                with_cpu_slice::<f32, _>(&w, |s| QuantMatrix::quantize_f32(s, rows, cols, format))
+                cpu_slice::<f32>(&w).map(|s| QuantMatrix::quantize_f32(&s, rows, cols, format))
             }
         };
         let Some(q) = q else {
@@ -336,29 +334,26 @@ impl Linear {
         }
         let m = x.elem_count() / k.max(1);
         let isa = kernels::isa();
+        let x = x.contiguous()?;
         let out = match (&self.weight, x.dtype()) {
-            (Weight::Dense(w), DType::BF16) if w.dtype() == DType::BF16 && !w.track_op() => {
-                let (x, w) = (x.contiguous()?, w.contiguous()?);
-                with_cpu_slice::<bf16, _>(&x, |xs| {
-                    with_cpu_slice::<bf16, _>(&w, |ws| {
-                        let mut out = vec![0f32; m * n];
-                        matmul_bf16(xs, ws, m, n, k, &mut out, isa);
-                        out
-                    })
-                })
-                .flatten()
+            (Weight::Dense(w), DType::BF16) if kernel_inputs(&[w]) => {
+                let w = w.contiguous()?;
+                let views = (cpu_slice::<bf16>(&x), cpu_slice::<bf16>(&w));
+                let (Some(xs), Some(ws)) = views else {
+                    return Ok(None);
+                };
+                let mut out = vec![0f32; m * n];
+                matmul_bf16(&xs, &ws, m, n, k, &mut out, isa);
+                Some(out)
             }
             (Weight::Packed(p), DType::BF16) => {
-                let x = x.contiguous()?;
-                with_cpu_slice::<bf16, _>(&x, |xs| p.matmul_to_vec(xs, m, isa))
+                cpu_slice::<bf16>(&x).map(|xs| p.matmul_to_vec(&xs, m, isa))
             }
             (Weight::Quant(q), DType::BF16) => {
-                let x = x.contiguous()?;
-                with_cpu_slice::<bf16, _>(&x, |xs| q.matmul_bf16_to_vec(xs, m, isa))
+                cpu_slice::<bf16>(&x).map(|xs| q.matmul_bf16_to_vec(&xs, m, isa))
             }
             (Weight::Quant(q), DType::F32) => {
-                let x = x.contiguous()?;
-                with_cpu_slice::<f32, _>(&x, |xs| q.matmul_to_vec(xs, m, isa))
+                cpu_slice::<f32>(&x).map(|xs| q.matmul_to_vec(&xs, m, isa))
             }
             _ => None,
         };

@@ -7,11 +7,10 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::linear::{Adapter, Linear};
+use super::ops::rope::{Positions, Rope};
 use super::ops::{attention_heads_merged, silu_mul, AttnMask, RmsNorm};
 use crate::config::TextConfig;
-use crate::kernels::fused::rope_bf16;
 use crate::kernels::quant::QuantFormat;
-use crate::kernels::with_cpu_slice;
 
 /// Preallocated key/value storage for every layer, owned by the caller.
 ///
@@ -86,129 +85,6 @@ impl KvCache {
         let end = self.len + t;
         Ok((kc.narrow(2, 0, end)?, vc.narrow(2, 0, end)?))
     }
-}
-
-/// Rotary-embedding tables (cos, sin) for every position up to `max_len`, kept in f32.
-#[derive(Debug, Clone)]
-struct Rope {
-    cos: Tensor, // (max_len, Dh)
-    sin: Tensor, // (max_len, Dh)
-}
-
-impl Rope {
-    fn new(cfg: &TextConfig, device: &Device) -> Result<Self> {
-        let dh = cfg.head_dim;
-        let max_len = cfg.max_position_embeddings;
-        // inv_freq stays f32 whatever the weights' dtype (see janus-reference.md §8).
-        let inv_freq: Vec<f32> = (0..dh)
-            .step_by(2)
-            .map(|i| 1.0 / (cfg.rope_theta as f32).powf(i as f32 / dh as f32))
-            .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, dh / 2), device)?;
-        let pos = Tensor::arange(0u32, max_len as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((max_len, 1))?;
-        let freqs = pos.broadcast_mul(&inv_freq)?; // (max_len, Dh/2)
-        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?; // (max_len, Dh)
-        Ok(Self {
-            cos: emb.cos()?,
-            sin: emb.sin()?,
-        })
-    }
-
-    /// Rotates `x` given as `(B, T, H, Dh)` and returns it as `(B, H, T, Dh)`: the fused
-    /// kernel for bf16 CPU tensors without gradient, [`Self::apply`] otherwise.
-    fn apply_bthd(&self, x: &Tensor, pos: &Positions) -> Result<Tensor> {
-        let float = matches!(x.dtype(), DType::F32 | DType::BF16);
-        if let (true, true, true, Positions::Shared(offset)) =
-            (x.track_op(), x.device().is_cpu(), float, pos)
-        {
-            // Training: one autograd op with its own backward (see ops::rope::RopeOp).
-            let t = x.dim(1)?;
-            let (rope, pos) = (self.clone(), pos.clone());
-            let op = super::ops::rope::RopeOp {
-                cos: self.cos.narrow(0, *offset, t)?,
-                sin: self.sin.narrow(0, *offset, t)?,
-                forward: Box::new(move |x| rope.apply_bthd(x, &pos)),
-            };
-            return x.contiguous()?.apply_op1(op);
-        }
-        if x.device().is_cpu() && x.dtype() == DType::BF16 && !x.track_op() {
-            let (b, t, h, dh) = x.dims4()?;
-            let rows: Vec<usize> = match pos {
-                Positions::Shared(offset) => (0..b).flat_map(|_| *offset..*offset + t).collect(),
-                Positions::PerRow(ids) => ids
-                    .flatten_all()?
-                    .to_vec1::<u32>()?
-                    .into_iter()
-                    .map(|p| p as usize)
-                    .collect(),
-            };
-            if rows.iter().any(|&p| p >= self.cos.dim(0).unwrap_or(0)) {
-                candle_core::bail!("RoPE position beyond the table");
-            }
-            let x = x.contiguous()?;
-            let mut out = vec![half::bf16::ZERO; b * t * h * dh];
-            let done = with_cpu_slice::<half::bf16, _>(&x, |xs| {
-                with_cpu_slice::<f32, _>(&self.cos, |cos| {
-                    with_cpu_slice::<f32, _>(&self.sin, |sin| {
-                        rope_bf16(
-                            xs,
-                            b,
-                            t,
-                            h,
-                            dh,
-                            &rows,
-                            cos,
-                            sin,
-                            &mut out,
-                            crate::kernels::isa(),
-                        )
-                    })
-                })
-            })
-            .flatten()
-            .flatten();
-            if done.is_some() {
-                return Tensor::from_vec(out, (b, h, t, dh), x.device());
-            }
-        }
-        self.apply(&x.transpose(1, 2)?.contiguous()?, pos)
-    }
-
-    /// Rotates `x` `(B, H, T, Dh)` (rotate_half form) at the given positions.
-    fn apply(&self, x: &Tensor, pos: &Positions) -> Result<Tensor> {
-        let (b, _h, t, dh) = x.dims4()?;
-        let dtype = x.dtype();
-        let (cos, sin) = match pos {
-            Positions::Shared(offset) => (
-                self.cos.narrow(0, *offset, t)?,
-                self.sin.narrow(0, *offset, t)?,
-            ),
-            Positions::PerRow(ids) => {
-                // (B*T,) positions -> (B, 1, T, Dh) tables
-                let flat = ids.flatten_all()?;
-                (
-                    self.cos.index_select(&flat, 0)?.reshape((b, 1, t, dh))?,
-                    self.sin.index_select(&flat, 0)?.reshape((b, 1, t, dh))?,
-                )
-            }
-        };
-        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        let x1 = x.narrow(D::Minus1, 0, dh / 2)?;
-        let x2 = x.narrow(D::Minus1, dh / 2, dh / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-    }
-}
-
-/// RoPE positions of the new tokens.
-#[derive(Debug, Clone)]
-enum Positions {
-    /// Every row at `offset..offset+T`.
-    Shared(usize),
-    /// Per row, `(B, T)` u32 positions (left-padded batches).
-    PerRow(Tensor),
 }
 
 fn linear(
@@ -446,7 +322,12 @@ impl Llama {
             Linear::load(cfg.hidden_size, cfg.vocab_size, false, vb, quant)?
         };
         Ok(Self {
-            rope: Rope::new(cfg, vb.device())?,
+            rope: Rope::new(
+                cfg.head_dim,
+                cfg.max_position_embeddings,
+                cfg.rope_theta,
+                vb.device(),
+            )?,
             embed_tokens,
             layers,
             norm,
@@ -720,80 +601,6 @@ mod tests {
                         "{quant:?} rows {rows}"
                     );
                 }
-            }
-        }
-    }
-
-    fn cfg(dh: usize) -> TextConfig {
-        TextConfig {
-            hidden_size: 3 * dh,
-            intermediate_size: 8,
-            num_hidden_layers: 1,
-            num_attention_heads: 3,
-            num_key_value_heads: 3,
-            head_dim: dh,
-            vocab_size: 16,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
-            max_position_embeddings: 64,
-            attention_bias: false,
-            mlp_bias: false,
-            tie_word_embeddings: false,
-        }
-    }
-
-    #[test]
-    fn fused_rope_equals_the_candle_chain_bit_for_bit() {
-        // The last shape is large enough for the parallel loop.
-        for (dh, heads) in [(2, 3), (6, 3), (34, 3), (128, 32)] {
-            let rope = Rope::new(&cfg(dh), &Device::Cpu).unwrap();
-            let x = rand_bf16(&[2, 5, heads, dh], dh as u64); // (B, T, H, Dh)
-            let ids = Tensor::from_vec(
-                vec![0u32, 0, 1, 2, 3, 7, 8, 9, 10, 11],
-                (2, 5),
-                &Device::Cpu,
-            )
-            .unwrap();
-            for pos in [Positions::Shared(9), Positions::PerRow(ids)] {
-                let fused = rope.apply_bthd(&x, &pos).unwrap();
-                let plain = rope
-                    .apply(&x.transpose(1, 2).unwrap().contiguous().unwrap(), &pos)
-                    .unwrap();
-                assert_eq!(fused.dims(), plain.dims());
-                let (a, b) = (
-                    fused
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<half::bf16>()
-                        .unwrap(),
-                    plain
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1::<half::bf16>()
-                        .unwrap(),
-                );
-                assert_eq!(a, b, "dh {dh}, {pos:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn rope_op_matches_the_chain_in_values_and_gradients() {
-        use crate::model::ops::autograd_tests::{check, rand};
-        for dtype in [DType::F32, DType::BF16] {
-            for (dh, heads, t, offset) in [(2, 1, 1, 0), (6, 3, 5, 0), (34, 2, 9, 7)] {
-                let rope = Rope::new(&cfg(dh), &Device::Cpu).unwrap();
-                let pos = Positions::Shared(offset);
-                check(
-                    &format!("rope dh {dh} t {t} offset {offset}"),
-                    &[rand(&[2, t, heads, dh], dh as u64)],
-                    dtype,
-                    |x| rope.apply_bthd(&x[0], &pos).unwrap(),
-                    |x| {
-                        let x = x[0].transpose(1, 2).unwrap().contiguous().unwrap();
-                        rope.apply(&x, &pos).unwrap()
-                    },
-                );
             }
         }
     }

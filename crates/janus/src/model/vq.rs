@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::conv::Conv2d;
 
-use super::ops::softmax_last;
+use super::ops::{kernel_inputs, run_bf16_kernel, softmax_last};
 use crate::config::VqConfig;
 
 const GROUPS: usize = 32;
@@ -63,12 +63,9 @@ impl GroupNorm {
     }
 
     fn forward_act(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        use crate::kernels::{fused::group_norm_bf16, isa, with_cpu_slice};
-        let all = [x, &self.weight, &self.bias];
-        let fast = all
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op());
-        if fast && x.rank() == 4 {
+        use crate::kernels::{fused::group_norm_bf16, isa};
+        let inputs = [x, &self.weight, &self.bias];
+        if x.rank() == 4 && kernel_inputs(&inputs) {
             let (_, c, h, w) = x.dims4()?;
             if c != self.weight.elem_count() || c % GROUPS != 0 {
                 candle_core::bail!(
@@ -77,24 +74,12 @@ impl GroupNorm {
                     x.dims()
                 );
             }
-            let (xc, wc, bc) = (
-                x.contiguous()?,
-                self.weight.contiguous()?,
-                self.bias.contiguous()?,
-            );
-            let mut out = vec![half::bf16::ZERO; xc.elem_count()];
-            let done = with_cpu_slice::<half::bf16, _>(&xc, |xs| {
-                with_cpu_slice::<half::bf16, _>(&wc, |ws| {
-                    with_cpu_slice::<half::bf16, _>(&bc, |bs| {
-                        let eps = NORM_EPS as f32;
-                        group_norm_bf16(xs, c, h * w, GROUPS, ws, bs, eps, silu, &mut out, isa())
-                    })
-                })
-            })
-            .flatten()
-            .flatten();
-            if done.is_some() {
-                return Tensor::from_vec(out, xc.dims(), xc.device());
+            let eps = NORM_EPS as f32;
+            let y = run_bf16_kernel(&inputs, x.elem_count(), x.dims(), |s, out| {
+                group_norm_bf16(s[0], c, h * w, GROUPS, s[1], s[2], eps, silu, out, isa())
+            })?;
+            if let Some(y) = y {
+                return Ok(y);
             }
         }
         let y = self.inner.forward(x)?;
@@ -223,15 +208,12 @@ impl Level {
 /// Nearest-neighbour upsampling by 2 of `(B, C, H, W)`: a parallel copy for bf16 CPU
 /// tensors without gradient (candle's runs on one thread), candle's op otherwise.
 fn upsample2x(x: &Tensor) -> Result<Tensor> {
-    use half::bf16;
     use rayon::prelude::*;
     let (b, c, h, w) = x.dims4()?;
-    if x.device().is_cpu() && x.dtype() == DType::BF16 && !x.track_op() && h * w > 0 {
-        let x = x.contiguous()?;
-        let mut out = vec![bf16::ZERO; b * c * 4 * h * w];
-        let done = crate::kernels::with_cpu_slice::<bf16, _>(&x, |xs| {
+    if h * w > 0 {
+        let y = run_bf16_kernel(&[x], b * c * 4 * h * w, &[b, c, 2 * h, 2 * w], |s, out| {
             out.par_chunks_mut(4 * w)
-                .zip(xs.par_chunks(w))
+                .zip(s[0].par_chunks(w))
                 .for_each(|(rows, src)| {
                     // Source row i of a plane becomes output rows 2i and 2i + 1.
                     let (top, bottom) = rows.split_at_mut(2 * w);
@@ -240,9 +222,9 @@ fn upsample2x(x: &Tensor) -> Result<Tensor> {
                     }
                     bottom.copy_from_slice(top);
                 })
-        });
-        if done.is_some() {
-            return Tensor::from_vec(out, (b, c, 2 * h, 2 * w), x.device());
+        })?;
+        if let Some(y) = y {
+            return Ok(y);
         }
     }
     x.upsample_nearest2d(2 * h, 2 * w)

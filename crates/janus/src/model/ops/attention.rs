@@ -3,7 +3,8 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor, D};
 
-use super::bridge::{count, f32_values, storage_to_tensor, tensor_to_storage, Forward3};
+use super::bridge::{count, cpu_slice, cpu_strided4, f32_values, kernel_inputs, CpuStrided};
+use super::bridge::{storage_to_tensor, tensor_to_storage, Forward3};
 use super::elementwise::softmax_last;
 
 /// Scaled dot-product attention with an optional additive mask.
@@ -129,14 +130,10 @@ pub fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
 /// The kernel path of [`attention_heads_merged`], `None` where it does not apply.
 fn attention_kernel(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask) -> Result<Option<Tensor>> {
     use crate::kernels::attention::{attention_bf16, Dims, Mask, View};
-    use crate::kernels::{isa, with_cpu_view};
+    use crate::kernels::isa;
     use half::bf16;
 
-    let all = [q, k, v];
-    if all
-        .iter()
-        .any(|t| !t.device().is_cpu() || t.dtype() != DType::BF16 || t.track_op())
-    {
+    if !kernel_inputs(&[q, k, v]) {
         return Ok(None);
     }
     let (b, h, tq, dh) = q.dims4()?;
@@ -174,53 +171,34 @@ fn attention_kernel(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttnMask) -> Resul
         dh,
     };
     let scale = 1.0 / (dh as f32).sqrt();
-    let done = with_cpu_view::<bf16, _>(q, |qd, qo, qs| {
-        with_cpu_view::<bf16, _>(k, |kd, ko, ks| {
-            with_cpu_view::<bf16, _>(v, |vd, vo, vs| {
-                let view = |data, offset, strides| View {
-                    data,
-                    offset,
-                    strides,
-                };
-                let mut run = |m: Mask| {
-                    attention_bf16(
-                        view(qd, qo, qs),
-                        view(kd, ko, ks),
-                        view(vd, vo, vs),
-                        dims,
-                        m,
-                        scale,
-                        &mut out,
-                        isa(),
-                    )
-                };
-                match (&add, mask) {
-                    (Some((t, batch_stride)), _) => {
-                        crate::kernels::with_cpu_slice::<f32, _>(t, |data| {
-                            run(Mask::Additive {
-                                data,
-                                batch_stride: *batch_stride,
-                            })
-                        })
-                    }
-                    (None, AttnMask::Causal { offset, .. }) => {
-                        run(Mask::Causal { offset });
-                        Some(())
-                    }
-                    (None, _) => {
-                        run(Mask::None);
-                        Some(())
-                    }
-                }
-            })
-        })
-    })
-    .flatten()
-    .flatten()
-    .flatten();
-    if done.is_none() {
+    let views = (cpu_strided4(q), cpu_strided4(k), cpu_strided4(v));
+    let (Some(qv), Some(kv), Some(vv)) = views else {
         return Ok(None);
+    };
+    let mask_values = match &add {
+        Some((t, _)) => match cpu_slice::<f32>(t) {
+            Some(values) => Some(values),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let kernel_mask = match (&add, &mask_values, mask) {
+        (Some((_, batch_stride)), Some(data), _) => Mask::Additive {
+            data,
+            batch_stride: *batch_stride,
+        },
+        (None, _, AttnMask::Causal { offset, .. }) => Mask::Causal { offset },
+        _ => Mask::None,
+    };
+    fn view<'a>(s: &'a CpuStrided<'_, bf16>) -> View<'a> {
+        View {
+            data: &s.data,
+            offset: s.offset,
+            strides: s.strides,
+        }
     }
+    let (qv, kv, vv) = (view(&qv), view(&kv), view(&vv));
+    attention_bf16(qv, kv, vv, dims, kernel_mask, scale, &mut out, isa());
     Ok(Some(Tensor::from_vec(out, (b, tq, h * dh), q.device())?))
 }
 

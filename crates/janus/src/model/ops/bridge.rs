@@ -1,10 +1,49 @@
 //! The glue between candle tensors and the CPU kernels that the ops share: the one test
 //! for whether the kernels take a set of tensors and the call that runs a bf16 kernel on
-//! them ([`run_bf16_kernel`]), a custom op's storage as a tensor and back, the
-//! backward-call counters, dtype helpers.
+//! them ([`run_bf16_kernel`]), a tensor's elements borrowed as a slice ([`cpu_slice`]), a
+//! custom op's storage as a tensor and back, the backward-call counters, dtype helpers.
 
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Tensor};
+use std::ops::{Deref, Range};
+
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 use half::bf16;
+
+/// The elements of a contiguous CPU tensor, borrowed while this lives (the tensor's
+/// storage stays read-locked).
+pub(crate) struct CpuSlice<'a, T> {
+    storage: Box<dyn Deref<Target = Storage> + 'a>,
+    range: Range<usize>,
+    _elem: std::marker::PhantomData<T>,
+}
+
+impl<T: WithDType> Deref for CpuSlice<'_, T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match &**self.storage {
+            Storage::Cpu(cpu) => {
+                &cpu.as_slice::<T>().expect("dtype checked by cpu_slice")[self.range.clone()]
+            }
+            _ => unreachable!("device checked by cpu_slice"),
+        }
+    }
+}
+
+/// `t`'s elements when it is a contiguous CPU tensor of element type `T`; `None` for
+/// other devices, dtypes and strided views.
+pub(crate) fn cpu_slice<T: WithDType>(t: &Tensor) -> Option<CpuSlice<'_, T>> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(cpu) if cpu.as_slice::<T>().ok()?.len() >= end => {}
+        _ => return None,
+    }
+    Some(CpuSlice {
+        storage: Box::new(storage),
+        range: start..end,
+        _elem: std::marker::PhantomData,
+    })
+}
 
 /// How many backward passes each op has run in this process: shows that a training step
 /// went through these ops (tests, profiles).
@@ -40,6 +79,43 @@ pub fn backward_calls() -> BackwardCalls {
         rope: c(3),
         attention: c(4),
     }
+}
+
+/// A rank-4 CPU tensor whose last dimension is contiguous (a KV-cache prefix, a permuted
+/// projection): all of its storage, where element (0, 0, 0, 0) is, and the strides of the
+/// first three dimensions.
+pub(crate) struct CpuStrided<'a, T> {
+    /// The whole storage.
+    pub data: CpuSlice<'a, T>,
+    /// Element offset of (0, 0, 0, 0).
+    pub offset: usize,
+    /// Strides of dimensions 0 to 2, in elements.
+    pub strides: [usize; 3],
+}
+
+/// [`CpuStrided`] of `t`, `None` for other devices, dtypes, ranks or a strided last
+/// dimension.
+pub(crate) fn cpu_strided4<T: WithDType>(t: &Tensor) -> Option<CpuStrided<'_, T>> {
+    let (storage, layout) = t.storage_and_layout();
+    let s = layout.stride();
+    if s.len() != 4 || (s[3] != 1 && layout.dims()[3] > 1) {
+        return None;
+    }
+    let (offset, strides) = (layout.start_offset(), [s[0], s[1], s[2]]);
+    let len = match &*storage {
+        Storage::Cpu(cpu) => cpu.as_slice::<T>().ok()?.len(),
+        _ => return None,
+    };
+    let data = CpuSlice {
+        storage: Box::new(storage),
+        range: 0..len,
+        _elem: std::marker::PhantomData,
+    };
+    Some(CpuStrided {
+        data,
+        offset,
+        strides,
+    })
 }
 
 /// The CPU storage a custom op receives, as a tensor that tracks nothing (a copy of the
@@ -96,7 +172,7 @@ pub(super) fn tracked_cpu_pair(a: &Tensor, b: &Tensor) -> bool {
 
 /// Whether the CPU kernels take these tensors: all on the CPU, in bf16, none tracking a
 /// gradient (the one test every op's kernel path makes).
-pub(super) fn kernel_inputs(inputs: &[&Tensor]) -> bool {
+pub(crate) fn kernel_inputs(inputs: &[&Tensor]) -> bool {
     inputs
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::BF16 && !t.track_op())
@@ -105,7 +181,7 @@ pub(super) fn kernel_inputs(inputs: &[&Tensor]) -> bool {
 /// Runs a bf16 kernel on `inputs` when [`kernel_inputs`] holds: `kernel(slices, out)`
 /// gets each input's contiguous data and writes all `out_len` values of the output,
 /// which comes back with `shape`. `None` where the kernels do not apply.
-pub(super) fn run_bf16_kernel(
+pub(crate) fn run_bf16_kernel(
     inputs: &[&Tensor],
     out_len: usize,
     shape: &[usize],
@@ -118,21 +194,16 @@ pub(super) fn run_bf16_kernel(
         .iter()
         .map(|t| t.contiguous())
         .collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let candle_core::Storage::Cpu(cpu) = &**storage else {
-            return Ok(None);
-        };
-        let (Some((start, end)), Ok(data)) = (layout.contiguous_offsets(), cpu.as_slice::<bf16>())
-        else {
-            return Ok(None);
-        };
-        slices.push(&data[start..end]);
-    }
+    let Some(views) = contiguous
+        .iter()
+        .map(cpu_slice::<bf16>)
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let slices: Vec<&[bf16]> = views.iter().map(|v| &**v).collect();
     let mut out = vec![bf16::ZERO; out_len];
     kernel(&slices, &mut out);
-    drop(guards);
     Ok(Some(Tensor::from_vec(out, shape, &Device::Cpu)?))
 }
 

@@ -16,7 +16,9 @@ pub(crate) mod rope;
 
 pub use attention::{attention, attention_heads_merged, repeat_kv, AttnMask};
 pub use bridge::{backward_calls, BackwardCalls};
-pub(crate) use bridge::{count, storage_to_tensor, tensor_to_storage};
+pub(crate) use bridge::{
+    count, cpu_slice, kernel_inputs, run_bf16_kernel, storage_to_tensor, tensor_to_storage,
+};
 pub use elementwise::{add, gelu, silu_mul, softmax_last};
 pub use norm::{LayerNorm, RmsNorm};
 
