@@ -23,10 +23,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::backend::Backend;
 use crate::error::ServerError;
 use crate::jobs::{catch_panic, CancelFlag, ImageEvent, ImageJob};
 use crate::metrics::{JobKind, JobOutcome, Metrics};
+use crate::served_model::ServedModel;
 
 /// Sampled batches that may wait for the decoder while it decodes another.
 pub const DECODE_BACKLOG: usize = 1;
@@ -189,8 +189,8 @@ pub fn fill_partial_grid(drawn: &[u32], grid: usize) -> Vec<u32> {
 
 /// Decodes until the queue is closed and empty. Requests whose clients left are skipped;
 /// `abort` fails the rest with 503.
-pub fn run<B: Backend>(
-    backend: Arc<B>,
+pub fn run<B: ServedModel>(
+    model: Arc<B>,
     queue: Arc<DecodeQueue>,
     metrics: Arc<Metrics>,
     abort: CancelFlag,
@@ -199,7 +199,7 @@ pub fn run<B: Backend>(
         match work {
             Work::Batch(batch) => {
                 for job in batch {
-                    decode_job(&*backend, job, &metrics, &abort);
+                    decode_job(&*model, job, &metrics, &abort);
                 }
             }
             Work::Preview(p) => {
@@ -207,7 +207,7 @@ pub fn run<B: Backend>(
                     continue;
                 }
                 let t0 = Instant::now();
-                let result = catch_panic(|| backend.decode_images(&p.codes));
+                let result = catch_panic(|| model.decode_images(&p.codes));
                 metrics.vq_decode(p.codes.len(), t0.elapsed().as_secs_f64());
                 match result {
                     Ok(images) => {
@@ -225,7 +225,7 @@ pub fn run<B: Backend>(
     }
 }
 
-fn decode_job<B: Backend>(backend: &B, d: DecodeJob, metrics: &Metrics, abort: &CancelFlag) {
+fn decode_job<B: ServedModel>(model: &B, d: DecodeJob, metrics: &Metrics, abort: &CancelFlag) {
     let DecodeJob { job, codes } = d;
     metrics.decode_queue(-(codes.len() as i64));
     if abort.load(Ordering::Relaxed) {
@@ -240,7 +240,7 @@ fn decode_job<B: Backend>(backend: &B, d: DecodeJob, metrics: &Metrics, abort: &
         return;
     }
     let t0 = Instant::now();
-    let result = catch_panic(|| backend.decode_images(&codes));
+    let result = catch_panic(|| model.decode_images(&codes));
     metrics.vq_decode(codes.len(), t0.elapsed().as_secs_f64());
     match result {
         Ok(images) => {

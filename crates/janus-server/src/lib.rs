@@ -2,7 +2,7 @@
 //!
 //! Architecture (after text-generation-inference):
 //! - the model runs on its own thread ([`worker`]) that owns it behind the small
-//!   [`Backend`] trait; requests reach it through a bounded [`worker::Queue`] and hear back
+//!   [`ServedModel`] trait; requests reach it through a bounded [`worker::Queue`] and hear back
 //!   through a channel per request;
 //! - image requests waiting together are run as one CFG batch, and their codes are
 //!   VQ-decoded on a second thread ([`decode`]) while the model thread goes on;
@@ -12,7 +12,6 @@
 //! - axum routes ([`routes`]) on tokio; in-process tests drive the [`Router`] directly.
 
 pub mod api;
-pub mod backend;
 mod chat;
 pub mod conversation;
 pub mod decode;
@@ -24,6 +23,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod models;
 mod routes;
+pub mod served_model;
 mod sse;
 pub mod stop;
 pub mod web;
@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use axum::Router;
 
-pub use backend::{Backend, ModelFacts};
 pub use error::ServerError;
+pub use served_model::{ModelFacts, ServedModel};
 
 use decode::DecodeQueue;
 use files::ImageFiles;
@@ -108,28 +108,28 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the model and decode threads with `backend` and creates the image directory.
-    pub fn start(backend: impl Backend, opts: ServerOptions) -> Result<Self, ServerError> {
+    /// Starts the model and decode threads with `model` and creates the image directory.
+    pub fn start(model: impl ServedModel, opts: ServerOptions) -> Result<Self, ServerError> {
         if opts.max_queue == 0 {
             return Err(ServerError::Internal(
                 "--max-queue must be at least 1".into(),
             ));
         }
-        let facts = backend.facts();
+        let facts = model.facts();
         let queue = Arc::new(Queue::new(opts.max_queue));
         let metrics = Arc::new(Metrics::default());
         let files = ImageFiles::new().map_err(|e| {
             ServerError::Internal(format!("cannot create the image directory: {e}"))
         })?;
         let abort = Arc::new(AtomicBool::new(false));
-        let backend = Arc::new(backend);
+        let model = Arc::new(model);
         let decode = Arc::new(DecodeQueue::new());
         let decoder = {
-            let (backend, decode) = (backend.clone(), decode.clone());
+            let (model, decode) = (model.clone(), decode.clone());
             let (metrics, abort) = (metrics.clone(), abort.clone());
             std::thread::Builder::new()
                 .name("janus-decode".into())
-                .spawn(move || decode::run(backend, decode, metrics, abort))
+                .spawn(move || decode::run(model, decode, metrics, abort))
                 .map_err(|e| {
                     ServerError::Internal(format!("cannot start the decode thread: {e}"))
                 })?
@@ -142,7 +142,7 @@ impl Server {
                     // When the model thread ends nothing more will be sampled: the decoder
                     // ends once it is done.
                     let _close = decode::CloseOnDrop(decode.clone());
-                    worker::run(backend, queue, decode, metrics, abort);
+                    worker::run(model, queue, decode, metrics, abort);
                 })
                 .map_err(|e| ServerError::Internal(format!("cannot start the model thread: {e}")))?
         };

@@ -28,7 +28,7 @@ pub struct ModelFacts {
 
 /// The model operations the model and decode threads run (both at once: the decode
 /// thread decodes one batch's codes while the model thread samples the next).
-pub trait Backend: Send + Sync + 'static {
+pub trait ServedModel: Send + Sync + 'static {
     /// Facts the request handlers check requests against.
     fn facts(&self) -> ModelFacts;
 
@@ -57,7 +57,7 @@ pub trait Backend: Send + Sync + 'static {
     fn decode_images(&self, codes: &[Vec<u32>]) -> janus::Result<Vec<image::RgbImage>>;
 }
 
-impl Backend for Pipeline {
+impl ServedModel for Pipeline {
     fn facts(&self) -> ModelFacts {
         let cfg = self.config();
         ModelFacts {
@@ -96,7 +96,7 @@ impl Backend for Pipeline {
 }
 
 /// A model shared with other owners (tests load the fixture model once).
-impl<B: Backend> Backend for Arc<B> {
+impl<B: ServedModel> ServedModel for Arc<B> {
     fn facts(&self) -> ModelFacts {
         (**self).facts()
     }

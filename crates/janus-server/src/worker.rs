@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use janus::engine::{BatchItem, BatchProgress, Finish};
 
-use crate::backend::Backend;
 use crate::decode::{fill_partial_grid, DecodeJob, DecodeQueue, Preview};
 use crate::error::ServerError;
 use crate::jobs::{
     catch_panic, CancelFlag, ChatEvent, ChatJob, ImageEvent, ImageJob, Job, MAX_BATCH_IMAGES,
 };
 use crate::metrics::{JobKind, JobOutcome, Metrics};
+use crate::served_model::ServedModel;
 use crate::stop::StopFilter;
 
 /// Shortest interval between two progress events of one image job (at most 20 a second).
@@ -138,15 +138,15 @@ impl Queue {
 /// Runs jobs until the queue is closed and empty, handing sampled images to `decode`
 /// (closed at the end, which lets the decode stage finish). `abort` stops the running job
 /// and fails the waiting ones (the shutdown grace period is over).
-pub fn run<B: Backend>(
-    backend: Arc<B>,
+pub fn run<B: ServedModel>(
+    model: Arc<B>,
     queue: Arc<Queue>,
     decode: Arc<DecodeQueue>,
     metrics: Arc<Metrics>,
     abort: CancelFlag,
 ) {
     let w = Worker {
-        backend,
+        model,
         queue,
         decode,
         metrics,
@@ -173,14 +173,14 @@ pub fn run<B: Backend>(
 }
 
 struct Worker<B> {
-    backend: Arc<B>,
+    model: Arc<B>,
     queue: Arc<Queue>,
     decode: Arc<DecodeQueue>,
     metrics: Arc<Metrics>,
     abort: CancelFlag,
 }
 
-impl<B: Backend> Worker<B> {
+impl<B: ServedModel> Worker<B> {
     fn aborting(&self) -> bool {
         self.abort.load(Ordering::Relaxed)
     }
@@ -189,7 +189,7 @@ impl<B: Backend> Worker<B> {
         let mut filter = StopFilter::new(job.stop.clone());
         let mut cancelled = false;
         let result = catch_panic(|| {
-            self.backend
+            self.model
                 .understand(&job.messages, &job.opts, &mut |piece| {
                     if filter.stopped() {
                         return ControlFlow::Break(());
@@ -262,7 +262,7 @@ impl<B: Backend> Worker<B> {
             let len = longest.max(j.item.cond_ids.len());
             if j.is_abandoned()
                 || n > MAX_BATCH_IMAGES
-                || self.backend.check_generate_memory(len, n).is_err()
+                || self.model.check_generate_memory(len, n).is_err()
             {
                 return false;
             }
@@ -278,7 +278,7 @@ impl<B: Backend> Worker<B> {
         let images: usize = batch.iter().map(|j| j.item.params.parallel).sum();
         let longest = batch.iter().map(|j| j.item.cond_ids.len()).max();
         if let Err(e) = self
-            .backend
+            .model
             .check_generate_memory(longest.unwrap_or(0), images)
         {
             // Only a lone job gets here (a batch grows only while it fits).
@@ -299,35 +299,33 @@ impl<B: Backend> Worker<B> {
         let (mut steps, mut codes) = (0, 0);
         let t0 = Instant::now();
         let result = catch_panic(|| {
-            self.backend
-                .generate_codes(&items, &mut |p: &BatchProgress| {
-                    let (done, total) = (p.done, p.total);
-                    steps = done;
-                    let aborting = self.aborting();
-                    for (i, job) in batch.iter().enumerate() {
-                        if !live[i] {
-                            continue;
-                        }
-                        if aborting || job.is_abandoned() {
-                            live[i] = false;
-                            continue;
-                        }
-                        codes += job.item.params.parallel;
-                        let due = last_sent[i].is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
-                        if due || done == total {
-                            let _ = job.events.send(ImageEvent::Progress { step: done, total });
-                            last_sent[i] = Some(Instant::now());
-                        }
-                        let k = next_preview[i];
-                        if k < job.partial_images
-                            && done >= preview_step(k, job.partial_images, total)
-                        {
-                            next_preview[i] += 1;
-                            self.preview(job, p, i, t0.elapsed().as_secs_f64());
-                        }
+            self.model.generate_codes(&items, &mut |p: &BatchProgress| {
+                let (done, total) = (p.done, p.total);
+                steps = done;
+                let aborting = self.aborting();
+                for (i, job) in batch.iter().enumerate() {
+                    if !live[i] {
+                        continue;
                     }
-                    live.clone()
-                })
+                    if aborting || job.is_abandoned() {
+                        live[i] = false;
+                        continue;
+                    }
+                    codes += job.item.params.parallel;
+                    let due = last_sent[i].is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
+                    if due || done == total {
+                        let _ = job.events.send(ImageEvent::Progress { step: done, total });
+                        last_sent[i] = Some(Instant::now());
+                    }
+                    let k = next_preview[i];
+                    if k < job.partial_images && done >= preview_step(k, job.partial_images, total)
+                    {
+                        next_preview[i] += 1;
+                        self.preview(job, p, i, t0.elapsed().as_secs_f64());
+                    }
+                }
+                live.clone()
+            })
         });
         self.metrics
             .image_batch(images, steps, codes, t0.elapsed().as_secs_f64());

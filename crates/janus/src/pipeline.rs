@@ -199,12 +199,12 @@ impl Pipeline {
         let tokenizer = JanusTokenizer::from_file(dir.join("tokenizer.json"))?;
         tokenizer.check_vocab(cfg.text.vocab_size)?;
         let image_processor = ImageProcessorConfig::from_model_dir(dir)?;
-        let backend = weights::JanusBackend::new(store.clone(), cfg.layout);
+        let backend = weights::CheckpointProvider::new(store.clone(), cfg.layout);
         let vb = match lora {
             None => backend.into_var_builder(dtype, device),
             Some(adapter_dir) => {
                 let adapters = weights::lora::Adapters::load(adapter_dir, &cfg)?;
-                let merged = weights::lora::MergedBackend::new(backend, &adapters)?;
+                let merged = weights::lora::MergedLoraProvider::new(backend, &adapters)?;
                 candle_nn::VarBuilder::from_backend(Box::new(merged), dtype, device.clone())
             }
         };

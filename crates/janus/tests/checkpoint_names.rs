@@ -4,7 +4,7 @@
 //! * the original -> transformers name map reproduces each transformers list exactly;
 //! * the five published `config.json`s (fixtures in `tests/data/configs/`) give the sizes
 //!   the tensor lists hold;
-//! * the full-size model builds from each list without weights (`ShapeCheckBackend`),
+//! * the full-size model builds from each list without weights (`PlaceholderProvider`),
 //!   reads every tensor but the ignored ones, and a wrong config fails naming the tensor;
 //! * the tensor store reads safetensors and PyTorch files, single and sharded, and turns
 //!   every broken file into an error naming it.
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use janus::config::{JanusConfig, Layout};
 use janus::weights::{
-    is_ignored, load_model_dir, parse_shape_list, to_transformers, var_builder, JanusBackend,
-    ShapeCheckBackend, Source, TensorStore,
+    is_ignored, load_model_dir, parse_shape_list, to_transformers, var_builder, CheckpointProvider,
+    PlaceholderProvider, Source, TensorStore,
 };
 use janus::Error;
 
@@ -313,7 +313,7 @@ fn both_layouts_describe_the_same_model() {
 // Full-size model on shape lists (no weights). Uses `janus::model::Janus::new`.
 
 fn build(cfg: &JanusConfig, layout: Layout, list: Shapes) -> (janus::Result<()>, BTreeSet<String>) {
-    let backend = ShapeCheckBackend::new(layout, list, "test shape list");
+    let backend = PlaceholderProvider::new(layout, list, "test shape list");
     let usage = backend.usage();
     let vb = backend.into_var_builder(DType::F32, &Device::Cpu);
     let built = janus::model::Janus::new(cfg, vb)
@@ -826,7 +826,7 @@ fn backend_maps_converts_and_checks_real_tensors() {
         ],
     );
     let store = TensorStore::open(&dir.0).unwrap();
-    let backend = JanusBackend::new(store.clone(), Layout::Transformers);
+    let backend = CheckpointProvider::new(store.clone(), Layout::Transformers);
     let usage = backend.usage();
     let vb = backend.into_var_builder(DType::F32, &Device::Cpu);
 

@@ -16,7 +16,7 @@ use candle_core::{DType, Device};
 use janus::engine::{BatchItem, BatchProgress, GenerateOutput};
 use janus::pipeline::{DTypeChoice, Pipeline, UnderstandOptions, UnderstandResult};
 use janus::processor::Message;
-use janus_server::{Backend, ModelFacts, Server, ServerOptions};
+use janus_server::{ModelFacts, ServedModel, Server, ServerOptions};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -96,7 +96,7 @@ impl TestModel {
     }
 }
 
-impl Backend for TestModel {
+impl ServedModel for TestModel {
     fn facts(&self) -> ModelFacts {
         self.pipe.facts()
     }
@@ -133,14 +133,14 @@ impl Backend for TestModel {
     }
 
     fn check_generate_memory(&self, prompt_len: usize, images: usize) -> janus::Result<()> {
-        Backend::check_generate_memory(&*self.pipe, prompt_len, images)
+        ServedModel::check_generate_memory(&*self.pipe, prompt_len, images)
     }
 
     fn decode_images(&self, codes: &[Vec<u32>]) -> janus::Result<Vec<image::RgbImage>> {
         if let Some(g) = &self.decode_gate {
             g.wait();
         }
-        Backend::decode_images(&*self.pipe, codes)
+        ServedModel::decode_images(&*self.pipe, codes)
     }
 }
 

@@ -17,10 +17,10 @@ pub(super) struct CheckLog {
     pub(super) problems: Vec<Problem>,
 }
 
-/// A [`ShapeCheckBackend`] that records a failed check as a problem and serves a
+/// A [`PlaceholderProvider`] that records a failed check as a problem and serves a
 /// placeholder of the requested shape, so the build goes on and every problem is found.
-pub(super) struct LenientBackend {
-    pub(super) inner: ShapeCheckBackend,
+pub(super) struct LenientProvider {
+    pub(super) inner: PlaceholderProvider,
     pub(super) log: Arc<Mutex<CheckLog>>,
     /// Element count of the checkpoint's largest tensor: a placeholder larger than that
     /// stops the build instead (a hostile config.json can ask for shapes whose reshape
@@ -28,14 +28,14 @@ pub(super) struct LenientBackend {
     pub(super) largest: usize,
 }
 
-impl LenientBackend {
+impl LenientProvider {
     fn with<R>(&self, f: impl FnOnce(&mut CheckLog) -> R) -> R {
         let mut guard = self.log.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
     }
 }
 
-impl SimpleBackend for LenientBackend {
+impl SimpleBackend for LenientProvider {
     fn get(
         &self,
         s: Shape,
@@ -83,11 +83,11 @@ impl SimpleBackend for LenientBackend {
 /// `largest` is the element count of the checkpoint's largest tensor.
 pub(super) fn check_build(
     cfg: &JanusConfig,
-    shapes: ShapeCheckBackend,
+    shapes: PlaceholderProvider,
     largest: usize,
 ) -> BuildCheck {
     let log = Arc::new(Mutex::new(CheckLog::default()));
-    let backend = LenientBackend {
+    let backend = LenientProvider {
         inner: shapes,
         log: log.clone(),
         largest,

@@ -3,7 +3,7 @@
 //! checkpoint can serve and anything that would stop the model from building.
 //!
 //! Tensors are attributed to parts by building the full model on a shape-only backend
-//! (the [`ShapeCheckBackend`] the loader's checks share): every canonical name the model
+//! (the [`PlaceholderProvider`] the loader's checks share): every canonical name the model
 //! asks for is mapped to the checkpoint's own names with [`checkpoint_source`], so both
 //! layouts are counted the same way, and a missing or mis-shaped tensor becomes an entry
 //! in [`ModelInfo::problems`] instead of an error.
@@ -28,7 +28,7 @@ use crate::config::{JanusConfig, Layout};
 use crate::error::{Error, Result};
 use crate::model::Janus;
 use crate::processor::{ImageProcessorConfig, JanusTokenizer};
-use crate::weights::{self, checkpoint_source, is_ignored, ShapeCheckBackend, TensorStore};
+use crate::weights::{self, checkpoint_source, is_ignored, PlaceholderProvider, TensorStore};
 
 mod check;
 mod files;
@@ -420,7 +420,7 @@ impl ModelInfo {
             .unwrap_or(0);
         let check = check_build(
             cfg,
-            ShapeCheckBackend::new(cfg.layout, shapes, label),
+            PlaceholderProvider::new(cfg.layout, shapes, label),
             largest,
         );
 

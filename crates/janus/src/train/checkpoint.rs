@@ -23,7 +23,7 @@ use candle_nn::Init;
 use crate::config::Layout;
 use crate::weights::lora::Adapters;
 use crate::weights::names::Source;
-use crate::weights::{checkpoint_source, JanusBackend, TensorStore};
+use crate::weights::{checkpoint_source, CheckpointProvider, TensorStore};
 
 /// Name of a checkpoint directory.
 pub fn step_dir_name(step: u64) -> String {
@@ -179,7 +179,7 @@ pub fn merge_adapters(adapter_dir: &Path, base: &Path, out: &Path) -> Result<()>
     }
     let (cfg, store) = crate::weights::load_model_dir(base)?;
     let adapters = Adapters::load(adapter_dir, &cfg)?;
-    let backend = JanusBackend::new(store.clone(), cfg.layout);
+    let backend = CheckpointProvider::new(store.clone(), cfg.layout);
     let mut replaced = Vec::new();
     for (name, delta) in adapters.deltas()? {
         let dims = delta.dims().to_vec();

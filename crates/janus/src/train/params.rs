@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::kernels::quant::QuantFormat;
 use crate::model::Janus;
 use crate::weights::lora::{self, LoraSpec, Module};
-use crate::weights::{load_model_dir, JanusBackend, TensorStore};
+use crate::weights::{load_model_dir, CheckpointProvider, TensorStore};
 
 /// One trainable tensor.
 #[derive(Debug, Clone)]
@@ -133,8 +133,8 @@ impl TrainModel {
                 (BTreeSet::new(), Some(plan))
             }
         };
-        let backend = TrainBackend {
-            inner: JanusBackend::new(store.clone(), cfg.layout),
+        let backend = TrainProvider {
+            inner: CheckpointProvider::new(store.clone(), cfg.layout),
             parts,
             lora,
             masters: masters.unwrap_or_default(),
@@ -187,8 +187,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Serves trainable canonical tensors as fresh variables and everything else as loaded.
-struct TrainBackend {
-    inner: JanusBackend,
+struct TrainProvider {
+    inner: CheckpointProvider,
     parts: BTreeSet<Part>,
     lora: Option<LoraPlan>,
     masters: HashMap<String, Tensor>,
@@ -239,7 +239,7 @@ impl LoraPlan {
     }
 }
 
-impl TrainBackend {
+impl TrainProvider {
     /// Registers `master` (f32) as the trainable `name` and returns the compute copy.
     fn variable(&self, name: &str, master: Tensor, dtype: DType) -> candle_core::Result<Tensor> {
         let var = Var::from_tensor(&master.to_dtype(dtype)?)?;
@@ -292,7 +292,7 @@ impl TrainBackend {
     }
 }
 
-impl SimpleBackend for TrainBackend {
+impl SimpleBackend for TrainProvider {
     fn get(
         &self,
         s: Shape,

@@ -15,8 +15,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::Init;
 use serde::{Deserialize, Serialize};
 
-use super::backend::{checkpoint_source, JanusBackend};
 use super::names::Source;
+use super::provider::{checkpoint_source, CheckpointProvider};
 use crate::config::{JanusConfig, Layout};
 use crate::error::{Error, Result};
 
@@ -498,14 +498,14 @@ impl Adapters {
 
 /// Serves the base checkpoint with each adapted weight replaced by `W + (alpha/r)·B·A`
 /// (summed in f32, then converted to the requested dtype): adapters applied at load.
-pub struct MergedBackend {
-    inner: JanusBackend,
+pub struct MergedLoraProvider {
+    inner: CheckpointProvider,
     deltas: HashMap<String, Tensor>,
 }
 
-impl MergedBackend {
+impl MergedLoraProvider {
     /// Wraps `inner` with `adapters` folded in.
-    pub fn new(inner: JanusBackend, adapters: &Adapters) -> Result<Self> {
+    pub fn new(inner: CheckpointProvider, adapters: &Adapters) -> Result<Self> {
         Ok(Self {
             inner,
             deltas: adapters.deltas()?,
@@ -513,7 +513,7 @@ impl MergedBackend {
     }
 }
 
-impl SimpleBackend for MergedBackend {
+impl SimpleBackend for MergedLoraProvider {
     fn get(
         &self,
         s: Shape,

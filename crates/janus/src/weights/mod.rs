@@ -4,7 +4,7 @@
 //! The model builds every module from a [`VarBuilder`] using CANONICAL names, which are the
 //! original deepseek layout's names (`language_model.model.layers.0.self_attn.q_proj.weight`,
 //! `vision_model.vision_tower.blocks.3.attn.qkv.weight`, `gen_head.vision_head.weight`, ...).
-//! [`JanusBackend`] serves them from a checkpoint of either [`Layout`], through the explicit
+//! [`CheckpointProvider`] serves them from a checkpoint of either [`Layout`], through the explicit
 //! name map in [`names`]; every shape is checked against the request and a mismatch names the
 //! tensor in the checkpoint's own layout with both shapes.
 //!
@@ -17,10 +17,10 @@
 //! # let _ = vb; Ok(()) }
 //! ```
 
-mod backend;
 pub mod convert;
 pub mod lora;
 pub mod names;
+mod provider;
 mod store;
 
 use std::path::Path;
@@ -28,8 +28,8 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-pub use backend::{checkpoint_source, JanusBackend, ShapeCheckBackend, Usage};
 pub use names::{is_ignored, to_transformers, Source};
+pub use provider::{checkpoint_source, CheckpointProvider, PlaceholderProvider, Usage};
 pub use store::{Format, TensorStore, WEIGHT_FILES};
 
 use crate::config::{JanusConfig, Layout};
@@ -133,7 +133,7 @@ pub fn load_model_dir(dir: &Path) -> Result<(JanusConfig, TensorStore)> {
 }
 
 /// A `VarBuilder` serving canonical names from `store` (named per `layout`), converting every
-/// tensor to `dtype` on `device`. Use [`JanusBackend`] directly to also get the [`Usage`]
+/// tensor to `dtype` on `device`. Use [`CheckpointProvider`] directly to also get the [`Usage`]
 /// record (which tensors were read).
 pub fn var_builder(
     store: &TensorStore,
@@ -141,7 +141,7 @@ pub fn var_builder(
     dtype: DType,
     device: &Device,
 ) -> VarBuilder<'static> {
-    JanusBackend::new(store.clone(), layout).into_var_builder(dtype, device)
+    CheckpointProvider::new(store.clone(), layout).into_var_builder(dtype, device)
 }
 
 /// Parses a tensor list in the `fixtures/checkpoints/*.tsv` format: a `name<TAB>shape` header,

@@ -1,6 +1,6 @@
 //! `VarBuilder` backends that serve canonical tensor names from either checkpoint layout.
 //!
-//! [`JanusBackend`] reads real weights from a [`TensorStore`]; [`ShapeCheckBackend`] serves
+//! [`CheckpointProvider`] reads real weights from a [`TensorStore`]; [`PlaceholderProvider`] serves
 //! zero-memory placeholders from a list of (name, shape) so a full-size model can be built
 //! without weights. Both resolve names and check shapes with the same code, so they fail
 //! with the same messages.
@@ -178,16 +178,16 @@ fn resolve<'a>(
 /// Serves a [`VarBuilder`] from a checkpoint of either layout by canonical (original) names:
 /// checks every shape against the request, loads and converts to the requested dtype and
 /// device.
-pub struct JanusBackend {
+pub struct CheckpointProvider {
     store: TensorStore,
     layout: Layout,
     usage: Usage,
 }
 
-impl JanusBackend {
+impl CheckpointProvider {
     /// A backend reading `store`, whose tensors are named per `layout`.
     pub fn new(store: TensorStore, layout: Layout) -> Self {
-        JanusBackend {
+        CheckpointProvider {
             store,
             layout,
             usage: Usage::default(),
@@ -233,7 +233,7 @@ impl JanusBackend {
     }
 }
 
-impl Drop for JanusBackend {
+impl Drop for CheckpointProvider {
     /// The backend is dropped with the last `VarBuilder` clone, i.e. once the model is
     /// built: say which checkpoint tensors it never read (attn_pool, codebook_used, ...).
     fn drop(&mut self) {
@@ -243,7 +243,7 @@ impl Drop for JanusBackend {
     }
 }
 
-impl SimpleBackend for JanusBackend {
+impl SimpleBackend for CheckpointProvider {
     fn get(
         &self,
         s: Shape,
@@ -268,16 +268,16 @@ impl SimpleBackend for JanusBackend {
 
 /// A weightless backend: serves every requested tensor as a stride-0 broadcast of one zero
 /// (no memory) after checking it against a list of (name, shape) in a given layout, exactly
-/// as [`JanusBackend`] checks a real checkpoint. Builds full-size models in tests and lets
+/// as [`CheckpointProvider`] checks a real checkpoint. Builds full-size models in tests and lets
 /// `janus info` validate a checkpoint's shapes without reading its data.
-pub struct ShapeCheckBackend {
+pub struct PlaceholderProvider {
     layout: Layout,
     shapes: HashMap<String, Vec<usize>>,
     label: String,
     usage: Usage,
 }
 
-impl ShapeCheckBackend {
+impl PlaceholderProvider {
     /// A backend over `(name, shape)` pairs named per `layout`; `label` says where the list
     /// comes from in "missing" messages.
     pub fn new(
@@ -285,7 +285,7 @@ impl ShapeCheckBackend {
         entries: impl IntoIterator<Item = (String, Vec<usize>)>,
         label: impl Into<String>,
     ) -> Self {
-        ShapeCheckBackend {
+        PlaceholderProvider {
             layout,
             shapes: entries.into_iter().collect(),
             label: label.into(),
@@ -332,7 +332,7 @@ impl ShapeCheckBackend {
     }
 }
 
-impl SimpleBackend for ShapeCheckBackend {
+impl SimpleBackend for PlaceholderProvider {
     fn get(
         &self,
         s: Shape,
