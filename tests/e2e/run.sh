@@ -61,7 +61,10 @@ step "pytest: official openai client"
 "$VENV/bin/python" -m pytest "$E2E" -q -p no:cacheprovider
 
 step "browser test (playwright-core, chromium)"
-node "$E2E/browser.mjs"
+# Screenshots go under target/ so a test run leaves docs/screenshots as committed (refresh
+# those with a plain `node tests/e2e/browser.mjs`).
+mkdir -p "$ROOT/target/e2e"
+node "$E2E/browser.mjs" --screenshot "$ROOT/target/e2e/web.png"
 
 step "load test ${QUICK[*]:-}"
 LOAD_ARGS=("${QUICK[@]}")
