@@ -3,89 +3,15 @@
 //! Checkpoint names (original layout): `language_model.model.{embed_tokens, layers.N.*,
 //! norm}` and `language_model.lm_head`.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 
+use super::kv_cache::KvCache;
 use super::linear::{Adapter, Linear};
 use super::ops::rope::{Positions, Rope};
 use super::ops::{attention_heads_merged, silu_mul, AttnMask, RmsNorm};
 use crate::config::TextConfig;
 use crate::kernels::quant::QuantFormat;
-
-/// Preallocated key/value storage for every layer, owned by the caller.
-///
-/// One row per sequence in the batch (for classifier-free guidance: two rows per image).
-/// The cache knows its own length; the RoPE offset of the next forward is that length.
-#[derive(Debug)]
-pub struct KvCache {
-    /// Per layer: (k, v), each `(B, H_kv, max_len, Dh)`.
-    layers: Vec<(Tensor, Tensor)>,
-    len: usize,
-    max_len: usize,
-    batch: usize,
-}
-
-impl KvCache {
-    /// Allocates a cache for `batch` rows of up to `max_len` positions.
-    pub fn new(
-        cfg: &TextConfig,
-        batch: usize,
-        max_len: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim);
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            len: 0,
-            max_len,
-            batch,
-        })
-    }
-
-    /// Positions filled so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing has been written yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Capacity in positions.
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
-    /// Rows in the batch.
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
-
-    /// Forgets the contents (keeps the allocation).
-    pub fn reset(&mut self) {
-        self.len = 0;
-    }
-
-    /// Writes `t` new positions for `layer` and returns the filled prefix (k, v).
-    fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let t = k.dim(2)?;
-        let (kc, vc) = &self.layers[layer];
-        kc.slice_set(&k.contiguous()?, 2, self.len)?;
-        vc.slice_set(&v.contiguous()?, 2, self.len)?;
-        let end = self.len + t;
-        Ok((kc.narrow(2, 0, end)?, vc.narrow(2, 0, end)?))
-    }
-}
 
 fn linear(
     cfg_bias: bool,
@@ -444,7 +370,7 @@ impl Llama {
             crate::kernels::on_pool(move || layers(h))?
         };
         if let Some(c) = cache {
-            c.len += t;
+            c.advance(t);
         }
         self.norm.forward(&h)
     }
@@ -557,6 +483,7 @@ fn padded_positions_and_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     fn rand_bf16(shape: &[usize], seed: u64) -> Tensor {
         crate::testing::hashed_bf16(shape, seed, 2.0)

@@ -10,6 +10,7 @@
 //! maps other layouts onto them.
 
 pub mod conv;
+mod kv_cache;
 pub mod linear;
 pub mod llama;
 pub mod mlp;
@@ -20,7 +21,8 @@ pub mod vq;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
-pub use llama::{KvCache, Llama};
+pub use kv_cache::KvCache;
+pub use llama::Llama;
 pub use mlp::{GenHead, MlpProjector};
 pub use ops::{backward_calls, BackwardCalls};
 pub use siglip::SiglipVit;
