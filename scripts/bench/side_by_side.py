@@ -9,6 +9,11 @@ better janus is": torch/janus for times, janus/torch for decode tokens per secon
 peak resident memory janus/torch (below 1 = janus uses less), and each side's peak divided
 by the size of the checkpoint's weight files.
 
+PyTorch runs in the dtype a PyTorch user would pick on this CPU: `--torch-dtype auto` (the
+default) times a product in bf16 and in f32 first and takes the faster (on CPUs without
+native bf16 products PyTorch emulates bf16, and f32 is many times faster). The machine's
+CPU, janus's kernel level and the measured memory bandwidth come from `janus bench`.
+
 The workload itself (token ids, stages, warm-up) is defined in torch_bench.py's docstring
 and docs/benchmarks.md; both programs implement it identically.
 
@@ -50,6 +55,34 @@ LEGEND = (
 )
 
 
+# `janus bench` also reports the machine it ran on (CPU, kernel level, bandwidth).
+MACHINE: dict = {}
+
+# Times one (256 x 2048) x (2048 x 2048) product per dtype; prints "dtype GFLOP/s" lines.
+DTYPE_PROBE = """
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+for name, dt in (("bf16", torch.bfloat16), ("f32", torch.float32)):
+    a, b = torch.randn(256, 2048, dtype=dt), torch.randn(2048, 2048, dtype=dt)
+    a @ b
+    best = min((lambda t0: (a @ b, time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(3))
+    print(name, 2 * 256 * 2048 * 2048 / best / 1e9)
+"""
+
+
+def torch_dtype(choice: str, python: str, threads: int | None) -> tuple[str, str]:
+    """The dtype PyTorch runs in, and why: `choice` itself, or with `auto` the faster of
+    bf16 and f32 on a product of the model's width."""
+    if choice != "auto":
+        return choice, "chosen with --torch-dtype"
+    n = str(threads or len(os.sched_getaffinity(0)))
+    out = subprocess.run([python, "-c", DTYPE_PROBE, n], capture_output=True, text=True, check=True).stdout
+    rates = {name: float(v) for name, v in (ln.split() for ln in out.splitlines())}
+    best = max(rates, key=rates.get)
+    why = ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in rates.items())
+    return best, f"auto: the faster on a 256x2048x2048 product ({why})"
+
+
 def run_json(cmd: list[str]) -> dict:
     """Runs `cmd` (stderr passes through) and parses the last line of its stdout."""
     print(f"$ {shlex.join(cmd)}", file=sys.stderr, flush=True)
@@ -60,6 +93,8 @@ def run_json(cmd: list[str]) -> dict:
     if not lines:
         raise SystemExit(f"no output from: {shlex.join(cmd)}")
     result = json.loads(lines[-1])
+    if "machine" in result:
+        MACHINE.update(result.pop("machine"))
     if sorted(result) != sorted(KEYS):
         raise SystemExit(f"unexpected keys {sorted(result)} from: {shlex.join(cmd)}")
     return result
@@ -110,11 +145,13 @@ def ratio_of(kind: str, torch_v: float, janus_v: float) -> float:
     return {"time": torch_v / janus_v, "rate": janus_v / torch_v, "memory": janus_v / torch_v}[kind]
 
 
-def table(torch_rs: list[dict], janus_rs: dict[str, list[dict]], checkpoint_mb: float, parallel: int) -> list[list[str]]:
+def table(
+    torch_rs: list[dict], janus_rs: dict[str, list[dict]], checkpoint_mb: float, parallel: int, torch_dt: str
+) -> list[list[str]]:
     """Rows of the comparison: a header, then one row per stage. With several rounds, each
     side's number is its median and the ratio the median of the rounds' own ratios, with
     their range."""
-    header = ["stage", "PyTorch"]
+    header = ["stage", f"PyTorch ({torch_dt})"]
     for q in janus_rs:
         header += [f"janus ({q})", "ratio"]
     stages = [
@@ -158,7 +195,13 @@ def main() -> None:
     ap.add_argument("--model", required=True, type=Path, help="original-layout checkpoint directory")
     ap.add_argument("--janus", default=str(ROOT / "target" / "release" / "janus"), help="the janus binary")
     ap.add_argument("--python", default=sys.executable, help="interpreter for torch_bench.py (default: this one)")
-    ap.add_argument("--dtype", default="bf16", help="janus --dtype (PyTorch always runs the checkpoint's bf16)")
+    ap.add_argument("--dtype", default="bf16", help="janus --dtype")
+    ap.add_argument(
+        "--torch-dtype",
+        choices=["auto", "bf16", "f32"],
+        default="auto",
+        help="PyTorch's dtype; auto (default) takes the faster on this CPU",
+    )
     ap.add_argument(
         "--quant",
         action="append",
@@ -185,6 +228,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = load_average()
     info = {**machine(), **versions(args.python, args.janus)}
+    torch_dt, torch_dt_why = torch_dtype(args.torch_dtype, args.python, args.threads)
     torch_cmd = [
         args.python,
         str(ROOT / "scripts" / "bench" / "torch_bench.py"),
@@ -192,6 +236,8 @@ def main() -> None:
         model,
         *workload,
         *threads,
+        "--dtype",
+        torch_dt,
         "--json",
     ]
     if args.rounds < 1:
@@ -226,11 +272,14 @@ def main() -> None:
         "date": started,
         **info,
         "checkpoint": f"{model} ({', '.join(f.name for f in files)}, {checkpoint_mb:.0f} MiB)",
+        "kernels": f"janus {MACHINE.get('kernels', '?')} ({MACHINE.get('threads', '?')} threads)",
+        "memory read": f"{MACHINE['read_gb_s']:.1f} GB/s (measured by janus bench)" if "read_gb_s" in MACHINE else "?",
+        "PyTorch dtype": f"{torch_dt} ({torch_dt_why})",
         "threads": args.threads or f"all ({info['cores']})",
         "rounds": f"{args.rounds} (PyTorch first in odd rounds, last in even ones)" if args.rounds > 1 else "1",
         "load average": f"{load_before} before, {load_average()} after the runs (1, 5, 15 min)",
     }
-    rows = table(torch_rs, janus_rs, checkpoint_mb, args.parallel)
+    rows = table(torch_rs, janus_rs, checkpoint_mb, args.parallel, torch_dt)
     if args.markdown:
         print("| | |\n|---|---|")
         for k, v in info.items():

@@ -6,7 +6,8 @@ The model is built from the transformers-layout equivalent of the checkpoint's o
 (deepseek) `config.json`, and the original-layout state dict is renamed to transformers'
 names in memory (`original_to_hf` from scripts/fixtures/make_fixtures.py). Weights stay in
 the checkpoint's bfloat16 (RoPE frequencies stay float32, as `from_pretrained` leaves
-them); attention uses transformers' default (sdpa); everything runs under
+them), or with `--dtype f32` are converted to float32 once loaded (what a PyTorch user runs
+on a CPU without native bf16 products, where PyTorch's bf16 matmul is emulated); attention uses transformers' default (sdpa); everything runs under
 `torch.inference_mode()` with `torch.set_num_threads(--threads)` (default: all cores).
 
 The workload (identical in `janus bench`, crates/janus/src/bench.rs; docs/benchmarks.md):
@@ -162,8 +163,9 @@ def pad_token_id(model_dir: Path) -> int:
     return pad_id
 
 
-def build_model(model_dir: Path):
-    """JanusForConditionalGeneration holding the checkpoint's bfloat16 tensors."""
+def build_model(model_dir: Path, dtype: torch.dtype = torch.bfloat16):
+    """JanusForConditionalGeneration holding the checkpoint's bfloat16 tensors, converted to
+    `dtype`."""
     from transformers import JanusForConditionalGeneration
     from transformers.modeling_utils import no_init_weights
 
@@ -181,6 +183,8 @@ def build_model(model_dir: Path):
     wrong = sorted({str(p.dtype) for p in model.parameters()} - {"torch.bfloat16"})
     if wrong:
         raise ValueError(f"{model_dir}: parameters of dtype {wrong}, expected the checkpoint's bfloat16 throughout")
+    if dtype != torch.bfloat16:
+        model = model.to(dtype)
     return model, files
 
 
@@ -296,6 +300,7 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="images P in the CFG batch (2P rows)")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="default: all cores")
+    ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16", help="compute dtype (default: the checkpoint's bf16)")
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     args = ap.parse_args()
     for name in ("t2i_steps", "parallel", "decode_tokens", "threads"):
@@ -307,10 +312,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads")
     t0 = time.perf_counter()
-    model, files = build_model(args.model)
+    model, files = build_model(args.model, {"bf16": torch.bfloat16, "f32": torch.float32}[args.dtype])
     pad_id = pad_token_id(args.model)
     attention = model.config._attn_implementation
-    log(f"loaded {args.model} ({files}; attention {attention}) in {time.perf_counter() - t0:.1f} s")
+    log(f"loaded {args.model} ({files}; {args.dtype}; attention {attention}) in {time.perf_counter() - t0:.1f} s")
 
     with torch.inference_mode():
         warm = min(WARMUP_COUNT, args.decode_tokens), min(WARMUP_COUNT, args.t2i_steps)

@@ -31,13 +31,25 @@ fn bench(name: &str, extra: &[&str]) -> std::process::Output {
 }
 
 /// Parses the last stdout line and checks it has exactly the seven keys, all finite and
-/// positive numbers. Returns the object.
+/// positive numbers, and the machine they ran on. Returns the object without the machine.
 fn results(out: &std::process::Output) -> serde_json::Map<String, Value> {
     let stdout = stdout_of(out);
     let last = stdout.lines().last().expect("stdout is empty");
     let v: Value = serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"));
-    let obj = v.as_object().expect("a JSON object").clone();
+    let mut obj = v.as_object().expect("a JSON object").clone();
+    let machine = obj.remove("machine").expect("the machine object");
+    assert!(
+        !machine["cpu"].as_str().expect("cpu").is_empty(),
+        "{machine}"
+    );
+    let kernels = machine["kernels"].as_str().expect("kernels");
+    assert!(janus::kernels::Isa::available()
+        .iter()
+        .any(|i| i.name() == kernels));
+    assert!(machine["threads"].as_u64().expect("threads") >= 1);
+    let gb_s = machine["read_gb_s"].as_f64().expect("read_gb_s");
+    assert!(gb_s.is_finite() && gb_s > 0.1, "{machine}");
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort();
     let mut want = KEYS.to_vec();
@@ -101,8 +113,14 @@ fn human_table() {
             "no {row} row: {stdout}"
         );
     }
+    for key in ["cpu", "kernels", "memory", "dtype"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(key)),
+            "no {key} line: {stdout}"
+        );
+    }
     assert!(
-        stdout.contains("dtype") && stdout.contains("threads"),
+        stdout.contains("threads") && stdout.contains("GB/s read"),
         "{stdout}"
     );
     assert!(!stdout.contains('{'), "{stdout}");

@@ -25,6 +25,7 @@ pub mod error;
 pub mod hub;
 pub mod info;
 pub mod kernels;
+pub mod machine;
 pub mod model;
 pub mod model_dir;
 pub mod pipeline;

@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use janus::bench::{self, BenchParams, BenchReport, T2I_PROMPT_TOKENS};
+use janus::machine::MachineInfo;
 use serde_json::json;
 
 use crate::args::ModelArgs;
@@ -43,11 +44,18 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
     params.validate_for(&pipe.model)?;
     pipe.check_generate_memory(T2I_PROMPT_TOKENS, params.parallel)?;
 
+    // Measured before the model runs, while nothing else of ours reads memory.
+    let machine = MachineInfo::measure();
     let header = [
+        ("cpu", machine.cpu.clone()),
+        (
+            "kernels",
+            format!("{} ({} threads)", machine.kernels, machine.threads),
+        ),
+        ("memory", format!("{:.1} GB/s read", machine.read_gb_s)),
         ("model", a.model.model_id()),
         ("dtype", pipe.model.dtype().as_str().to_string()),
         ("quant", a.model.quant.clone()),
-        ("threads", candle_core::utils::get_num_threads().to_string()),
         ("load", format!("{load_s:.2} s")),
         (
             "workload",
@@ -86,16 +94,18 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
     let peak = bench::peak_rss_mb();
 
     if a.json {
-        println!("{}", results_json(&report, peak));
+        println!("{}", results_json(&report, peak, &machine));
     } else {
         print_table(&report, &params, peak);
     }
     Ok(())
 }
 
-/// The seven result keys; `peak_rss_mb` is null where the peak is unknown (not Linux).
-fn results_json(r: &BenchReport, peak_rss_mb: Option<f64>) -> serde_json::Value {
+/// The seven result keys and the machine they ran on; `peak_rss_mb` is null where the
+/// peak is unknown (not Linux).
+fn results_json(r: &BenchReport, peak_rss_mb: Option<f64>, m: &MachineInfo) -> serde_json::Value {
     json!({
+        "machine": m,
         "siglip_s": r.siglip_s,
         "prefill_tokens": r.prefill_tokens,
         "prefill_s": r.prefill_s,
