@@ -131,7 +131,10 @@ fn a_model_directory_and_measure_on_the_tiny_model() {
     assert_eq!(m["batch_size"], 3);
     assert!(f(&m["seconds_per_sample"]) > 0.0);
     assert!(f(&m["positions_per_sample"]) > 100.0);
-    let want = 6.0 * f(&m["seconds_per_sample"]) / 3600.0;
+    // Both text-to-image records are met for the first time: two images encoded.
+    assert_eq!(m["images_encoded"], 2);
+    assert!(f(&m["seconds_per_image"]) > 0.0);
+    let want = (6.0 * f(&m["seconds_per_sample"]) + 2.0 * f(&m["seconds_per_image"])) / 3600.0;
     assert!((f(&m["hours"]) - want).abs() < 1e-12);
     assert!((f(&p["measured_hours"]) - want).abs() < 1e-12);
 }

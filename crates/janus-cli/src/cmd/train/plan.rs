@@ -49,7 +49,7 @@ pub struct PlanArgs {
     #[arg(long)]
     train: Option<String>,
     /// Your dataset's records per kind, U:T:G: each stage runs until every record has been
-    /// seen --epochs times.
+    /// seen --epochs times (--steps wins where given).
     #[arg(long, conflicts_with = "data")]
     dataset: Option<String>,
     /// A data manifest: its records per kind set the steps (as --dataset does), and
@@ -89,7 +89,7 @@ pub struct PlanArgs {
     /// extrapolate each stage's time here.
     #[arg(long)]
     measure: bool,
-    /// Steps timed per stage, after one untimed.
+    /// Steps timed per stage (each run once untimed first).
     #[arg(long, default_value_t = 2, requires = "measure")]
     measure_steps: u64,
     /// Samples per timed step (default: the smallest batch that keeps the ratio).

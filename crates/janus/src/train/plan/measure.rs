@@ -4,19 +4,25 @@
 //! Each stage runs with its own trained parts (or LoRA adapters) and data ratio, at a
 //! small batch that keeps the ratio exact (2:3:5 -> 10 samples), micro-batch 1, over the
 //! user's manifest or a synthetic one (one checkerboard image, a caption, a short answer,
-//! a paragraph of text). The first step is not timed (first use of every kernel, the VQ
-//! codes of the images); the next ones are, by the trainer's own step clock. The stage's
-//! time here is then its samples x the measured seconds per sample: the samples timed
+//! a paragraph of text). The steps run twice: untimed first (first use of every kernel, the
+//! VQ codes of their images), then timed by the trainer's own step clock. Encoding one
+//! text-to-image image to VQ codes is timed on its own: the trainer does it once per image
+//! (then reads the codes from its cache), and on a CPU it can cost more than a training
+//! sample. The stage's time here is then its samples x the measured seconds per sample,
+//! plus the images it meets for the first time x the seconds per image: the samples timed
 //! stand for the run's, so the extrapolation is as good as the data is representative
 //! (the row length the estimate assumes does not enter).
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use candle_core::Device;
 use serde::Serialize;
 
 use super::{Plan, StagePlan};
 use crate::error::{Error, Result};
+use crate::train::codes::CodeCache;
+use crate::train::data::{Dataset, Kind, Record};
 use crate::train::memory::{check_fits, PlanSettings};
 use crate::train::recipe::TrainConfig;
 use crate::train::trainer::{RunSpec, Trainer};
@@ -29,7 +35,7 @@ pub struct MeasureOptions {
     pub model_dir: PathBuf,
     /// The data manifest (`None`: synthetic samples).
     pub data: Option<PathBuf>,
-    /// Steps timed after the untimed first one.
+    /// Steps timed (each run once untimed before).
     pub steps: u64,
     /// Samples per timed step (`None`: the smallest batch that keeps the ratio exact).
     pub batch_size: Option<u64>,
@@ -56,9 +62,14 @@ pub struct Measurement {
     pub positions_per_sample: f64,
     /// Positions per second.
     pub tokens_per_second: f64,
+    /// Seconds to encode one text-to-image image to VQ codes (stages with such data).
+    pub seconds_per_image: Option<f64>,
+    /// Images the stage encodes (met for the first time).
+    pub images_encoded: u64,
     /// The manifest timed, or `synthetic`.
     pub data: String,
-    /// The stage's samples x seconds per sample, in hours.
+    /// The stage's samples x seconds per sample + images encoded x seconds per image,
+    /// in hours.
     pub hours: f64,
 }
 
@@ -138,11 +149,13 @@ fn synthetic_data(dir: &Path) -> Result<PathBuf> {
     Ok(manifest)
 }
 
-/// Times `o.steps` steps (after one untimed) of a stage run with `config`'s parts and
-/// ratio, and extrapolates to `samples` samples.
+/// Times `o.steps` steps (after running them once untimed) of a stage run with
+/// `config`'s parts and ratio, and the encoding of one image to codes; extrapolates to
+/// `samples` samples of which `images` bring an image not encoded yet.
 pub fn measure_stage(
     config: &TrainConfig,
     samples: u64,
+    images: u64,
     o: &MeasureOptions,
 ) -> Result<Measurement> {
     if o.steps == 0 {
@@ -155,9 +168,16 @@ pub fn measure_stage(
         Some(d) => (d.clone(), d.display().to_string()),
         None => (synthetic_data(&tmp.0)?, "synthetic".to_string()),
     };
+    let image = Dataset::load(&data)?
+        .of(Kind::T2i)
+        .iter()
+        .find_map(|r| match &r.record {
+            Record::T2i { image, .. } => Some(image.clone()),
+            _ => None,
+        });
     let batch = o.batch_size.unwrap_or_else(|| ratio_unit(config.ratio));
     let mut timed = config.clone();
-    timed.steps = o.steps + 1;
+    timed.steps = o.steps;
     timed.batch_size = batch;
     timed.micro_batch_size = 1;
     timed.save_every = 0;
@@ -179,7 +199,12 @@ pub fn measure_stage(
         check_fits(&cfg, &store, &PlanSettings::for_run(&spec)?, limit)?;
     }
     let mut trainer = Trainer::create(&tmp.0.join("run"), spec, &Device::Cpu)?;
-    trainer.step()?;
+    // An untimed pass over the same steps first: every kernel used once, and the VQ codes
+    // of the timed samples' images cached, as they are after a real run's first epoch.
+    for _ in 0..o.steps {
+        trainer.step()?;
+    }
+    trainer.state.step = 0;
     let (mut seconds, mut tokens, mut done) = (0f64, 0u64, 0u64);
     for _ in 0..o.steps {
         let m = trainer.step()?;
@@ -192,6 +217,18 @@ pub fn measure_stage(
             "no sample of the measured steps could be used".into(),
         ));
     }
+    let per_image = match image.filter(|_| config.ratio[Kind::T2i.index()] > 0) {
+        Some(path) => {
+            // A fresh in-memory cache: the trainer's already holds this image's codes.
+            let size = trainer.model.cfg.gen_image_size();
+            let mut cache = CodeCache::new(None, "measure", size)?;
+            let start = Instant::now();
+            cache.codes(&trainer.model.model, &path)?;
+            Some(start.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+    let images = if per_image.is_some() { images } else { 0 };
     let per_sample = seconds / done as f64;
     Ok(Measurement {
         batch_size: batch,
@@ -200,17 +237,30 @@ pub fn measure_stage(
         seconds_per_sample: per_sample,
         positions_per_sample: tokens as f64 / done as f64,
         tokens_per_second: tokens as f64 / seconds.max(1e-12),
+        seconds_per_image: per_image,
+        images_encoded: images,
         data: label,
-        hours: samples as f64 * per_sample / 3600.0,
+        hours: (samples as f64 * per_sample + images as f64 * per_image.unwrap_or(0.0)) / 3600.0,
     })
 }
 
 /// Measures every stage of `plan` (`on_stage` is told each stage's name as it starts)
 /// and records the results in it.
+///
+/// Images encoded: with a known dataset, its text-to-image records, once, in the first
+/// stage that has such samples (the code cache serves the later ones); without one,
+/// every text-to-image sample is taken as a new image (data seen once, as in the papers).
 pub fn measure(plan: &mut Plan, o: &MeasureOptions, mut on_stage: impl FnMut(&str)) -> Result<()> {
+    let mut unseen = plan.dataset.map(|d| d.t2i);
     for stage in &mut plan.stages {
         on_stage(&stage.recipe);
-        let m = measure_stage(&stage.config, stage.cost.samples, o)
+        let t2i = stage.cost.samples_by_kind.t2i;
+        let images = match &mut unseen {
+            Some(n) if t2i > 0 => std::mem::take(n),
+            Some(_) => 0,
+            None => t2i,
+        };
+        let m = measure_stage(&stage.config, stage.cost.samples, images, o)
             .map_err(|e| Error::InvalidInput(format!("measuring {}: {e}", stage.recipe)))?;
         stage.measured = Some(m);
     }

@@ -98,8 +98,8 @@ pub struct PlanRequest {
     pub steps: Vec<(Option<u8>, u64)>,
     /// Batch size, ratio and trained parts replacing the recipes' (their `steps` unused).
     pub overrides: Overrides,
-    /// The user's dataset: records per kind (understanding, text, text-to-image); each
-    /// stage then runs until every record has been seen `epochs` times.
+    /// The user's dataset: records per kind (understanding, text, text-to-image); a stage
+    /// without a `steps` entry runs until every record has been seen `epochs` times.
     pub dataset: Option<[u64; 3]>,
     /// Passes over the dataset.
     pub epochs: f64,
@@ -277,6 +277,9 @@ pub struct Plan {
     pub total: Cost,
     /// The paper's figure, when it reports this run (whole runs only).
     pub reported: Option<Comparison>,
+    /// The user's dataset, records per kind, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<ByKind>,
     /// Hours on this machine, all stages, when measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measured_hours: Option<f64>,
@@ -309,9 +312,6 @@ fn validate(r: &PlanRequest) -> Result<()> {
     }
     if !(r.epochs.is_finite() && r.epochs > 0.0) {
         return bad(format!("--epochs must be positive, not {}", r.epochs));
-    }
-    if r.dataset.is_some() && !r.steps.is_empty() {
-        return bad("give --steps or a dataset (--dataset, --data), not both".into());
     }
     if let Some(l) = &r.lora {
         l.validate()?;
@@ -460,11 +460,11 @@ pub fn plan(r: &PlanRequest) -> Result<Plan> {
         };
         let mut config = TrainConfig::resolve(recipe, &o, large)?;
         let mut notes = Vec::new();
-        let steps_from = if let Some(d) = r.dataset {
+        let steps_from = if step_override.is_some() {
+            "--steps".to_string()
+        } else if let Some(d) = r.dataset {
             config.steps = dataset_steps(d, r.epochs, config.kind_counts())?;
             format!("dataset, {} epoch(s)", r.epochs)
-        } else if step_override.is_some() {
-            "--steps".to_string()
         } else if large && recipe.steps_7b.is_some() {
             "recipe (steps_7b)".to_string()
         } else {
@@ -572,6 +572,7 @@ pub fn plan(r: &PlanRequest) -> Result<Plan> {
         stages,
         total,
         reported,
+        dataset: r.dataset.map(ByKind::from),
         measured_hours: None,
     })
 }

@@ -47,6 +47,25 @@ pub fn money(usd: f64) -> String {
     }
 }
 
+/// GPU-hours: grouped thousands from 100, decimals below.
+pub fn hours(h: f64) -> String {
+    if h >= 100.0 {
+        thousands(h.round() as u64)
+    } else if h >= 1.0 {
+        format!("{h:.1}")
+    } else {
+        format!("{h:.3}")
+    }
+}
+
+fn gpus(n: u64) -> String {
+    if n == 1 {
+        "1 GPU".into()
+    } else {
+        format!("{n} GPUs")
+    }
+}
+
 fn percent(f: f64) -> String {
     format!("{:.1}%", 100.0 * f)
 }
@@ -118,7 +137,7 @@ fn cost_row(name: &str, s: Option<&StagePlan>, c: &Cost) -> Vec<String> {
         name.to_string(),
         trained,
         format!("{:.2e}", c.flops),
-        thousands(c.gpu_hours.round() as u64),
+        hours(c.gpu_hours),
         duration(c.wall_hours),
         money(c.cost),
         a,
@@ -147,11 +166,11 @@ pub fn render(p: &Plan) -> String {
     let _ = writeln!(
         out,
         "assumed: batch rows of {rows} (--tokens-per-sample); {} at {} TFLOP/s bf16 peak x MFU \
-         {} (--mfu); {} GPU(s); {}/GPU-hour",
+         {} (--mfu); {}; {}/GPU-hour",
         h.gpu,
         h.peak_bf16_tflops,
         h.mfu,
-        h.gpus,
+        gpus(h.gpus),
         money(h.price_per_hour)
     );
     out.push('\n');
@@ -178,7 +197,7 @@ pub fn render(p: &Plan) -> String {
     out.push_str(&table(&data));
     out.push('\n');
 
-    let wall = format!("wall ({} GPUs)", h.gpus);
+    let wall = format!("wall ({})", gpus(h.gpus));
     let mut cost = vec![vec![
         "stage".to_string(),
         "trained".into(),
@@ -210,15 +229,15 @@ pub fn render(p: &Plan) -> String {
             vec![
                 "GPU-hours".to_string(),
                 format!("{} {}", thousands(r.gpu_hours), r.gpu),
-                format!("{} {}", thousands(est.gpu_hours.round() as u64), h.gpu),
+                format!("{} {}", hours(est.gpu_hours), h.gpu),
             ],
             vec![
                 "wall time".to_string(),
                 format!("{} days on {} GPUs", r.reported.days, r.gpus),
                 format!(
-                    "{} on {} GPUs ({} on {})",
+                    "{} on {} ({} on {})",
                     duration(est.wall_hours),
-                    h.gpus,
+                    gpus(h.gpus),
                     duration(est.gpu_hours / r.gpus as f64),
                     r.gpus
                 ),
@@ -254,6 +273,8 @@ pub fn render(p: &Plan) -> String {
             "s/sample",
             "positions/sample",
             "tokens/s",
+            "s/image code",
+            "images",
             "time here",
         ]
         .map(String::from)
@@ -269,6 +290,9 @@ pub fn render(p: &Plan) -> String {
                 format!("{:.4}", m.seconds_per_sample),
                 format!("{:.0}", m.positions_per_sample),
                 format!("{:.0}", m.tokens_per_second),
+                m.seconds_per_image
+                    .map_or("-".to_string(), |s| format!("{s:.3}")),
+                si(m.images_encoded as f64),
                 duration(m.hours),
             ]);
         }
@@ -280,14 +304,17 @@ pub fn render(p: &Plan) -> String {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
+                String::new(),
                 duration(total),
             ]);
         }
         out.push_str(&table(&rows));
         let _ = writeln!(
             out,
-            "timed with the trainer on this machine ({data} data, micro-batch 1, first step \
-             untimed); time here = the stage's samples x s/sample"
+            "timed with the trainer on this machine ({data} data, micro-batch 1, after an \
+             untimed pass over the same steps); time here = the stage's samples x s/sample + \
+             images met for the first time x s/image code"
         );
     }
 
@@ -320,5 +347,8 @@ mod tests {
         assert_eq!(duration(2.5), "2.5 h");
         assert_eq!(duration(0.5), "30.0 min");
         assert_eq!(duration(0.001), "3.6 s");
+        assert_eq!(hours(114_436.4), "114,436");
+        assert_eq!(hours(2.54), "2.5");
+        assert_eq!(hours(0.0312), "0.031");
     }
 }
