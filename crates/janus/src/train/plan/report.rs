@@ -53,8 +53,10 @@ pub fn hours(h: f64) -> String {
         thousands(h.round() as u64)
     } else if h >= 1.0 {
         format!("{h:.1}")
-    } else {
+    } else if h >= 0.01 {
         format!("{h:.3}")
+    } else {
+        format!("{h:.1e}")
     }
 }
 
@@ -350,5 +352,6 @@ mod tests {
         assert_eq!(hours(114_436.4), "114,436");
         assert_eq!(hours(2.54), "2.5");
         assert_eq!(hours(0.0312), "0.031");
+        assert_eq!(hours(3.2e-6), "3.2e-6");
     }
 }
