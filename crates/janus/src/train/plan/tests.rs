@@ -215,6 +215,27 @@ fn bad_input_is_refused_with_the_value() {
             "--stages",
         ),
         (Box::new(|r| r.epochs = 0.0), "--epochs"),
+        (
+            Box::new(|r| {
+                r.lora = Some(LoraSpec {
+                    rank: 0,
+                    alpha: 1.0,
+                    targets: lora::Target::DEFAULT.to_vec(),
+                })
+            }),
+            "rank must be at least 1",
+        ),
+        (
+            Box::new(|r| {
+                r.lora = Some(LoraSpec {
+                    rank: 4,
+                    alpha: 4.0,
+                    targets: lora::Target::DEFAULT.to_vec(),
+                });
+                r.overrides.train = Some("llm".into());
+            }),
+            "only the adapters train",
+        ),
     ];
     for (change, needle) in cases {
         let mut r = request("janus-pro", ModelSize::B7);
