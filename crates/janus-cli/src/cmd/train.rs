@@ -1,5 +1,7 @@
 //! `janus train`: one stage of the Janus / Janus-Pro recipes, resumable; `janus train plot`
-//! draws a run's loss curves.
+//! draws a run's loss curves; `janus train plan` says what a run costs before it runs.
+
+mod plan;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
-use janus::train::recipe::{parse_ratio, Overrides, Recipe, Schedule, TrainConfig};
+use janus::train::recipe::{large_model, parse_ratio, Overrides, Recipe, Schedule, TrainConfig};
 use janus::train::{EvalMetrics, RunEnd, RunSpec, StepMetrics, Trainer};
 use janus::weights::lora::{LoraSpec, Target};
 
@@ -30,6 +32,9 @@ pub struct TrainArgs {
 enum TrainAction {
     /// Draw a run's loss, learning-rate and gradient-norm curves to a PNG.
     Plot(PlotArgs),
+    /// What a run costs: samples, tokens, FLOPs, GPU-hours, wall time and price per stage,
+    /// beside the papers' reported compute (or timed on this machine with --measure).
+    Plan(Box<plan::PlanArgs>),
     /// Fold LoRA adapters into their base model and write a plain model directory.
     Merge(MergeArgs),
 }
@@ -170,6 +175,7 @@ struct RunArgs {
 pub fn run(a: TrainArgs, progress: &Progress) -> Result<()> {
     match a.action {
         Some(TrainAction::Plot(p)) => plot(p),
+        Some(TrainAction::Plan(p)) => plan::run(*p, progress),
         Some(TrainAction::Merge(m)) => merge(m, progress),
         None => train(a.run, progress),
     }
@@ -220,15 +226,7 @@ fn merge(m: MergeArgs, progress: &Progress) -> Result<()> {
 /// The memory check before a run loads anything (the estimate goes to stderr).
 fn check_memory(a: &RunArgs, spec: &RunSpec) -> Result<()> {
     let (cfg, store) = janus::weights::load_model_dir(&spec.model)?;
-    let settings = janus::train::memory::PlanSettings {
-        dtype: spec.compute_dtype()?,
-        quant: spec.quant_format()?,
-        parts: spec.config.train.clone(),
-        lora: spec.lora.clone(),
-        checkpoint_layers: spec.checkpoint_layers,
-        micro_batch: spec.config.micro_batch_size as usize,
-        ratio: spec.config.kind_counts(),
-    };
+    let settings = janus::train::memory::PlanSettings::for_run(spec)?;
     let limit = match a.memory_limit {
         Some(g) if g.is_finite() && g > 0.0 => (g * (1u64 << 30) as f64) as u64,
         Some(g) => bail!("--memory-limit must be a positive number of GiB, not {g}"),
@@ -339,8 +337,7 @@ fn start(a: &RunArgs, progress: &Progress, device: &Device) -> Result<Trainer> {
     let model = model_dir(a, progress)?;
     let recipe = Recipe::load(recipe)?;
     let (cfg, _) = janus::weights::load_model_dir(&model)?;
-    let large = cfg.text.hidden_size >= 4096;
-    let config = TrainConfig::resolve(&recipe, &overrides(a)?, large)?;
+    let config = TrainConfig::resolve(&recipe, &overrides(a)?, large_model(&cfg))?;
     let lora = match a.lora {
         Some(rank) => {
             let targets = match &a.lora_targets {

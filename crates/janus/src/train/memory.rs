@@ -35,6 +35,21 @@ pub struct PlanSettings {
     pub ratio: [u64; 3],
 }
 
+impl PlanSettings {
+    /// The settings of a run about to start.
+    pub fn for_run(spec: &super::trainer::RunSpec) -> crate::error::Result<Self> {
+        Ok(PlanSettings {
+            dtype: spec.compute_dtype()?,
+            quant: spec.quant_format()?,
+            parts: spec.config.train.clone(),
+            lora: spec.lora.clone(),
+            checkpoint_layers: spec.checkpoint_layers,
+            micro_batch: spec.config.micro_batch_size as usize,
+            ratio: spec.config.kind_counts(),
+        })
+    }
+}
+
 /// Bytes by use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryPlan {

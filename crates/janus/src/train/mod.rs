@@ -12,7 +12,8 @@
 //! - [`optim`]: AdamW, gradient clipping and the learning-rate schedules;
 //! - [`checkpoint`]: atomic checkpoints in the input's layout, and resuming;
 //! - [`trainer`]: the loop; [`eval`]: held-out evaluation; [`metrics`]: `metrics.jsonl`;
-//! - [`plot`]: loss curves to PNG.
+//! - [`plot`]: loss curves to PNG;
+//! - [`plan`]: what a run costs (samples, FLOPs, GPU-hours, price), before it runs.
 
 mod atomic;
 pub mod check;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod optim;
 pub mod params;
 pub mod parts;
+pub mod plan;
 pub mod plot;
 pub mod recipe;
 pub mod sample;

@@ -128,6 +128,12 @@ impl Recipe {
     }
 }
 
+/// Whether a recipe's `steps_7b` applies to a model of `cfg`: the 7B's 4096-wide LLM and
+/// anything wider.
+pub fn large_model(cfg: &crate::config::JanusConfig) -> bool {
+    cfg.text.hidden_size >= 4096
+}
+
 /// Values a run may override on the command line (`None`: the recipe's).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
