@@ -100,7 +100,7 @@ fn tile_shape(isa: Isa) -> (usize, usize) {
     match isa {
         Isa::Avx512Bf16 => (4, 6),
         Isa::Avx2 => (2, 4),
-        Isa::Plain => (1, 1),
+        Isa::Plain | Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 => (1, 1),
     }
 }
 

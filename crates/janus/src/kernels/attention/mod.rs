@@ -78,6 +78,15 @@ const Q_BLOCK: usize = 64;
 /// (prefill, SigLIP) instead of the row tiles (decoding, a few new tokens).
 const PACKED_QUERIES: usize = 16;
 
+/// Whether [`PACKED_QUERIES`] or more queries take the packed kernel at this level: not
+/// at the levels where it has no vector body (AVX2, NEON), whose row tiles are faster.
+fn packs_queries(isa: Isa) -> bool {
+    !matches!(
+        isa,
+        Isa::Avx2 | Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16
+    )
+}
+
 /// `out[b, i, h, :] = softmax(scale · q[b,h,i]·k[b,h',:]ᵀ + mask) · v[b,h',:]` with
 /// `h' = h / (h / h_kv)`; `out` is `(B, Tq, H, Dh)` row-major.
 ///
@@ -99,7 +108,7 @@ pub fn attention_bf16(
     if d.b == 0 || d.tq == 0 || d.h == 0 {
         return;
     }
-    if d.tq >= PACKED_QUERIES && isa != Isa::Avx2 {
+    if d.tq >= PACKED_QUERIES && packs_queries(isa) {
         return attention_packed(q, k, v, d, mask, scale, out, isa);
     }
     let rep = d.h / d.h_kv;
