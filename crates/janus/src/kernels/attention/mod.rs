@@ -329,6 +329,11 @@ fn weighted_sum(
             // SAFETY: bounds asserted above; the CPU supports AVX2 (both levels imply it).
             unsafe { simd::weighted_sum_avx2(p, rows, keys, v, ldv, dh, acc) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 if dh.is_multiple_of(16) => {
+            // SAFETY: bounds asserted above; NEON is part of every aarch64 CPU.
+            unsafe { neon::weighted_sum(p, rows, keys, v, ldv, dh, acc) }
+        }
         _ => {
             for r in 0..rows {
                 let a = &mut acc[r * dh..(r + 1) * dh];
@@ -349,6 +354,9 @@ fn weighted_sum(
 
 #[cfg(target_arch = "x86_64")]
 mod simd;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests;
