@@ -175,6 +175,8 @@ pub fn conv2d_bf16(
 /// channel to channels-last order.
 fn channels_last_row(src: &[bf16], c: usize, w: usize, plane: usize, dst: &mut [bf16], isa: Isa) {
     assert!(dst.len() >= w * c && (c == 0 || src.len() >= (c - 1) * plane + w));
+    // Only x86 has a vector path that moves it on.
+    #[allow(unused_mut)]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Bf16 && w >= 2 && plane <= (i32::MAX as usize) / c.max(1) {

@@ -100,6 +100,8 @@ fn tile_shape(isa: Isa) -> (usize, usize) {
     match isa {
         Isa::Avx512Bf16 => (4, 6),
         Isa::Avx2 => (2, 4),
+        Isa::Neon | Isa::NeonDotprod => (2, 4),
+        Isa::NeonBf16 => (4, 4),
         Isa::Plain => (1, 1),
     }
 }
@@ -177,6 +179,10 @@ unsafe fn tile(
         Isa::Avx512Bf16 => avx512::tile(rows, cols, x, ldx, w, ldw, k, out, ldo),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::tile(rows, cols, x, ldx, w, ldw, k, out, ldo),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDotprod => neon::tile(rows, cols, x, ldx, w, ldw, k, out, ldo),
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonBf16 => neon::tile_bf16(rows, cols, x, ldx, w, ldw, k, out, ldo),
         _ => plain_tile(rows, cols, x, ldx, w, ldw, k, out, ldo),
     }
 }
@@ -217,6 +223,9 @@ macro_rules! dispatch_tile {
         }
     };
 }
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // index loops over register tiles read clearest

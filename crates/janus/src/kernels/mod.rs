@@ -4,10 +4,13 @@
 //! (docs/kernels.md), so the linear layers, the
 //! attention over the KV cache and the quantised weights have their own kernels here.
 //!
-//! Every kernel has up to three implementations chosen at run time: AVX-512 BF16
-//! (`VDPBF16PS`, two bf16 products per f32 lane), AVX2 + FMA (bf16 widened to f32), and a
-//! plain scalar one that runs everywhere and that the tests compare the fast ones with.
-//! `JANUS_KERNELS=plain|avx2|avx512` forces one (never a level the CPU lacks).
+//! Every kernel has implementations chosen at run time: on x86-64 AVX-512 BF16
+//! (`VDPBF16PS`, two bf16 products per f32 lane) and AVX2 + FMA (bf16 widened to f32); on
+//! aarch64 NEON (bf16 widened to f32), NEON with the dot-product extension (`SDOT`) and
+//! with BF16 (`BFDOT`); and everywhere a plain scalar one that the tests compare the fast
+//! ones with. `JANUS_KERNELS=plain|avx2|avx512|neon|neon-dotprod|neon-bf16` forces one
+//! (never a level the CPU lacks). Each level's bodies live in a file named after it
+//! (`quant/avx2.rs`, `quant/neon.rs`), so a new level is new files plus one dispatch arm.
 //!
 //! Threads come from rayon's global pool (the one candle's own CPU ops use), so the
 //! kernels and candle never run two pools against each other.
@@ -31,6 +34,15 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL + BF16 + VNNI (Zen 4, Sapphire Rapids and later).
     Avx512Bf16,
+    /// aarch64's Advanced SIMD (every aarch64 CPU): bf16 widened to f32, f32 FMA,
+    /// widening integer multiplies.
+    Neon,
+    /// NEON with the dot-product extension (`SDOT`/`UDOT`: Cortex-A76, Neoverse N1,
+    /// Apple M1 and later).
+    NeonDotprod,
+    /// NEON with dot products and BF16 (`BFDOT`: Neoverse V1/N2, Graviton 3, Apple M2
+    /// and later).
+    NeonBf16,
 }
 
 impl Isa {
@@ -55,16 +67,27 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            let dotprod = has!("neon") && has!("dotprod");
+            if dotprod && has!("bf16") {
+                return Isa::NeonBf16;
+            }
+            if dotprod {
+                return Isa::NeonDotprod;
+            }
+            if has!("neon") {
+                return Isa::Neon;
+            }
+        }
         Isa::Plain
     }
 
     /// Every level this CPU can run, lowest first (what the agreement tests iterate over).
     pub fn available() -> Vec<Isa> {
         let best = Isa::detect();
-        [Isa::Plain, Isa::Avx2, Isa::Avx512Bf16]
-            .into_iter()
-            .filter(|&i| i <= best)
-            .collect()
+        LADDER.iter().copied().filter(|&i| i <= best).collect()
     }
 
     /// Short name, as `JANUS_KERNELS` takes it.
@@ -73,9 +96,38 @@ impl Isa {
             Isa::Plain => "plain",
             Isa::Avx2 => "avx2",
             Isa::Avx512Bf16 => "avx512",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
+            Isa::NeonBf16 => "neon-bf16",
         }
     }
+
+    /// The level [`Self::name`] gives `name`, on any architecture.
+    pub fn from_name(name: &str) -> Option<Isa> {
+        [
+            Isa::Plain,
+            Isa::Avx2,
+            Isa::Avx512Bf16,
+            Isa::Neon,
+            Isa::NeonDotprod,
+            Isa::NeonBf16,
+        ]
+        .into_iter()
+        .find(|i| i.name() == name)
+    }
 }
+
+/// The levels this architecture has kernels for, lowest first; each implies the ones
+/// before it.
+#[cfg(target_arch = "x86_64")]
+const LADDER: &[Isa] = &[Isa::Plain, Isa::Avx2, Isa::Avx512Bf16];
+/// The levels this architecture has kernels for, lowest first; each implies the ones
+/// before it.
+#[cfg(target_arch = "aarch64")]
+const LADDER: &[Isa] = &[Isa::Plain, Isa::Neon, Isa::NeonDotprod, Isa::NeonBf16];
+/// The levels this architecture has kernels for: the plain one.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const LADDER: &[Isa] = &[Isa::Plain];
 
 /// The level the kernels use: the CPU's best, or `JANUS_KERNELS` when it names a lower
 /// (or equal) one. Read once.
@@ -86,16 +138,17 @@ pub fn isa() -> Isa {
         let Ok(want) = std::env::var("JANUS_KERNELS") else {
             return best;
         };
-        let wanted = match want.as_str() {
-            "plain" => Isa::Plain,
-            "avx2" => Isa::Avx2,
-            "avx512" => Isa::Avx512Bf16,
-            other => {
-                tracing::warn!("JANUS_KERNELS={other} is not plain|avx2|avx512; using {best:?}");
-                return best;
-            }
+        let Some(wanted) = Isa::from_name(&want) else {
+            let names: Vec<&str> = LADDER.iter().map(|i| i.name()).collect();
+            tracing::warn!(
+                "JANUS_KERNELS={want} is not one of {}; using {}",
+                names.join("|"),
+                best.name()
+            );
+            return best;
         };
-        if wanted > best {
+        // Levels of the other architecture are not below this one's: not available.
+        if !Isa::available().contains(&wanted) {
             tracing::warn!(
                 "JANUS_KERNELS={want}: this CPU lacks it; using {}",
                 best.name()
@@ -402,6 +455,44 @@ pub(crate) use vectorized_fn;
 mod tests {
     use half::bf16;
     use rayon::prelude::*;
+
+    use super::Isa;
+
+    #[test]
+    fn levels_name_themselves_and_the_available_ones_climb_from_plain() {
+        let all = [
+            Isa::Plain,
+            Isa::Avx2,
+            Isa::Avx512Bf16,
+            Isa::Neon,
+            Isa::NeonDotprod,
+            Isa::NeonBf16,
+        ];
+        for isa in all {
+            assert_eq!(Isa::from_name(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::from_name("sse2"), None);
+        let available = Isa::available();
+        assert_eq!(available.first(), Some(&Isa::Plain));
+        assert!(available.windows(2).all(|w| w[0] < w[1]), "{available:?}");
+        assert_eq!(available.last(), Some(&Isa::detect()));
+        assert!(available.contains(&super::isa()));
+    }
+
+    /// The emulated runs of `scripts/arm/test-qemu.sh` name the level their emulated CPU
+    /// must be detected at (`JANUS_EXPECT_DETECTED`); the level they force through
+    /// `JANUS_KERNELS` must then be the one in use. Without that variable (native runs)
+    /// there is nothing to check.
+    #[test]
+    fn detection_and_forcing_give_the_levels_the_runner_expects() {
+        let Ok(detected) = std::env::var("JANUS_EXPECT_DETECTED") else {
+            return;
+        };
+        assert_eq!(Isa::detect().name(), detected, "detected level");
+        if let Ok(forced) = std::env::var("JANUS_KERNELS") {
+            assert_eq!(super::isa().name(), forced, "level in use");
+        }
+    }
 
     #[test]
     fn claimed_work_runs_every_item_once() {

@@ -78,6 +78,15 @@ const Q_BLOCK: usize = 64;
 /// (prefill, SigLIP) instead of the row tiles (decoding, a few new tokens).
 const PACKED_QUERIES: usize = 16;
 
+/// Whether [`PACKED_QUERIES`] or more queries take the packed kernel at this level: not
+/// at the levels where it has no vector body (AVX2, NEON), whose row tiles are faster.
+fn packs_queries(isa: Isa) -> bool {
+    !matches!(
+        isa,
+        Isa::Avx2 | Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16
+    )
+}
+
 /// `out[b, i, h, :] = softmax(scale · q[b,h,i]·k[b,h',:]ᵀ + mask) · v[b,h',:]` with
 /// `h' = h / (h / h_kv)`; `out` is `(B, Tq, H, Dh)` row-major.
 ///
@@ -99,7 +108,7 @@ pub fn attention_bf16(
     if d.b == 0 || d.tq == 0 || d.h == 0 {
         return;
     }
-    if d.tq >= PACKED_QUERIES && isa != Isa::Avx2 {
+    if d.tq >= PACKED_QUERIES && packs_queries(isa) {
         return attention_packed(q, k, v, d, mask, scale, out, isa);
     }
     let rep = d.h / d.h_kv;
@@ -320,6 +329,11 @@ fn weighted_sum(
             // SAFETY: bounds asserted above; the CPU supports AVX2 (both levels imply it).
             unsafe { simd::weighted_sum_avx2(p, rows, keys, v, ldv, dh, acc) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 if dh.is_multiple_of(16) => {
+            // SAFETY: bounds asserted above; NEON is part of every aarch64 CPU.
+            unsafe { neon::weighted_sum(p, rows, keys, v, ldv, dh, acc) }
+        }
         _ => {
             for r in 0..rows {
                 let a = &mut acc[r * dh..(r + 1) * dh];
@@ -340,6 +354,9 @@ fn weighted_sum(
 
 #[cfg(target_arch = "x86_64")]
 mod simd;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,9 @@
 //!   activations would more than double Q8's error on activations with outlier channels
 //!   (1.3% instead of 0.54% of the output RMS, same data); 12 bits add nothing
 //!   measurable, and keep each lane's 32 sums of `256 q_w · q_x` inside i32.
+//! - On aarch64 (`neon.rs`) a register holds a quarter of a line: Q4 through `SDOT` where
+//!   the CPU has dot products, widening multiplies (`SMLAL`) otherwise; Q8 through `SMLAL`
+//!   on the 12-bit activations at every level.
 //!
 //! A tile is one quad of weight rows against up to 4 activation rows: each activation
 //! load serves 4 weight rows (with one weight row per tile, the activations' L1 and L2
@@ -67,6 +70,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dequant;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod tiles;
 mod weights;
 

@@ -165,6 +165,10 @@ fn activation_blocks_round_to_nearest_even_at_every_level() {
                     Isa::Avx512Bf16 => avx512::quantize_act_block(&x, top, &mut q),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => avx2::quantize_act_block(&x, top, &mut q),
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 => {
+                        neon::quantize_act_block(&x, top, &mut q)
+                    }
                     _ => quantize_act_block(&x, top, &mut q),
                 }
             };

@@ -69,6 +69,12 @@ pub(super) unsafe fn tile(level: Isa, format: QuantFormat, rows: usize, a: TileA
         (Isa::Avx2, QuantFormat::Q8) => avx2::tile_q8(rows, a),
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, QuantFormat::Q4) => avx2::tile_q4(rows, a),
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16, QuantFormat::Q8) => neon::tile_q8(rows, a),
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, QuantFormat::Q4) => neon::tile_q4(rows, a),
+        #[cfg(target_arch = "aarch64")]
+        (Isa::NeonDotprod | Isa::NeonBf16, QuantFormat::Q4) => neon::tile_q4_dotprod(rows, a),
         _ => plain_tile(format, rows, a),
     }
 }
