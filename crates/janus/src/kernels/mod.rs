@@ -25,7 +25,8 @@ pub mod quant;
 
 use std::sync::OnceLock;
 
-/// Instruction-set level a kernel runs at.
+/// Instruction-set level a kernel runs at. Within an architecture a later level implies
+/// the earlier ones; across architectures the order means nothing beyond `Plain` first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Portable scalar Rust: the reference the fast paths are tested against.
