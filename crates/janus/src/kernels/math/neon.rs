@@ -4,24 +4,7 @@
 
 use std::arch::aarch64::*;
 
-// exp(x) = 2^n · e^r with n = round(x / ln 2), |r| <= ln2 / 2; e^r by its degree-6
-// Taylor polynomial (relative error < 4e-8 there, below f32 rounding).
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
-const C: [f32; 7] = [
-    1.0,
-    1.0,
-    0.5,
-    1.0 / 6.0,
-    1.0 / 24.0,
-    1.0 / 120.0,
-    1.0 / 720.0,
-];
-/// Below this, exp underflows to 0 in f32 for our purposes.
-const LOW: f32 = -87.0;
-/// Above this, exp overflows to infinity in f32 (the clamp keeps 2^n in range).
-const HIGH: f32 = 89.0;
+use super::{C, HIGH, LN2_HI, LN2_LO, LOG2E, LOW};
 
 /// `x = exp(x)` elementwise, four at a time; the tail through the same polynomial (not
 /// libm), so a value does not depend on its position.
