@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use half::bf16;
 use janus::kernels::gemm::matmul_bf16;
+use janus::kernels::packed::PackedBf16;
 use janus::kernels::quant::{QuantFormat, QuantMatrix};
 use janus::kernels::Isa;
 
@@ -33,6 +34,8 @@ struct Weights {
     n: usize,
     k: usize,
     bf16: Vec<Vec<bf16>>,
+    /// The bf16 weights packed, where the level in use packs them (as the model does).
+    packed: Vec<PackedBf16>,
     q8: Vec<QuantMatrix>,
     q4: Vec<QuantMatrix>,
 }
@@ -50,9 +53,14 @@ impl Weights {
         };
         let q8 = QuantMatrix::quantize_bf16(&w, n, k, QuantFormat::Q8);
         let q4 = QuantMatrix::quantize_bf16(&w, n, k, QuantFormat::Q4);
+        let packed = match PackedBf16::packs_at(janus::kernels::isa()) {
+            true => vec![PackedBf16::pack(&w, n, k); copies],
+            false => Vec::new(),
+        };
         Weights {
             n,
             k,
+            packed,
             bf16: vec![w; copies],
             q8: vec![q8; copies],
             q4: vec![q4; copies],
@@ -152,17 +160,21 @@ fn run(args: &[String]) {
         let Some(w) = weights.as_ref() else {
             unreachable!()
         };
-        let x = values(m * k, 2);
-        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        let xb: Vec<bf16> = values(m * k, 2).into_iter().map(bf16::from_f32).collect();
         let mut out = vec![0f32; m * n];
         let copies = w.bf16.len();
         for &isa in &levels {
             let t = best_times(3, |v, call| {
                 let c = call % copies;
                 match v {
+                    // What the model runs: bf16 activations, packed weights where the
+                    // level packs them.
+                    0 if PackedBf16::packs_at(isa) && !w.packed.is_empty() => {
+                        w.packed[c].matmul(&xb, m, &mut out, isa)
+                    }
                     0 => matmul_bf16(&xb, &w.bf16[c], m, n, k, &mut out, isa),
-                    1 => w.q8[c].matmul(&x, m, &mut out, isa),
-                    _ => w.q4[c].matmul(&x, m, &mut out, isa),
+                    1 => w.q8[c].matmul_bf16(&xb, m, &mut out, isa),
+                    _ => w.q4[c].matmul_bf16(&xb, m, &mut out, isa),
                 }
             });
             let gbs = |bytes: usize, t: f64| bytes as f64 / t / 1e9;

@@ -22,7 +22,7 @@ use super::SendPtr;
 pub enum ConvWeight<'a> {
     /// Row-major.
     Rows(&'a [bf16]),
-    /// Packed for the AVX-512 BF16 kernel (see [`PackedBf16`]).
+    /// Packed for the CPU kernel (see [`PackedBf16`]).
     Packed(&'a PackedBf16),
 }
 
@@ -104,10 +104,19 @@ pub fn conv2d_bf16(
             let taps: Vec<usize> = (0..d.k * d.k)
                 .map(|t| ((t / d.k) * wp + t % d.k) * d.cin)
                 .collect();
+            // Where the kernel reads x as f32, the image is widened once here.
+            let wide: Vec<f32> = match PackedBf16::takes_f32(isa) {
+                true => super::fused::widened(isa, &xp),
+                false => Vec::new(),
+            };
             (0..ho).into_par_iter().for_each(|oy| {
-                let x = &xp[oy * d.stride * wp * d.cin..];
+                let at = oy * d.stride * wp * d.cin;
                 let mut acc = vec![0f32; d.cout * wo];
-                p.matmul_taps(x, d.stride * d.cin, &taps, wo, &mut acc, wo, isa);
+                if wide.is_empty() {
+                    p.matmul_taps(&xp[at..], d.stride * d.cin, &taps, wo, &mut acc, wo, isa);
+                } else {
+                    p.matmul_taps(&wide[at..], d.stride * d.cin, &taps, wo, &mut acc, wo, isa);
+                }
                 for (co, row) in acc.chunks_exact(wo).enumerate() {
                     let b = bias.map_or(0.0, |b| b[co]);
                     // SAFETY: (co, oy, 0..wo) lies inside this image's output (asserted);
@@ -146,13 +155,13 @@ pub fn conv2d_bf16(
                 }
                 ConvWeight::Packed(p) => {
                     // Patches straight into the packed kernel's row groups.
-                    let mut grouped = vec![bf16::ZERO; p.grouped_len(np, isa)];
+                    let mut grouped = p.grouped(np, isa);
                     let mut row = vec![bf16::ZERO; kk];
                     for q in 0..np {
                         patch(q, &mut row);
-                        p.put_row(&row, q, &mut grouped, isa);
+                        grouped.put_row(&row, q);
                     }
-                    p.matmul_grouped(&grouped, np, &mut acc, isa);
+                    p.matmul_grouped(&grouped, np, &mut acc);
                     (1, d.cout)
                 }
             };

@@ -131,6 +131,23 @@ vectorized_fn! {
     }
 }
 
+/// `x` widened to f32, in parallel chunks.
+pub fn widened(isa: Isa, x: &[bf16]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    x.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .for_each(|(x, out)| widen_into(isa, x, out));
+    out
+}
+
+vectorized_fn! {
+    fn widen_into(isa: Isa, x: &[bf16], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = widen(v);
+        }
+    }
+}
+
 /// `out = round(a + b)` in bf16 (the sum in f32, as PyTorch's and candle's bf16 add), in
 /// parallel chunks.
 pub fn add_bf16(a: &[bf16], b: &[bf16], out: &mut [bf16], isa: Isa) {

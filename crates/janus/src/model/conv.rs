@@ -29,7 +29,7 @@ enum Weight {
     /// Reordered once to `(cout, k, k, cin)` for the kernel (CPU bf16 inference); the
     /// plain path permutes it back.
     ChannelsLast(Tensor),
-    /// Reordered the same way and packed for the AVX-512 BF16 kernel.
+    /// Reordered the same way and packed for the CPU kernel.
     Packed(Arc<PackedBf16>),
 }
 
@@ -47,7 +47,7 @@ impl Conv2d {
         let bias = vb.get(cout, "bias")?;
         let weight = if kernel_inputs(&[&w]) {
             let cl = w.permute((0, 2, 3, 1))?.contiguous()?;
-            let packed = (kernels::isa() == kernels::Isa::Avx512Bf16)
+            let packed = PackedBf16::packs_at(kernels::isa())
                 .then(|| cpu_slice::<bf16>(&cl).map(|s| PackedBf16::pack(&s, cout, k * k * cin)))
                 .flatten();
             match packed {

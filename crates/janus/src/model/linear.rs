@@ -33,7 +33,7 @@ pub enum ProductPath {
 enum Weight {
     /// `(out, in)` as loaded.
     Dense(Tensor),
-    /// Packed for the AVX-512 BF16 kernel (CPU bf16 inference); the dense tensor is gone.
+    /// Packed for the CPU kernel (bf16 inference); the dense tensor is gone.
     Packed(Arc<PackedBf16>),
     /// Quantised on the CPU; the dense tensor is gone.
     Quant(Arc<QuantMatrix>),
@@ -125,8 +125,8 @@ impl Linear {
     /// A weight `(out, in)` and an optional bias `(out,)` as they are, or with `quant` the
     /// weight quantised straight from its row-major form (never packed first: a packed
     /// bf16 copy of every layer, written and then dropped, took a third of a quantised
-    /// load's time; CPU only). Unquantised on a CPU with AVX-512 BF16, a bf16 weight that
-    /// tracks no gradient is packed for the kernel (one pass over the weight, once).
+    /// load's time; CPU only). Unquantised on a CPU with a packed kernel (AVX-512 BF16, AVX2),
+    /// a bf16 weight that tracks no gradient is packed for it (one pass over the weight, once).
     pub fn new(weight: Tensor, bias: Option<Tensor>, quant: Option<QuantFormat>) -> Result<Self> {
         let Some(format) = quant else {
             return Ok(Self::dense(weight, bias));
@@ -171,7 +171,7 @@ impl Linear {
 
     /// Whether [`Self::new`] packs this weight for the CPU kernel.
     pub fn packs(weight: &Tensor) -> bool {
-        kernel_inputs(&[weight]) && weight.rank() == 2 && kernels::isa() == kernels::Isa::Avx512Bf16
+        kernel_inputs(&[weight]) && weight.rank() == 2 && PackedBf16::packs_at(kernels::isa())
     }
 
     /// Loads `weight` (and `bias` when `bias`) of a `in_dim -> out_dim` layer, and its

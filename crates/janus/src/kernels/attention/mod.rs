@@ -213,22 +213,22 @@ fn attention_packed(
                 Mask::Causal { offset } => (offset + i0 + rows).min(tk),
                 _ => tk,
             };
-            let mut grouped = vec![bf16::ZERO; kp.grouped_len(rows, isa)];
+            let mut grouped = kp.grouped(rows, isa);
             for r in 0..rows {
-                kp.put_row(&q.data[q.row(b, h, i0 + r)..][..dh], r, &mut grouped, isa);
+                grouped.put_row(&q.data[q.row(b, h, i0 + r)..][..dh], r);
             }
             let mut scores = vec![0f32; rows * tk];
-            kp.matmul_grouped_part(&grouped, rows, keys, dh, &mut scores, isa);
-            let mut p_grouped = vec![bf16::ZERO; vp.grouped_len(rows, isa)];
+            kp.matmul_grouped_part(&grouped, rows, keys, dh, &mut scores);
+            let mut p_grouped = vp.grouped(rows, isa);
             for r in 0..rows {
                 let row = &mut scores[r * tk..][..keys];
                 let visible = softmax_row(row, b, i0 + r, tk, mask, scale, isa);
                 super::fused::round_into(isa, &row[..visible], &mut probs[..visible]);
                 probs[visible..].fill(bf16::ZERO);
-                vp.put_row(&probs, r, &mut p_grouped, isa);
+                p_grouped.put_row(&probs, r);
             }
             let mut acc = vec![0f32; rows * dh];
-            vp.matmul_grouped_part(&p_grouped, rows, dh, keys, &mut acc, isa);
+            vp.matmul_grouped_part(&p_grouped, rows, dh, keys, &mut acc);
             for (r, a) in acc.chunks_exact(dh).enumerate() {
                 let o = ((b * d.tq + i0 + r) * d.h + h) * dh;
                 // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted

@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Block, PANEL};
+use super::{Block, XPtr, PANEL};
 
 /// # Safety
 /// `rows <= 12`, `np` in 1..=2, operands as [`Block`] describes; AVX-512 BF16 present.
@@ -20,9 +20,12 @@ pub(super) unsafe fn block(rows: usize, np: usize, a: &Block) {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
+    let XPtr::Bf16(x) = a.x.ptr else {
+        unreachable!("the bf16 kernel takes bf16 x")
+    };
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for (t, &off) in a.taps.iter().enumerate() {
-        let (w, x) = (a.w.add(t * a.pairs * 2 * PANEL), a.x.ptr.add(off));
+        let (w, x) = (a.w.add(t * a.pairs * 2 * PANEL), x.add(off));
         for c in 0..a.pairs {
             let mut wv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); P];
             for (q, v) in wv.iter_mut().enumerate() {

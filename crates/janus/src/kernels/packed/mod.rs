@@ -20,6 +20,11 @@ use rayon::prelude::*;
 
 use super::{chunk_len, Isa, SendPtr};
 
+mod grouped;
+use grouped::widens_x;
+pub use grouped::Grouped;
+pub(crate) use grouped::{block_rows, regroup};
+
 /// Rows per panel (one 512-bit vector of f32 outputs).
 pub const PANEL: usize = 16;
 /// Columns of one k block for products with many rows (x tile in L1, panels in L2).
@@ -172,17 +177,28 @@ impl PackedBf16 {
         if m >= BLOCKED_ROWS {
             return self.matmul_blocked(x, m, out, isa);
         }
-        // Activations with an even row length, so every column pair is one u32.
-        let padded;
-        let (xs, ldx) = if k % 2 == 1 {
-            let mut p = vec![bf16::ZERO; m * (k + 1)];
-            for (dst, src) in p.chunks_exact_mut(k + 1).zip(x.chunks_exact(k)) {
+        // Activations with an even row length, so every column pair is one u32 (or two
+        // f32 where the kernel takes them widened).
+        let ldx = 2 * self.pairs;
+        let (padded, wide);
+        let xs = if widens_x(isa) {
+            let mut p = vec![0f32; m * ldx];
+            for (dst, src) in p.chunks_exact_mut(ldx).zip(x.chunks_exact(k)) {
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &s)| *d = super::widen(s));
+            }
+            wide = p;
+            XPtr::F32(wide.as_ptr())
+        } else if k % 2 == 1 {
+            let mut p = vec![bf16::ZERO; m * ldx];
+            for (dst, src) in p.chunks_exact_mut(ldx).zip(x.chunks_exact(k)) {
                 dst[..k].copy_from_slice(src);
             }
             padded = p;
-            (&padded[..], k + 1)
+            XPtr::Bf16(padded.as_ptr())
         } else {
-            (x, k)
+            XPtr::Bf16(x.as_ptr())
         };
         let panels = n.div_ceil(PANEL);
         let parallel = m * n * k >= 1 << 18;
@@ -207,7 +223,8 @@ impl PackedBf16 {
                 for i in (0..m).step_by(mr) {
                     let rows = mr.min(m - i);
                     let x = XRows {
-                        ptr: xs[i * ldx + 2 * c0..].as_ptr(),
+                        // SAFETY: row i < m, pair c0 <= pairs of rows of ldx values.
+                        ptr: unsafe { xs.add(i * ldx + 2 * c0) },
                         row_stride: ldx,
                         pair_stride: 2,
                     };
@@ -247,37 +264,37 @@ impl PackedBf16 {
         }
     }
 
-    /// Rows per group of the regrouped layout at `isa`'s level (see [`Self::put_row`]).
+    /// Rows per group of the regrouped layout at `isa`'s level (see [`Grouped`]).
     pub fn group_rows(isa: Isa) -> usize {
         max_rows(isa)
     }
 
-    /// Length of a regrouped buffer for `m` rows of x (zeros where no row was put).
-    pub fn grouped_len(&self, m: usize, isa: Isa) -> usize {
-        let mr = max_rows(isa);
-        m.div_ceil(mr) * mr * 2 * self.pairs
+    /// Whether weights are worth packing at `isa`'s level: where it has a packed kernel
+    /// (elsewhere the row-major product is as fast).
+    pub fn packs_at(isa: Isa) -> bool {
+        matches!(isa, Isa::Avx512Bf16 | Isa::Avx2)
     }
 
-    /// Puts row `i` of x (`k` values) into the regrouped layout: groups of
-    /// [`Self::group_rows`] rows, within a group for each column pair the rows' pairs side
-    /// by side, so the kernel's broadcasts read one contiguous stream and the rows'
-    /// common stride (often a multiple of 4 KiB) cannot alias in the L1 cache.
-    ///
-    /// # Panics
-    /// If `row` does not hold `k` values or `grouped` is too short for row `i`.
-    pub fn put_row(&self, row: &[bf16], i: usize, grouped: &mut [bf16], isa: Isa) {
-        assert_eq!(row.len(), self.k);
-        put_row(row, self.pairs, i, grouped, isa);
+    /// Whether the kernel at `isa`'s level reads x as f32 (AVX2: widened once, before the
+    /// product), so that [`Self::matmul_taps`] is best given f32 values there.
+    pub fn takes_f32(isa: Isa) -> bool {
+        widens_x(isa)
     }
 
-    /// [`Self::matmul`] over x already regrouped (rows `0..m` put by [`Self::put_row`]),
-    /// on the calling thread: for each pair of panels, every row group over the whole of
-    /// `k`, so the panels' weights stay in L2 while the rows pass.
+    /// Room for `m` regrouped rows of x for this matrix (see [`Grouped::put_row`]).
+    pub fn grouped(&self, m: usize, isa: Isa) -> Grouped {
+        Grouped::new(m, self.k, isa)
+    }
+
+    /// [`Self::matmul`] over x already regrouped (rows `0..m` put by [`Grouped::put_row`]),
+    /// on the calling thread, at the level `grouped` was made for: for each pair of
+    /// panels, every row group over the whole of `k`, so the panels' weights stay in L2
+    /// while the rows pass.
     ///
     /// # Panics
     /// If `grouped` or `out` is shorter than its shape.
-    pub fn matmul_grouped(&self, grouped: &[bf16], m: usize, out: &mut [f32], isa: Isa) {
-        self.matmul_grouped_part(grouped, m, self.n, self.k, out, isa);
+    pub fn matmul_grouped(&self, grouped: &Grouped, m: usize, out: &mut [f32]) {
+        self.matmul_grouped_part(grouped, m, self.n, self.k, out);
     }
 
     /// [`Self::matmul_grouped`] for output columns `0..cols` only (rounded up to a whole
@@ -288,20 +305,19 @@ impl PackedBf16 {
     /// If `grouped` or `out` is shorter than its shape, `cols > n` or `depth > k`.
     pub fn matmul_grouped_part(
         &self,
-        grouped: &[bf16],
+        grouped: &Grouped,
         m: usize,
         cols: usize,
         depth: usize,
         out: &mut [f32],
-        isa: Isa,
     ) {
-        assert!(grouped.len() >= self.grouped_len(m, isa) && out.len() >= m * self.n);
-        assert!(cols <= self.n && depth <= self.k);
+        assert!(grouped.pairs() == self.pairs && grouped.capacity() >= m);
+        assert!(out.len() >= m * self.n && cols <= self.n && depth <= self.k);
         let panels = 0..cols.div_ceil(PANEL);
         // SAFETY: bounds asserted above; `out` is borrowed mutably for the call.
         unsafe {
             let out = out.as_mut_ptr();
-            self.grouped_range(grouped, 0..m, panels, depth.div_ceil(2), out, self.n, isa)
+            self.grouped_range(grouped, 0..m, panels, depth.div_ceil(2), out, self.n)
         };
     }
 
@@ -315,9 +331,9 @@ impl PackedBf16 {
     /// If `k` is not `taps.len()` times an even count, `ldo < m`, or `x` or `out` is too
     /// short.
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul_taps(
+    pub fn matmul_taps<T: TapValue>(
         &self,
-        x: &[bf16],
+        x: &[T],
         row_stride: usize,
         taps: &[usize],
         m: usize,
@@ -338,7 +354,7 @@ impl PackedBf16 {
             let np = (panels - p).min(2);
             for i in (0..m).step_by(mr) {
                 let x = XRows {
-                    ptr: x[i * row_stride..].as_ptr(),
+                    ptr: T::ptr(&x[i * row_stride..]),
                     row_stride,
                     pair_stride: 2,
                 };
@@ -372,30 +388,23 @@ impl PackedBf16 {
     /// # Safety
     /// `grouped` holds the rows, `out` the `(rows.end, ldo)` outputs (`n <= ldo`), and no
     /// other thread writes these outputs meanwhile.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn grouped_range(
         &self,
-        grouped: &[bf16],
+        grouped: &Grouped,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         pairs: usize,
         out: *mut f32,
         ldo: usize,
-        isa: Isa,
     ) {
+        let isa = grouped.isa();
         let mr = max_rows(isa);
-        let group_len = 2 * mr * self.pairs;
         let first = rows.start / mr;
-        let groups = rows.len().div_ceil(mr);
         for p in panels.clone().step_by(2) {
             let np = (panels.end - p).min(2);
-            for (g, xg) in grouped[first * group_len..]
-                .chunks_exact(group_len)
-                .take(groups)
-                .enumerate()
-            {
+            for g in 0..rows.len().div_ceil(mr) {
                 let x = XRows {
-                    ptr: xg.as_ptr(),
+                    ptr: grouped.group(first + g),
                     row_stride: 2,
                     pair_stride: 2 * mr,
                 };
@@ -416,6 +425,7 @@ impl PackedBf16 {
         let (n, k) = (self.n, self.k);
         let mr = max_rows(isa);
         let panels = n.div_ceil(PANEL);
+        // Sized by bf16 values at every level (f32 ones make blocks of twice the bytes).
         let group_bytes = 4 * mr * self.pairs;
         let block_rows = block_rows(k, isa);
         let super_rows = (X_SUPER_BYTES / (group_bytes * block_rows / mr)).max(1) * block_rows;
@@ -442,7 +452,7 @@ impl PackedBf16 {
                 // output rows, hence disjoint outputs; `grouped` holds the super block.
                 unsafe {
                     let out = out_ptr.get().add(s0 * n);
-                    self.grouped_range(&grouped, rows, panels, self.pairs, out, n, isa)
+                    self.grouped_range(&grouped, rows, panels, self.pairs, out, n)
                 };
             });
         }
@@ -486,49 +496,13 @@ impl PackedBf16 {
             accumulate: c0 > 0,
             transposed,
         };
-        match isa {
+        match (isa, x.ptr) {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => avx512::block(rows, np, &args),
+            (Isa::Avx512Bf16, XPtr::Bf16(_)) => avx512::block(rows, np, &args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2 | Isa::Avx512Bf16, XPtr::F32(_)) => avx2::block(rows, np, &args),
             _ => plain_block(rows, np, &args),
         }
-    }
-}
-
-/// Rows of x that products with many rows take per block (see [`X_BLOCK_BYTES`]): a
-/// multiple of [`PackedBf16::group_rows`].
-pub(crate) fn block_rows(k: usize, isa: Isa) -> usize {
-    let mr = max_rows(isa);
-    (X_BLOCK_BYTES / (4 * mr * k.div_ceil(2)).max(1)).max(1) * mr
-}
-
-/// Rows `rows` of x (`k` values each) regrouped for [`PackedBf16::grouped_range`] (see
-/// [`PackedBf16::put_row`]), in parallel.
-pub(crate) fn regroup(x: &[bf16], k: usize, rows: std::ops::Range<usize>, isa: Isa) -> Vec<bf16> {
-    let (mr, pairs) = (max_rows(isa), k.div_ceil(2));
-    let mut grouped = vec![bf16::ZERO; rows.len().div_ceil(mr) * mr * 2 * pairs];
-    grouped
-        .par_chunks_mut(2 * mr * pairs)
-        .enumerate()
-        .for_each(|(g, dst)| {
-            for r in 0..mr.min(rows.len() - g * mr) {
-                let row = &x[(rows.start + g * mr + r) * k..][..k];
-                put_row(row, pairs, r, dst, isa);
-            }
-        });
-    grouped
-}
-
-/// [`PackedBf16::put_row`] for a row of `pairs` column pairs.
-fn put_row(row: &[bf16], pairs: usize, i: usize, grouped: &mut [bf16], isa: Isa) {
-    let mr = max_rows(isa);
-    let (g, r) = (i / mr, i % mr);
-    let dst = &mut grouped[g * mr * 2 * pairs..][..mr * 2 * pairs];
-    let row_pairs = row.chunks_exact(2);
-    if let [last] = row_pairs.remainder() {
-        dst[2 * ((pairs - 1) * mr + r)..][..2].copy_from_slice(&[*last, bf16::ZERO]);
-    }
-    for (pair, d) in row_pairs.zip(dst.chunks_exact_mut(2 * mr)) {
-        d[2 * r..][..2].copy_from_slice(pair);
     }
 }
 
@@ -536,17 +510,77 @@ fn put_row(row: &[bf16], pairs: usize, i: usize, grouped: &mut [bf16], isa: Isa)
 fn max_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Bf16 => 12,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::ROWS,
         _ => 4,
     }
 }
 
 /// Where a kernel call's rows of x are: pair `c` of row `r` is the two values at
-/// `ptr + r * row_stride + c * pair_stride`.
+/// `ptr + r * row_stride + c * pair_stride` (elements).
 #[derive(Clone, Copy)]
 struct XRows {
-    ptr: *const bf16,
+    ptr: XPtr,
     row_stride: usize,
     pair_stride: usize,
+}
+
+/// x's values: bf16 for the levels with a bf16 product, f32 for AVX2 (widened once before
+/// the product; see [`Grouped`]).
+#[derive(Clone, Copy, Debug)]
+#[doc(hidden)]
+pub enum XPtr {
+    Bf16(*const bf16),
+    F32(*const f32),
+}
+
+// SAFETY: the pointers are read only, into x that outlives the product's tasks.
+unsafe impl Send for XPtr {}
+// SAFETY: as for Send.
+unsafe impl Sync for XPtr {}
+
+impl XPtr {
+    /// `n` values on.
+    ///
+    /// # Safety
+    /// As `pointer::add`.
+    unsafe fn add(self, n: usize) -> Self {
+        match self {
+            XPtr::Bf16(p) => XPtr::Bf16(p.add(n)),
+            XPtr::F32(p) => XPtr::F32(p.add(n)),
+        }
+    }
+
+    /// Value `at` as f32.
+    ///
+    /// # Safety
+    /// The value is readable.
+    unsafe fn get(self, at: usize) -> f32 {
+        match self {
+            XPtr::Bf16(p) => (*p.add(at)).to_f32(),
+            XPtr::F32(p) => *p.add(at),
+        }
+    }
+}
+
+/// The element types [`PackedBf16::matmul_taps`] reads x in: bf16, or f32 at the levels
+/// that widen x first ([`PackedBf16::takes_f32`]).
+pub trait TapValue: Copy {
+    /// Where `x` starts.
+    #[doc(hidden)]
+    fn ptr(x: &[Self]) -> XPtr;
+}
+
+impl TapValue for bf16 {
+    fn ptr(x: &[Self]) -> XPtr {
+        XPtr::Bf16(x.as_ptr())
+    }
+}
+
+impl TapValue for f32 {
+    fn ptr(x: &[Self]) -> XPtr {
+        XPtr::F32(x.as_ptr())
+    }
 }
 
 /// One kernel call's operands.
@@ -569,8 +603,7 @@ struct Block<'a> {
     transposed: bool,
 }
 
-/// The reference (and the AVX2 level, which has no bf16 dot instruction: the widened
-/// products of this loop vectorise well enough there).
+/// The reference: one f32 sum per output, column pairs in order.
 unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
     for r in 0..rows {
         let mut acc = [0f32; 2 * PANEL];
@@ -580,7 +613,7 @@ unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
                 let x = a.x.ptr.add(off);
                 for c in 0..a.pairs {
                     let xp = x.add(r * a.x.row_stride + c * a.x.pair_stride);
-                    let (x0, x1) = ((*xp).to_f32(), (*xp.add(1)).to_f32());
+                    let (x0, x1) = (xp.get(0), xp.get(1));
                     let wp = w.add(c * 2 * PANEL);
                     for (j, s) in accq.iter_mut().enumerate() {
                         let (w0, w1) = ((*wp.add(2 * j)).to_f32(), (*wp.add(2 * j + 1)).to_f32());
@@ -600,6 +633,8 @@ unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // index loops over register tiles read clearest
 mod avx512;

@@ -55,3 +55,86 @@ fn every_level_matches_the_plain_product() {
         }
     }
 }
+
+#[test]
+fn grouped_rows_match_the_plain_product_at_every_level() {
+    // Partial groups, an odd k, output and input columns cut short.
+    for &(m, n, k, cols, depth) in &[
+        (13, 40, 37, 40, 37usize),
+        (7, 50, 64, 20, 33),
+        (1, 16, 2, 16, 2),
+    ] {
+        let x = values(m * k, 31);
+        let w = values(n * k, 32);
+        let packed = PackedBf16::pack(&w, n, k);
+        // Inputs past `depth` count as zeros.
+        let cut: Vec<bf16> = x
+            .chunks_exact(k)
+            .flat_map(|r| {
+                (0..k).map(move |c| {
+                    if c < depth.div_ceil(2) * 2 {
+                        r[c]
+                    } else {
+                        bf16::ZERO
+                    }
+                })
+            })
+            .collect();
+        let mut want = vec![0.0; m * n];
+        matmul_bf16(&cut, &w, m, n, k, &mut want, Isa::Plain);
+        for isa in Isa::available() {
+            let mut grouped = packed.grouped(m, isa);
+            for (i, row) in x.chunks_exact(k).enumerate() {
+                grouped.put_row(row, i);
+            }
+            let mut got = vec![f32::NAN; m * n];
+            packed.matmul_grouped_part(&grouped, m, cols, depth, &mut got);
+            let written = cols.div_ceil(PANEL) * PANEL;
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                if i % n >= written {
+                    assert!(a.is_nan(), "{isa:?} wrote column {} past {cols}", i % n);
+                } else {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * k as f32,
+                        "{isa:?} at {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn taps_read_bf16_and_f32_inputs_alike() {
+    // Three taps over rows of 10 values, 2 apart: out[j, i] = Σ_t W[j, t] · x[taps[t] + 2i..].
+    let (m, n, tap_cols, taps) = (11, 21, 4, [0usize, 3 * 2, 7 * 2]);
+    let row_stride = 2;
+    let x = values(taps[2] + (m - 1) * row_stride + tap_cols, 41);
+    let w = values(n * taps.len() * tap_cols, 42);
+    let packed = PackedBf16::pack(&w, n, taps.len() * tap_cols);
+    let mut want = vec![0f32; n * m];
+    for j in 0..n {
+        for i in 0..m {
+            want[j * m + i] = (0..taps.len())
+                .flat_map(|t| (0..tap_cols).map(move |c| (t, c)))
+                .map(|(t, c)| {
+                    let wv = w[j * taps.len() * tap_cols + t * tap_cols + c].to_f32();
+                    wv * x[taps[t] + i * row_stride + c].to_f32()
+                })
+                .sum();
+        }
+    }
+    let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    for isa in Isa::available() {
+        let mut got = vec![f32::NAN; n * m];
+        packed.matmul_taps(&x, row_stride, &taps, m, &mut got, m, isa);
+        let mut got_wide = vec![f32::NAN; n * m];
+        packed.matmul_taps(&wide, row_stride, &taps, m, &mut got_wide, m, isa);
+        for (i, ((a, b), c)) in got.iter().zip(&got_wide).zip(&want).enumerate() {
+            assert!(
+                (a - c).abs() <= 1e-5 && (b - c).abs() <= 1e-5,
+                "{isa:?} at {i}: {a} {b} vs {c}"
+            );
+        }
+    }
+}

@@ -1,14 +1,22 @@
 //! AVX2 quant kernels (see the parent module for the layout): a 256-bit register holds
-//! half a chunk, blocks 0..8 or 8..16. The quad's weight rows are taken one at a time
-//! (16 registers hold no more), the activations coming from L1 for each.
+//! half a chunk, blocks 0..8 or 8..16. One or two activation rows (decoding) take the
+//! quad's 4 weight rows together, so the weights stream in storage order (a row at a time
+//! reads every fourth line, which held decoding to a third of the memory's speed); more
+//! rows take the weight rows one at a time (16 registers hold no more), the activations
+//! coming from L1 for each.
 
 use std::arch::x86_64::*;
 
-use super::{TileArgs, BLOCK, CHUNKS};
+use super::{TileArgs, BLOCK, CHUNKS, QUAD};
 
 /// # Safety
 /// As [`super::tile`] for Q4, with AVX2 + FMA + F16C present.
 pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
+    match rows {
+        1 => return quad_q4::<1, 2>(a),
+        2 => return quad_q4::<2, 2>(a),
+        _ => {}
+    }
     for r in 0..a.cols {
         match rows {
             1 => kernel_q4::<1>(a, r),
@@ -22,6 +30,11 @@ pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
 /// # Safety
 /// As [`super::tile`] for Q8, with AVX2 + FMA + F16C present.
 pub(super) unsafe fn tile_q8(rows: usize, a: TileArgs) {
+    match rows {
+        1 => return quad_q8::<1, 2>(a),
+        2 => return quad_q8::<2, 2>(a),
+        _ => {}
+    }
     for r in 0..a.cols {
         match rows {
             1 => kernel_q8::<1>(a, r),
@@ -118,6 +131,135 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
     }
     for (i, acc) in acc.iter().enumerate() {
         a.store(i, r, sum(*acc));
+    }
+}
+
+/// [`kernel_q4`] for the quad's 4 weight rows at once (the padding rows of a last,
+/// partial quad are zeros; their results are not stored), both halves of each line in
+/// one pass where `H` is 2.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quad_q4<const R: usize, const H: usize>(a: TileArgs) {
+    let low = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); QUAD]; R];
+    for g in 0..a.groups {
+        prefetch_ahead(&a, g, CHUNKS / 2);
+        for pass in 0..2 / H {
+            let x = |i: usize, u: usize, h: usize| {
+                let line = a.xq.add((i * a.stride + g) * CHUNKS + u);
+                _mm256_load_si256(line.cast::<__m256i>().add(pass * H + h))
+            };
+            let mut dot: [[[__m256i; QUAD]; H]; R] = std::array::from_fn(|i| {
+                let neg = a.neg.add(i * a.stride + g).cast::<__m256i>();
+                std::array::from_fn(|h| [_mm256_load_si256(neg.add(pass * H + h)); QUAD])
+            });
+            for c in 0..CHUNKS / 2 {
+                for r in 0..QUAD {
+                    let line = a.w_line(CHUNKS / 2, g, c, r).cast::<__m256i>();
+                    for h in 0..H {
+                        let v = _mm256_load_si256(line.add(pass * H + h));
+                        let lo = _mm256_and_si256(v, low);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                        for (i, dot) in dot.iter_mut().enumerate() {
+                            let pairs = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(lo, x(i, c, h)),
+                                _mm256_maddubs_epi16(hi, x(i, c + CHUNKS / 2, h)),
+                            );
+                            dot[h][r] = _mm256_add_epi32(dot[h][r], _mm256_madd_epi16(pairs, ones));
+                        }
+                    }
+                }
+            }
+            for h in 0..H {
+                add_scaled(&a, g, pass * H + h, 1.0, &dot.map(|d| d[h]), &mut acc);
+            }
+        }
+    }
+    store_quad(&a, &acc);
+}
+
+/// [`kernel_q8`] for the quad's 4 weight rows at once (as [`quad_q4`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quad_q8<const R: usize, const H: usize>(a: TileArgs) {
+    let odd = _mm256_set1_epi16(0xFF00u16 as i16);
+    let mut acc = [[_mm256_setzero_ps(); QUAD]; R];
+    for g in 0..a.groups {
+        prefetch_ahead(&a, g, CHUNKS);
+        for pass in 0..2 / H {
+            let x = |i: usize, line: usize, h: usize| {
+                let line = a.xq.add((i * a.stride + g) * 2 * CHUNKS + line);
+                _mm256_load_si256(line.cast::<__m256i>().add(pass * H + h))
+            };
+            let mut dot = [[[_mm256_setzero_si256(); QUAD]; H]; R];
+            for u in 0..CHUNKS {
+                for r in 0..QUAD {
+                    let line = a.w_line(CHUNKS, g, u, r).cast::<__m256i>();
+                    for h in 0..H {
+                        let v = _mm256_load_si256(line.add(pass * H + h));
+                        let even = _mm256_slli_epi16::<8>(v);
+                        let odd = _mm256_and_si256(v, odd);
+                        for (i, dot) in dot.iter_mut().enumerate() {
+                            let even = _mm256_madd_epi16(even, x(i, 2 * u, h));
+                            let odd = _mm256_madd_epi16(odd, x(i, 2 * u + 1, h));
+                            dot[h][r] = _mm256_add_epi32(dot[h][r], _mm256_add_epi32(even, odd));
+                        }
+                    }
+                }
+            }
+            // The 1/256 undoes the shift (exactly: a power of two).
+            for h in 0..H {
+                add_scaled(
+                    &a,
+                    g,
+                    pass * H + h,
+                    1.0 / 256.0,
+                    &dot.map(|d| d[h]),
+                    &mut acc,
+                );
+            }
+        }
+    }
+    store_quad(&a, &acc);
+}
+
+/// Prefetches the weight lines of group `g + 2` of the quad (`lpg` lines per row): the
+/// hardware prefetchers alone left decoding well below the memory's speed.
+#[inline(always)]
+unsafe fn prefetch_ahead(a: &TileArgs, g: usize, lpg: usize) {
+    // Past the tile's weights this reads the next quad's, or nothing (no fault).
+    let ahead = a.wq.wrapping_add((g + 2) * lpg * QUAD).cast::<i8>();
+    for l in 0..lpg * QUAD {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l));
+    }
+}
+
+/// `acc[i][r] += dot[i][r] · d_w · d_x · extra` for half `half` of group `g`.
+#[inline(always)]
+unsafe fn add_scaled<const R: usize>(
+    a: &TileArgs,
+    g: usize,
+    half: usize,
+    extra: f32,
+    dot: &[[__m256i; QUAD]; R],
+    acc: &mut [[__m256; QUAD]; R],
+) {
+    for r in 0..QUAD {
+        let dw = _mm256_mul_ps(scales(a, g, r, half), _mm256_set1_ps(extra));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let dx = a.dx.add(i * a.stride + g).cast::<f32>().add(8 * half);
+            let d = _mm256_mul_ps(dw, _mm256_load_ps(dx));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[i][r]), d, acc[r]);
+        }
+    }
+}
+
+/// Stores (or adds) a quad kernel's sums: row `i`, weight row `r` < `cols`.
+#[inline(always)]
+unsafe fn store_quad<const R: usize>(a: &TileArgs, acc: &[[__m256; QUAD]; R]) {
+    for (i, acc) in acc.iter().enumerate() {
+        for (r, acc) in acc.iter().enumerate().take(a.cols) {
+            a.store(i, r, sum(*acc));
+        }
     }
 }
 

@@ -372,7 +372,7 @@ impl QuantMatrix {
     /// `out` is valid for writes of `m * rows` f32 values; `x` holds `m` rows (checked).
     unsafe fn matmul_bf16_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let many = m >= DEQUANT_ROWS && self.cols > 0;
-        if self.format == QuantFormat::Q8 && many && isa == Isa::Avx512Bf16 {
+        if self.format == QuantFormat::Q8 && many && PackedBf16::packs_at(isa) {
             return self.matmul_dequantized(x, m, out, isa);
         }
         let x32: Vec<f32> = x[..m * self.cols]
@@ -413,7 +413,7 @@ impl QuantMatrix {
                     unsafe {
                         let out = out_ptr.get().add(r0 * n + j0);
                         let all = 0..panels.rows().div_ceil(PANEL);
-                        panels.grouped_range(&grouped, 0..rows, all, k.div_ceil(2), out, n, isa)
+                        panels.grouped_range(&grouped, 0..rows, all, k.div_ceil(2), out, n)
                     }
                 },
             );
