@@ -306,3 +306,128 @@ pub(super) unsafe fn quantize_act_block(x: &[f32], top: f32, q: &mut [i32; BLOCK
     }
     d
 }
+
+/// [`super::dequantize_panels`] at AVX2 (the same bits as its plain loops): per group and
+/// line, each row's 64 weights scaled, rounded to bf16 and paired; then 8 rows at a time
+/// transposed, so that a column pair of 8 rows (32 bytes of a panel) is one store.
+///
+/// # Safety
+/// As [`super::dequantize_panels`] after its checks (`data` holds `rows.div_ceil(16)`
+/// panels of `pairs` pairs); AVX2 present.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)] // quarter q of every row's line
+pub(super) unsafe fn dequantize_q8(
+    w: &super::QuantMatrix,
+    j0: usize,
+    rows: usize,
+    data: *mut half::bf16,
+    pairs: usize,
+) {
+    use super::{GROUP, GROUP_BLOCKS, PANEL};
+    for g in 0..w.groups {
+        // Pairs of this group inside the row (the last group's may run past it).
+        let valid = pairs.saturating_sub(g * GROUP / 2).min(GROUP / 2);
+        for r0 in (0..rows).step_by(8) {
+            let nr = 8.min(rows - r0);
+            // Scales of blocks 2h and 2h + 1, four lanes each, per row.
+            let mut scales = [[_mm256_setzero_ps(); GROUP_BLOCKS / 2]; 8];
+            for (r, s) in scales.iter_mut().enumerate().take(nr) {
+                let j = j0 + r0 + r;
+                let at = (j / QUAD * w.groups + g) * QUAD + j % QUAD;
+                let d = w.supers[at];
+                for (h, s) in s.iter_mut().enumerate() {
+                    let sub = |b: usize| super::block_scale(w.subs[at * GROUP_BLOCKS + b], d);
+                    let (a, b) = (_mm_set1_ps(sub(2 * h)), _mm_set1_ps(sub(2 * h + 1)));
+                    *s = _mm256_set_m128(b, a);
+                }
+            }
+            let panel = data.add((r0 / PANEL) * pairs * 2 * PANEL + 2 * (r0 % PANEL));
+            for u in 0..CHUNKS {
+                // quarters[r][q]: row r's pairs 8q..8q + 8 of this line, as u32.
+                let mut quarters = [[_mm256_setzero_si256(); 4]; 8];
+                for (r, qs) in quarters.iter_mut().enumerate().take(nr) {
+                    let j = j0 + r0 + r;
+                    let line = w
+                        .quants
+                        .as_ptr()
+                        .add(((j / QUAD * w.groups + g) * CHUNKS + u) * QUAD + j % QUAD)
+                        .cast::<u8>();
+                    for (q, v) in qs.iter_mut().enumerate() {
+                        let bf: [__m256i; 2] = std::array::from_fn(|k| {
+                            let h = 2 * q + k;
+                            let b = _mm_loadl_epi64(line.add(8 * h).cast());
+                            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                            round_bf16(_mm256_mul_ps(f, scales[r][h]))
+                        });
+                        // u16 values in i32 lanes, packed per 128-bit lane: put back in
+                        // order, 8 u32 pairs.
+                        *v = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
+                            bf[0], bf[1],
+                        ));
+                    }
+                }
+                for q in 0..4 {
+                    let mut t: [__m256i; 8] = std::array::from_fn(|r| quarters[r][q]);
+                    transpose8(&mut t);
+                    // t[i] is pair e2 = 8q + i of the 8 rows: block e2 / 2, column pair
+                    // 2u + e2 % 2 of it.
+                    for (i, v) in t.iter().enumerate() {
+                        let e2 = 8 * q + i;
+                        let c = e2 / 2 * BLOCK / 2 + 2 * u + e2 % 2;
+                        if c < valid {
+                            let at = panel.add((g * GROUP / 2 + c) * 2 * PANEL);
+                            _mm256_storeu_si256(at.cast(), *v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// f32 lanes rounded to bf16 (nearest even, NaNs quieted, as [`crate::kernels::narrow`]),
+/// the 16 bits in the low half of each lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn round_bf16(v: __m256) -> __m256i {
+    let b = _mm256_castps_si256(v);
+    let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+    let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb);
+    let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(b, bias));
+    let magnitude = _mm256_and_si256(b, _mm256_set1_epi32(0x7fff_ffff));
+    let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f80_0000));
+    let quiet = _mm256_or_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(0x40));
+    _mm256_blendv_epi8(rounded, quiet, nan)
+}
+
+/// Transposes an 8 x 8 matrix of dwords (row `i` in `m[i]`) in place.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(m: &mut [__m256i; 8]) {
+    let f = |v: __m256i| _mm256_castsi256_ps(v);
+    let i = |v: __m256| _mm256_castps_si256(v);
+    // Within 128-bit lanes: 2x2 blocks of dword pairs, then of quads.
+    let t: [__m256; 8] = std::array::from_fn(|k| {
+        let (a, b) = (f(m[2 * (k / 2)]), f(m[2 * (k / 2) + 1]));
+        if k % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // s[4h + c]: column c (and c + 4 in the upper lane) of rows 4h..4h + 4.
+    let s: [__m256; 8] = std::array::from_fn(|k| {
+        let (h, c) = (k / 4, k % 4);
+        let (a, b) = (t[4 * h + c / 2], t[4 * h + c / 2 + 2]);
+        if c % 2 == 0 {
+            _mm256_shuffle_ps::<0b01_00_01_00>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0b11_10_11_10>(a, b)
+        }
+    });
+    // Across 128-bit lanes.
+    for k in 0..4 {
+        m[k] = i(_mm256_permute2f128_ps::<0x20>(s[k], s[k + 4]));
+        m[k + 4] = i(_mm256_permute2f128_ps::<0x31>(s[k], s[k + 4]));
+    }
+}

@@ -19,6 +19,11 @@ pub(super) fn dequantize_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut 
         // SAFETY: the level was checked against the CPU; shapes asserted above.
         return unsafe { avx512::dequantize_q8(w, j0, rows, data.as_mut_ptr(), pairs) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: as above.
+        return unsafe { avx2::dequantize_q8(w, j0, rows, data.as_mut_ptr(), pairs) };
+    }
     dequantize_panels_loops(isa, w, j0, rows, data);
 }
 
