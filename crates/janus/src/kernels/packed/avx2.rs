@@ -10,7 +10,8 @@ use std::arch::x86_64::*;
 
 use half::bf16;
 
-use super::{Block, XPtr, PANEL};
+use super::block::{Block, XPtr};
+use super::PANEL;
 
 /// Rows of x per call at most: 12 accumulators, two widened weight vectors and one
 /// broadcast activation fill 15 of the 16 registers.

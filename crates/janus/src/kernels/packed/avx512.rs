@@ -2,7 +2,8 @@
 
 use std::arch::x86_64::*;
 
-use super::{Block, XPtr, PANEL};
+use super::block::{Block, XPtr};
+use super::PANEL;
 
 /// # Safety
 /// `rows <= 12`, `np` in 1..=2, operands as [`Block`] describes; AVX-512 BF16 present.

@@ -9,9 +9,10 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::block::XPtr;
 #[allow(unused_imports)] // named in the docs
 use super::PackedBf16;
-use super::{max_rows, Isa, XPtr, X_BLOCK_BYTES};
+use super::{max_rows, Isa, X_BLOCK_BYTES};
 use crate::kernels::widen;
 
 /// Regrouped rows of x for one level's kernel (see the module doc).
