@@ -79,9 +79,13 @@ const Q_BLOCK: usize = 64;
 const PACKED_QUERIES: usize = 16;
 
 /// Whether [`PACKED_QUERIES`] or more queries take the packed kernel at this level: not
-/// at the levels where it has no vector body (NEON), whose row tiles are faster.
+/// on NEON, where it has no vector body, nor on AVX2, where SigLIP measured 7 % slower
+/// with it than with the row tiles (docs/kernels.md).
 fn packs_queries(isa: Isa) -> bool {
-    !matches!(isa, Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16)
+    !matches!(
+        isa,
+        Isa::Avx2 | Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16
+    )
 }
 
 /// `out[b, i, h, :] = softmax(scale · q[b,h,i]·k[b,h',:]ᵀ + mask) · v[b,h',:]` with
