@@ -13,17 +13,10 @@ use super::{TileArgs, BLOCK, CHUNKS, QUAD};
 /// As [`super::tile`] for Q4, with AVX2 + FMA + F16C present.
 pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
     match rows {
-        1 => return quad_q4::<1, 2>(a),
-        2 => return quad_q4::<2, 2>(a),
-        _ => {}
-    }
-    for r in 0..a.cols {
-        match rows {
-            1 => kernel_q4::<1>(a, r),
-            2 => kernel_q4::<2>(a, r),
-            3 => kernel_q4::<3>(a, r),
-            _ => kernel_q4::<4>(a, r),
-        }
+        1 => quad_q4::<1, 2>(a),
+        2 => quad_q4::<2, 2>(a),
+        3 => (0..a.cols).for_each(|r| kernel_q4::<3>(a, r)),
+        _ => (0..a.cols).for_each(|r| kernel_q4::<4>(a, r)),
     }
 }
 
@@ -31,18 +24,38 @@ pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
 /// As [`super::tile`] for Q8, with AVX2 + FMA + F16C present.
 pub(super) unsafe fn tile_q8(rows: usize, a: TileArgs) {
     match rows {
-        1 => return quad_q8::<1, 2>(a),
-        2 => return quad_q8::<2, 2>(a),
-        _ => {}
+        1 => quad_q8::<1, 2>(a),
+        2 => quad_q8::<2, 2>(a),
+        3 => (0..a.cols).for_each(|r| kernel_q8::<3>(a, r)),
+        _ => (0..a.cols).for_each(|r| kernel_q8::<4>(a, r)),
     }
-    for r in 0..a.cols {
-        match rows {
-            1 => kernel_q8::<1>(a, r),
-            2 => kernel_q8::<2>(a, r),
-            3 => kernel_q8::<3>(a, r),
-            _ => kernel_q8::<4>(a, r),
-        }
-    }
+}
+
+/// `dot` plus one Q4 half line's products: the low and high nibbles (`lo`, `hi`) with
+/// their int8 activations, pairs summed in i16 (`VPMADDUBSW`), then into each block's
+/// dword lane (`VPMADDWD` by ones).
+#[inline(always)]
+unsafe fn q4_dot(
+    dot: __m256i,
+    lo: __m256i,
+    hi: __m256i,
+    x_lo: __m256i,
+    x_hi: __m256i,
+    ones: __m256i,
+) -> __m256i {
+    let pairs = _mm256_add_epi16(
+        _mm256_maddubs_epi16(lo, x_lo),
+        _mm256_maddubs_epi16(hi, x_hi),
+    );
+    _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, ones))
+}
+
+/// `dot` plus one Q8 half line's products: its even and odd weights (as 256 q in i16
+/// lanes) with their 12-bit activations (`VPMADDWD`).
+#[inline(always)]
+unsafe fn q8_dot(dot: __m256i, even: __m256i, odd: __m256i, xe: __m256i, xo: __m256i) -> __m256i {
+    let (even, odd) = (_mm256_madd_epi16(even, xe), _mm256_madd_epi16(odd, xo));
+    _mm256_add_epi32(dot, _mm256_add_epi32(even, odd))
 }
 
 /// The 8 lanes of a float vector, summed.
@@ -77,10 +90,7 @@ unsafe fn kernel_q4<const R: usize>(a: TileArgs, r: usize) {
                 let lo = _mm256_and_si256(v, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
                 for (i, dot) in dot.iter_mut().enumerate() {
-                    let lo = _mm256_maddubs_epi16(lo, x(i, c));
-                    let hi = _mm256_maddubs_epi16(hi, x(i, c + CHUNKS / 2));
-                    let pairs = _mm256_add_epi16(lo, hi);
-                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
+                    *dot = q4_dot(*dot, lo, hi, x(i, c), x(i, c + CHUNKS / 2), ones);
                 }
             }
             let dw = scales(&a, g, r, half);
@@ -115,9 +125,7 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
                 let even = _mm256_slli_epi16::<8>(v);
                 let odd = _mm256_and_si256(v, odd);
                 for (i, dot) in dot.iter_mut().enumerate() {
-                    let even = _mm256_madd_epi16(even, x(i, 2 * u));
-                    let odd = _mm256_madd_epi16(odd, x(i, 2 * u + 1));
-                    *dot = _mm256_add_epi32(*dot, _mm256_add_epi32(even, odd));
+                    *dot = q8_dot(*dot, even, odd, x(i, 2 * u), x(i, 2 * u + 1));
                 }
             }
             // The 1/256 undoes the shift (exactly: a power of two).
@@ -161,11 +169,8 @@ unsafe fn quad_q4<const R: usize, const H: usize>(a: TileArgs) {
                         let lo = _mm256_and_si256(v, low);
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
                         for (i, dot) in dot.iter_mut().enumerate() {
-                            let pairs = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(lo, x(i, c, h)),
-                                _mm256_maddubs_epi16(hi, x(i, c + CHUNKS / 2, h)),
-                            );
-                            dot[h][r] = _mm256_add_epi32(dot[h][r], _mm256_madd_epi16(pairs, ones));
+                            let (xl, xh) = (x(i, c, h), x(i, c + CHUNKS / 2, h));
+                            dot[h][r] = q4_dot(dot[h][r], lo, hi, xl, xh, ones);
                         }
                     }
                 }
@@ -199,9 +204,8 @@ unsafe fn quad_q8<const R: usize, const H: usize>(a: TileArgs) {
                         let even = _mm256_slli_epi16::<8>(v);
                         let odd = _mm256_and_si256(v, odd);
                         for (i, dot) in dot.iter_mut().enumerate() {
-                            let even = _mm256_madd_epi16(even, x(i, 2 * u, h));
-                            let odd = _mm256_madd_epi16(odd, x(i, 2 * u + 1, h));
-                            dot[h][r] = _mm256_add_epi32(dot[h][r], _mm256_add_epi32(even, odd));
+                            let (xe, xo) = (x(i, 2 * u, h), x(i, 2 * u + 1, h));
+                            dot[h][r] = q8_dot(dot[h][r], even, odd, xe, xo);
                         }
                     }
                 }

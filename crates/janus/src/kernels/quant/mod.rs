@@ -50,8 +50,9 @@
 //! split the weight quads, as [`super::gemm`] splits rows.
 //!
 //! Q8 products of bf16 activations with [`DEQUANT_ROWS`] rows or more (prefill) go
-//! through bf16 instead where the CPU has `VDPBF16PS` (see [`QuantMatrix::matmul_bf16`]):
-//! there the integer product is slower than the bf16 one. Below that row count (and for
+//! through bf16 panels instead where the CPU has a packed bf16 kernel (AVX-512 BF16, AVX2;
+//! see [`QuantMatrix::matmul_bf16`]): there the integer product is slower than the bf16
+//! one. Below that row count (and for
 //! Q4, f32 activations or other CPUs) every row count takes the integer path, so a row's
 //! result does not depend on the batch it came in.
 
@@ -342,11 +343,12 @@ impl QuantMatrix {
     }
 
     /// [`Self::matmul`] of bf16 activations. Q8 with many rows ([`DEQUANT_ROWS`] or more:
-    /// prefill) at the AVX-512 BF16 level takes the bf16 kernel instead: each task dequantises a
-    /// pair of weight panels (32 rows) into bf16 and runs every row over them with
-    /// `VDPBF16PS`, so a Q8 prefill runs as fast as a bf16 one (the 12-bit integer
-    /// product, `VPDPWSSD`, has the same 32 products per instruction as `VDPBF16PS` and
-    /// more work per block: 0.75 times the speed). The weights then carry one more
+    /// prefill) at the AVX-512 BF16 and AVX2 levels takes the packed bf16 kernel instead:
+    /// each task dequantises a pair of weight panels (32 rows) into bf16 and runs every row
+    /// over them, so a Q8 prefill runs about as fast as a bf16 one (on AVX-512 the 12-bit
+    /// integer product, `VPDPWSSD`, has the same 32 products per instruction as
+    /// `VDPBF16PS` and more work per block: 0.75 times the speed; on AVX2 the dequantising
+    /// leaves it at 0.96-0.99x of bf16, docs/kernels.md). The weights then carry one more
     /// rounding, `q d` to bf16 (0.2 % of a weight at most, against Q8's own step of
     /// `d / 2`), and the activations stay in bf16 instead of 12 bits per block.
     ///
