@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
+use janus::engine::{Accept, Speculative, Window};
 use janus::hub::{self, FileProgress, HubOptions, ModelRef};
 use janus::kernels::quant::QuantFormat;
 use janus::pipeline::{DTypeChoice, LoadOptions, Pipeline};
@@ -147,4 +148,35 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     // candle's matmul (gemm) reads RAYON_NUM_THREADS; the rest uses rayon's global pool.
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     Ok(())
+}
+
+/// Speculative decoding of image codes, shared by `generate`, `serve` and `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct SpeculativeArgs {
+    /// Image codes per forward pass (speculative Jacobi decoding): 1 is plain decoding,
+    /// up to 64, or `auto` (picked from this machine's measured pass costs).
+    #[arg(long, default_value = "1", value_parser = parse_window)]
+    speculative: Window,
+    /// How drafted codes are checked: `exact` gives the plain image bit for bit, `sjd`
+    /// the paper's probabilistic test (the plain distribution, another image).
+    #[arg(long, default_value = "exact", value_parser = parse_accept)]
+    accept: Accept,
+}
+
+impl SpeculativeArgs {
+    /// The engine's settings.
+    pub fn get(&self) -> Speculative {
+        Speculative {
+            window: self.speculative,
+            accept: self.accept,
+        }
+    }
+}
+
+fn parse_window(s: &str) -> Result<Window, String> {
+    s.parse().map_err(|e: janus::Error| e.to_string())
+}
+
+fn parse_accept(s: &str) -> Result<Accept, String> {
+    s.parse().map_err(|e: janus::Error| e.to_string())
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use janus::engine::Timings;
+use janus::engine::{DecodeStats, Timings};
 pub use janus::png::{encode_png, software, GenerationMeta};
 use serde_json::{Map, Value};
 
@@ -114,6 +114,32 @@ pub fn write_pngs(
         written.push(path);
     }
     Ok(written)
+}
+
+/// The sampling loop's passes and draft acceptance, for `--json`.
+pub fn decode_stats_json(s: &DecodeStats) -> Value {
+    let by_slot: Vec<Value> = s
+        .acceptance_by_slot()
+        .into_iter()
+        .map(|a| {
+            if a.is_finite() {
+                Value::from(a)
+            } else {
+                Value::Null
+            }
+        })
+        .collect();
+    serde_json::json!({
+        "window": s.window,
+        "accept": s.accept.name(),
+        "passes": s.passes,
+        "codes": s.codes,
+        "codes_per_pass": s.codes_per_pass,
+        "acceptance_by_slot": by_slot,
+        "slot_checked": s.slot_checked,
+        "slot_accepted": s.slot_accepted,
+        "sample_s": s.sample_s,
+    })
 }
 
 #[cfg(test)]

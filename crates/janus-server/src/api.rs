@@ -259,6 +259,14 @@ pub struct ImageRequest {
     /// Extension: sampling temperature (default 1; 0 picks the most likely code).
     #[serde(default)]
     pub temperature: Option<f64>,
+    /// Extension: image codes per forward pass (speculative Jacobi decoding): 1 (plain),
+    /// up to 64, or `"auto"`; default: the server's `--speculative`.
+    #[serde(default)]
+    pub speculative: Option<serde_json::Value>,
+    /// Extension: how speculative drafts are checked: `"exact"` (the plain image, bit
+    /// for bit) or `"sjd"` (the plain distribution); default: the server's `--accept`.
+    #[serde(default)]
+    pub accept: Option<String>,
 }
 
 /// An image in an images response.

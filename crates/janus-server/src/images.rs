@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use janus::engine::sampling::random_seed;
-use janus::engine::{BatchItem, GenerateParams};
+use janus::engine::{Accept, BatchItem, GenerateParams, Speculative, Window};
 use janus::png::{encode_png, GenerationMeta};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -42,6 +42,29 @@ struct Output {
     /// The server's address as the client sees it ([`public_base`]), for file URLs.
     base_url: String,
     created: u64,
+}
+
+/// The request's speculative decoding, over the server's default.
+fn speculative(req: &ImageRequest, default: Speculative) -> Result<Speculative> {
+    let window = match &req.speculative {
+        None => default.window,
+        Some(v) => {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                other => other.to_string(),
+            };
+            text.parse::<Window>()
+                .map_err(|e| ServerError::invalid("speculative", e.to_string()))?
+        }
+    };
+    let accept = match req.accept.as_deref() {
+        None => default.accept,
+        Some(a) => a
+            .parse::<Accept>()
+            .map_err(|e| ServerError::invalid("accept", e.to_string()))?,
+    };
+    Ok(Speculative { window, accept })
 }
 
 /// The handler.
@@ -116,6 +139,7 @@ pub(crate) async fn generations(
         cfg_weight,
         temperature,
         seed: req.seed.unwrap_or_else(random_seed),
+        speculative: speculative(&req, state.opts.speculative)?,
     };
     params.validate()?;
 

@@ -66,6 +66,9 @@ pub struct ServerOptions {
     /// for the URLs of generated images; `None` takes it from each request's
     /// `X-Forwarded-Proto` / `X-Forwarded-Host` / `Host` headers.
     pub public_url: Option<String>,
+    /// Speculative decoding for image requests that do not name theirs (`janus serve
+    /// --speculative`); plain decoding by default.
+    pub speculative: janus::engine::Speculative,
 }
 
 impl ServerOptions {
@@ -82,6 +85,7 @@ impl ServerOptions {
             max_body_bytes: 32 << 20,
             shutdown_grace: Duration::from_secs(30),
             public_url: None,
+            speculative: Default::default(),
         }
     }
 }

@@ -197,6 +197,7 @@ fn reference_images(prompt: &str, n: usize, seed: u64) -> Vec<image::RgbImage> {
         cfg_weight: 5.0,
         temperature: 0.0,
         seed,
+        speculative: Default::default(),
     };
     pipe()
         .generate(prompt, &params, |_, _| std::ops::ControlFlow::Continue(()))
@@ -360,6 +361,7 @@ async fn streamed_partial_images() {
         cfg_weight: 5.0,
         temperature: 0.0,
         seed: 3,
+        speculative: Default::default(),
     };
     let out = janus::engine::generate_codes(&pipe().model, &cond, &uncond, &params, |_, _| {
         std::ops::ControlFlow::Continue(())

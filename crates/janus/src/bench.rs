@@ -281,6 +281,7 @@ fn t2i_steps(model: &Janus, pad_id: u32, params: &BenchParams) -> Result<f64> {
         cfg_weight: CFG_WEIGHT,
         temperature: 0.0,
         seed: 0,
+        speculative: Default::default(),
     };
     let n = params.t2i_steps;
     let mut start = None;

@@ -128,6 +128,8 @@ pub struct GenerateResult {
     pub finish: Finish,
     /// Seconds per stage.
     pub timings: Timings,
+    /// Passes, codes per pass and draft acceptance of the sampling loop.
+    pub stats: engine::DecodeStats,
 }
 
 /// How [`Pipeline::load_with`] loads a model.
@@ -341,6 +343,7 @@ impl Pipeline {
                 images: Vec::new(),
                 finish: out.finish,
                 timings,
+                stats: out.stats,
             });
         }
         let t0 = Instant::now();
@@ -351,6 +354,7 @@ impl Pipeline {
             images,
             finish: out.finish,
             timings,
+            stats: out.stats,
         })
     }
 

@@ -433,6 +433,7 @@ fn greedy_text_to_image_codes_and_pngs() {
                 cfg_weight: case.cfg_weight,
                 temperature: 0.0,
                 seed: 0,
+                speculative: Default::default(),
             };
             let (cond, uncond) =
                 janus::processor::prepare_generation(&pipe.tokenizer, &case.prompt).unwrap();
@@ -558,6 +559,7 @@ fn half_precision_runs_and_stays_close() {
                     cfg_weight: 5.0,
                     temperature: 1.0,
                     seed: 3,
+                    speculative: Default::default(),
                 },
                 |s, _| {
                     if s >= 4 {
@@ -584,6 +586,7 @@ fn sampling_is_reproducible_by_seed() {
             cfg_weight: 3.0,
             temperature: 1.0,
             seed,
+            speculative: Default::default(),
         };
         pipe.generate("a cat", &params, |s, _| {
             if s >= 16 {
@@ -614,6 +617,7 @@ fn batched_requests_match_the_reference() {
             cfg_weight,
             temperature: 0.0,
             seed: 0,
+            speculative: Default::default(),
         };
         let mut items: Vec<engine::BatchItem> = cases
             .iter()

@@ -9,7 +9,7 @@ use janus::engine::sampling::random_seed;
 use janus::engine::GenerateParams;
 use serde_json::json;
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, SpeculativeArgs};
 use crate::output;
 use crate::progress::Progress;
 
@@ -34,6 +34,8 @@ pub struct GenerateArgs {
     /// Random seed (default: a random one, reported in the output).
     #[arg(long)]
     seed: Option<u64>,
+    #[command(flatten)]
+    speculative: SpeculativeArgs,
     /// Directory for the PNGs (created if missing).
     #[arg(long)]
     out: PathBuf,
@@ -49,6 +51,7 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
         cfg_weight: a.cfg_weight,
         temperature: a.temperature,
         seed: a.seed.unwrap_or_else(random_seed),
+        speculative: a.speculative.get(),
     };
     params.validate()?;
     output::prepare_out_dir(&a.out)?;
@@ -83,6 +86,7 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
             "model": model,
             "version": env!("CARGO_PKG_VERSION"),
             "timings": output::timings_json(&result.timings),
+            "sampling": output::decode_stats_json(&result.stats),
         });
         println!("{obj}");
     } else {

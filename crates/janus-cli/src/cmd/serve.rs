@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use janus_server::{Server, ServerOptions};
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, SpeculativeArgs};
 use crate::progress::Progress;
 
 /// Arguments of `janus serve`.
@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// X-Forwarded-Proto / X-Forwarded-Host / Host headers.
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+    /// Defaults of image requests that do not set `speculative` / `accept`.
+    #[command(flatten)]
+    speculative: SpeculativeArgs,
 }
 
 /// Runs `janus serve` until SIGTERM or SIGINT.
@@ -69,6 +72,7 @@ pub fn run(a: ServeArgs, progress: &Progress) -> Result<()> {
         max_body_bytes: a.max_body_mib.saturating_mul(1 << 20),
         shutdown_grace: Duration::from_secs(a.shutdown_grace),
         public_url: a.public_url,
+        speculative: a.speculative.get(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

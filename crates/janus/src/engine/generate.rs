@@ -3,16 +3,21 @@
 //! Follows the reference's `generation_inference.py`: 2P rows (a conditional and an
 //! unconditional row per image; here all conditional rows come first, as transformers
 //! orders them, which does not change results), no attention mask (the unconditional
-//! rows' pads are attended), guided logits `u + w * (c - u)`, a plain multinomial draw
-//! from `softmax(logits / temperature)`, and the drawn code fed back to both rows through
-//! gen_embed -> gen_aligner.
+//! rows' pads are attended), guided logits `u + w * (c - u)`, a draw from
+//! `softmax(logits / temperature)`, and the drawn code fed back to both rows through
+//! gen_embed -> gen_aligner. The draw is Gumbel-max with noise fixed per image and
+//! position ([`super::noise`]) where the reference draws a multinomial: the same
+//! distribution, from other random numbers, and what lets speculative decoding
+//! ([`super::speculative`]) reproduce plain decoding exactly.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use super::sampling::{argmax, Sampler, SamplingParams};
+use super::speculative::{
+    decode, DecodeStats, ImageSampling, SlotCounts, Speculative, Verifier, Window,
+};
 use super::understand::Finish;
 use super::Timings;
 use crate::config::JanusConfig;
@@ -28,8 +33,10 @@ pub struct GenerateParams {
     pub cfg_weight: f64,
     /// Softmax temperature (reference default 1); 0 picks the argmax.
     pub temperature: f64,
-    /// Seed of the random generator.
+    /// Seed of the Gumbel noise (and of `sjd`'s tests).
     pub seed: u64,
+    /// Codes per forward pass and how drafts are checked (plain decoding by default).
+    pub speculative: Speculative,
 }
 
 impl Default for GenerateParams {
@@ -39,6 +46,7 @@ impl Default for GenerateParams {
             cfg_weight: 5.0,
             temperature: 1.0,
             seed: 42,
+            speculative: Speculative::default(),
         }
     }
 }
@@ -61,7 +69,7 @@ impl GenerateParams {
                 self.temperature
             )));
         }
-        Ok(())
+        self.speculative.validate()
     }
 }
 
@@ -199,6 +207,8 @@ pub struct GenerateOutput {
     pub finish: Finish,
     /// Seconds per stage.
     pub timings: Timings,
+    /// Passes, codes per pass and draft acceptance of the sampling loop.
+    pub stats: DecodeStats,
 }
 
 /// Samples the image codes for a prompt given as token rows.
@@ -294,107 +304,59 @@ pub fn generate_codes_batch_with(
             )));
         }
     }
-    let device = model.device();
-    let mut timings = Timings::default();
-    let mut samplers = items
-        .iter()
-        .map(|it| {
-            Sampler::new(SamplingParams {
-                temperature: it.params.temperature,
-                seed: it.params.seed,
-                ..Default::default()
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-
-    let t0 = Instant::now();
-    let t_max = items.iter().map(|it| it.cond_ids.len()).max().unwrap_or(0);
-    // Row bases: item k owns rows base[k] .. base[k] + 2P_k.  (R, T_max), left-padded.
-    let mut base = Vec::with_capacity(items.len());
-    let mut rows: Vec<u32> = Vec::new();
-    let mut left_pad = Vec::new();
+    let k = cfg.gen_head.image_token_size;
+    let mut images = Vec::new();
     for it in items {
-        base.push(left_pad.len());
-        let pad = t_max - it.cond_ids.len();
-        for ids in [&it.cond_ids, &it.uncond_ids] {
-            for _ in 0..it.params.parallel {
-                // Any id does for padding (it is masked); the row's first token is in range.
-                rows.extend(std::iter::repeat_n(ids[0], pad));
-                rows.extend_from_slice(ids);
-                left_pad.push(pad);
-            }
+        for i in 0..it.params.parallel {
+            let p = &it.params;
+            images.push(ImageSampling::new(
+                p.seed,
+                i,
+                k,
+                p.temperature,
+                p.speculative.accept,
+            ));
         }
     }
-    let n_rows = left_pad.len();
-    let ids = Tensor::from_vec(rows, (n_rows, t_max), device)?;
-    let mut cache = KvCache::new(&cfg.text, n_rows, t_max + n_codes, model.dtype(), device)?;
-    let embeds = model.llm.embed(&ids)?;
-    let mut hidden = model
-        .llm
-        .forward_embeds_padded(&embeds, Some(&mut cache), &left_pad)?;
-    timings.push("prefill_s", t0.elapsed().as_secs_f64());
-
+    let window = items
+        .iter()
+        .map(|it| match it.params.speculative.window {
+            Window::Fixed(w) => w,
+            Window::Auto => super::window::auto_window(model, items),
+        })
+        .max()
+        .unwrap_or(1);
+    let mut verifier = JanusVerifier::new(model, items)?;
     let t0 = Instant::now();
-    let mut codes: Vec<Vec<Vec<u32>>> = items
-        .iter()
-        .map(|it| vec![Vec::with_capacity(n_codes); it.params.parallel])
-        .collect();
-    let mut margins: Vec<Vec<Vec<f32>>> = codes
-        .iter()
-        .map(|c| vec![Vec::with_capacity(n_codes); c.len()])
-        .collect();
-    let mut live = vec![true; items.len()];
-    let mut next = vec![0u32; n_rows];
-    for step in 0..n_codes {
-        let (_, t, _) = hidden.dims3()?;
-        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // (R, D)
-        let logits = model.gen_head_logits(&last)?; // (R, K) f32
-        for (k, it) in items.iter().enumerate() {
-            let p = it.params.parallel;
-            let cond = logits.narrow(0, base[k], p)?;
-            let uncond = logits.narrow(0, base[k] + p, p)?;
-            // u + w * (c - u), in f32 as the reference.
-            let guided = (&uncond + ((&cond - &uncond)? * it.params.cfg_weight)?)?;
-            for (i, row) in guided.to_vec2::<f32>()?.iter().enumerate() {
-                let code = if !live[k] {
-                    next[base[k] + i]
-                } else if it.params.temperature == 0.0 {
-                    argmax(row)
-                } else {
-                    samplers[k].sample_plain(row, it.params.temperature)
-                };
-                if live[k] {
-                    codes[k][i].push(code);
-                    margins[k][i].push(top2_margin(row));
-                }
-                // The drawn code feeds both the conditional and the unconditional row.
-                next[base[k] + i] = code;
-                next[base[k] + p + i] = code;
-            }
-        }
+    let per_item: Vec<usize> = items.iter().map(|it| it.params.parallel).collect();
+    let decoded = decode(&mut verifier, images, window, n_codes, |done, codes| {
+        let grouped = group(codes, &per_item);
         let keep = on_step(&BatchProgress {
-            done: step + 1,
+            done,
             total: n_codes,
-            codes: &codes,
+            codes: &grouped,
         });
-        for (k, alive) in live.iter_mut().enumerate() {
-            *alive &= keep.get(k).copied().unwrap_or(true);
-        }
-        if step + 1 == n_codes || !live.iter().any(|&l| l) {
-            break;
-        }
-        let next_t = Tensor::from_vec(next.clone(), (n_rows, 1), device)?;
-        let embeds = model.embed_image_codes(&next_t)?; // (R, 1, D)
-        hidden = model
-            .llm
-            .forward_embeds_padded(&embeds, Some(&mut cache), &left_pad)?;
-    }
-    timings.push("sample_s", t0.elapsed().as_secs_f64());
-    Ok(codes
-        .into_iter()
+        per_item
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &p)| std::iter::repeat_n(keep.get(i).copied().unwrap_or(true), p))
+            .collect()
+    })?;
+    let mut timings = verifier.timings;
+    let sample_s = t0.elapsed().as_secs_f64() - timings.get("prefill_s").unwrap_or(0.0);
+    timings.push("sample_s", sample_s);
+    let codes = group(&decoded.codes, &per_item);
+    let margins = group(&decoded.margins, &per_item);
+    let slots = group(&decoded.slots, &per_item);
+    Ok(items
+        .iter()
+        .zip(codes)
         .zip(margins)
-        .map(|(codes, margins)| {
+        .zip(slots)
+        .map(|(((it, codes), margins), slots)| {
             let done = codes.iter().all(|c| c.len() == n_codes);
+            let drawn = codes.iter().map(Vec::len).max().unwrap_or(0);
+            let slots = slots.iter().fold(SlotCounts::default(), SlotCounts::add);
             GenerateOutput {
                 codes,
                 margins,
@@ -404,22 +366,150 @@ pub fn generate_codes_batch_with(
                     Finish::Cancelled
                 },
                 timings: timings.clone(),
+                stats: DecodeStats {
+                    window,
+                    accept: it.params.speculative.accept,
+                    passes: decoded.passes,
+                    codes: drawn,
+                    codes_per_pass: drawn as f64 / decoded.passes as f64,
+                    slot_checked: slots.checked,
+                    slot_accepted: slots.accepted,
+                    sample_s,
+                },
             }
         })
         .collect())
 }
 
-fn top2_margin(row: &[f32]) -> f32 {
-    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &v in row {
-        if v > a {
-            b = a;
-            a = v;
-        } else if v > b {
-            b = v;
+/// Splits a per-image list into per-item lists of `per_item[i]` images each.
+fn group<T: Clone>(all: &[T], per_item: &[usize]) -> Vec<Vec<T>> {
+    let mut rest = all;
+    per_item
+        .iter()
+        .map(|&p| {
+            let (head, tail) = rest.split_at(p.min(rest.len()));
+            rest = tail;
+            head.to_vec()
+        })
+        .collect()
+}
+
+/// The LLM under classifier-free guidance as the decoding loop sees it: 2P rows per item
+/// (its P conditional then P unconditional rows), left-padded prompts, guided logits.
+struct JanusVerifier<'a> {
+    model: &'a Janus,
+    items: &'a [BatchItem],
+    /// Per item, its first row.
+    base: Vec<usize>,
+    left_pad: Vec<usize>,
+    /// The batch's prompt ids, `(R, T)`, until the prefill runs.
+    prompt: Option<Tensor>,
+    cache: KvCache,
+    timings: Timings,
+}
+
+impl<'a> JanusVerifier<'a> {
+    fn new(model: &'a Janus, items: &'a [BatchItem]) -> Result<Self> {
+        let cfg = model.config();
+        let t_max = items.iter().map(|it| it.cond_ids.len()).max().unwrap_or(0);
+        // Row bases: item k owns rows base[k] .. base[k] + 2P_k.  (R, T_max), left-padded.
+        let mut base = Vec::with_capacity(items.len());
+        let mut rows: Vec<u32> = Vec::new();
+        let mut left_pad = Vec::new();
+        for it in items {
+            base.push(left_pad.len());
+            let pad = t_max - it.cond_ids.len();
+            for ids in [&it.cond_ids, &it.uncond_ids] {
+                for _ in 0..it.params.parallel {
+                    // Any id does for padding (it is masked); the row's first token is in range.
+                    rows.extend(std::iter::repeat_n(ids[0], pad));
+                    rows.extend_from_slice(ids);
+                    left_pad.push(pad);
+                }
+            }
         }
+        let n_rows = left_pad.len();
+        let device = model.device();
+        let prompt = Tensor::from_vec(rows, (n_rows, t_max), device)?;
+        let max_len = t_max + cfg.gen_image_tokens();
+        let cache = KvCache::new(&cfg.text, n_rows, max_len, model.dtype(), device)?;
+        Ok(Self {
+            model,
+            items,
+            base,
+            left_pad,
+            prompt: Some(prompt),
+            cache,
+            timings: Timings::default(),
+        })
     }
-    a - b
+
+    /// Per image, the guided logits of every position of `hidden` `(R, L, D)`: u + w (c - u)
+    /// in f32, as the reference.
+    fn guided(&self, hidden: &Tensor) -> Result<Vec<Vec<f32>>> {
+        let (r, l, d) = hidden.dims3()?;
+        let logits = self.model.gen_head_logits(&hidden.reshape((r * l, d))?)?; // (R·L, K) f32
+        let k = logits.dim(1)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let row = |r: usize| &logits[r * l * k..(r + 1) * l * k];
+        let mut out = Vec::new();
+        for (it, &b) in self.items.iter().zip(&self.base) {
+            let (p, w) = (it.params.parallel, it.params.cfg_weight as f32);
+            for i in 0..p {
+                let (c, u) = (row(b + i), row(b + p + i));
+                out.push(c.iter().zip(u).map(|(&c, &u)| u + (c - u) * w).collect());
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Verifier for JanusVerifier<'_> {
+    fn codebook(&self) -> usize {
+        self.model.config().gen_head.image_token_size
+    }
+
+    fn start(&mut self) -> Result<Vec<Vec<f32>>> {
+        let t0 = Instant::now();
+        let Some(ids) = self.prompt.take() else {
+            return Err(Error::InvalidInput("the prompt ran already".into()));
+        };
+        let embeds = self.model.llm.embed(&ids)?;
+        let hidden =
+            self.model
+                .llm
+                .forward_embeds_padded(&embeds, Some(&mut self.cache), &self.left_pad)?;
+        let t = hidden.dim(1)?;
+        let out = self.guided(&hidden.narrow(1, t - 1, 1)?)?;
+        self.timings.push("prefill_s", t0.elapsed().as_secs_f64());
+        Ok(out)
+    }
+
+    fn pass(&mut self, keep: usize, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let prompt = self.cache.max_len() - self.model.config().gen_image_tokens();
+        self.cache.truncate(prompt + keep)?;
+        let l = inputs.first().map_or(0, Vec::len);
+        let n_rows = self.left_pad.len();
+        // The drawn codes feed both the conditional and the unconditional row.
+        let mut ids = vec![0u32; n_rows * l];
+        let mut image = 0;
+        for (it, &b) in self.items.iter().zip(&self.base) {
+            let p = it.params.parallel;
+            for i in 0..p {
+                for row in [b + i, b + p + i] {
+                    ids[row * l..(row + 1) * l].copy_from_slice(&inputs[image]);
+                }
+                image += 1;
+            }
+        }
+        let ids = Tensor::from_vec(ids, (n_rows, l), self.model.device())?;
+        let embeds = self.model.embed_image_codes(&ids)?; // (R, L, D)
+        let hidden =
+            self.model
+                .llm
+                .forward_embeds_padded(&embeds, Some(&mut self.cache), &self.left_pad)?;
+        self.guided(&hidden)
+    }
 }
 
 /// Decodes code grids to pixels in roughly [-1, 1].

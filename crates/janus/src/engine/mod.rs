@@ -4,8 +4,11 @@
 //! server can run several requests one after another on one model.
 
 pub mod generate;
+pub mod noise;
 pub mod sampling;
+pub mod speculative;
 pub mod understand;
+pub mod window;
 
 pub use generate::{
     decode_codes, estimate_generate_bytes, estimate_generate_memory, generate_codes,
@@ -13,6 +16,7 @@ pub use generate::{
     GenerateOutput, GenerateParams, MemoryEstimate,
 };
 pub use sampling::{Sampler, SamplingParams};
+pub use speculative::{Accept, DecodeStats, Speculative, Window};
 pub use understand::{understand, Finish, UnderstandInput, UnderstandOutput, UnderstandParams};
 
 /// Seconds spent per named stage, in the order the stages ran.

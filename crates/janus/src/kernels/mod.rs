@@ -161,6 +161,32 @@ pub fn isa() -> Isa {
     })
 }
 
+thread_local! {
+    /// Whether products on this thread must give each row the bits it gets alone.
+    static ROW_INVARIANT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with (when `on`) products that give every row of their input the same bits
+/// whatever rows come with it, on this thread: routes chosen by the row count that would
+/// compute differently (Q8 through bf16 panels from [`quant::DEQUANT_ROWS`] rows) are
+/// skipped. Decoding a block of speculative drafts and decoding one code at a time then
+/// agree exactly.
+pub fn with_row_invariance<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ROW_INVARIANT.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(ROW_INVARIANT.with(|r| r.replace(on)));
+    f()
+}
+
+/// Whether this thread is inside [`with_row_invariance`]`(true, ..)`.
+pub fn row_invariance() -> bool {
+    ROW_INVARIANT.with(std::cell::Cell::get)
+}
+
 /// Runs `f` on a thread of rayon's global pool (directly when already on one) and waits.
 /// Work whose many parallel loops are separated by short serial steps (a model's
 /// forward) should run this way: each loop then starts from a pool thread, instead of

@@ -68,6 +68,19 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Forgets every position from `len` on, in every row (speculative decoding rolls back
+    /// the drafts it did not accept); the next forward writes from `len`.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            candle_core::bail!(
+                "cannot truncate a KV cache of {} positions to {len}",
+                self.len
+            );
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// Writes `t` new positions for `layer` and returns the filled prefix (k, v).
     pub(super) fn append(
         &mut self,

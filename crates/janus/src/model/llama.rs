@@ -342,25 +342,31 @@ impl Llama {
         // thread, and the caller sleeps once per forward rather than once per product
         // (the wake-ups cost ~18% of a 4-bit image step on two cores).
         let mut h = x.clone();
-        let mut layers = |mut h: Tensor| -> Result<Tensor> {
-            for (i, layer) in self.layers.iter().enumerate() {
-                let residual = h.clone();
-                let y = layer.input_layernorm.forward(&h)?;
-                let y = layer.self_attn.forward(
-                    &y,
-                    &self.rope,
-                    &pos,
-                    mask,
-                    cache.as_deref_mut().map(|c| (c, i)),
-                )?;
-                h = super::ops::add(&residual, &y)?;
-                let residual = h.clone();
-                let y = layer
-                    .mlp
-                    .forward(&layer.post_attention_layernorm.forward(&h)?)?;
-                h = super::ops::add(&residual, &y)?;
-            }
-            Ok(h)
+        // Passes after cached positions (decoding, blocks of drafts) give each row the bits
+        // it gets alone, which exact speculative decoding relies on.
+        let invariant = offset > 0;
+        let mut layers = |h: Tensor| -> Result<Tensor> {
+            crate::kernels::with_row_invariance(invariant, || {
+                let mut h = h;
+                for (i, layer) in self.layers.iter().enumerate() {
+                    let residual = h.clone();
+                    let y = layer.input_layernorm.forward(&h)?;
+                    let y = layer.self_attn.forward(
+                        &y,
+                        &self.rope,
+                        &pos,
+                        mask,
+                        cache.as_deref_mut().map(|c| (c, i)),
+                    )?;
+                    h = super::ops::add(&residual, &y)?;
+                    let residual = h.clone();
+                    let y = layer
+                        .mlp
+                        .forward(&layer.post_attention_layernorm.forward(&h)?)?;
+                    h = super::ops::add(&residual, &y)?;
+                }
+                Ok(h)
+            })
         };
         // A few rows (decoding, image steps) keep the pool spinning between the layers'
         // many short loops; longer inputs sleep between them as usual.

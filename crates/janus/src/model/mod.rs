@@ -169,7 +169,9 @@ impl Janus {
     /// # Shapes
     /// `(..., D) -> (..., image_vocab)`
     pub fn gen_head_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.gen_head.forward(hidden)?.to_dtype(DType::F32)
+        // Row-invariant products: a block of draft positions gets each row's bits alone.
+        crate::kernels::with_row_invariance(true, || self.gen_head.forward(hidden))?
+            .to_dtype(DType::F32)
     }
 
     /// Input embeddings for generated image codes: gen_embed then gen_aligner.
@@ -177,6 +179,7 @@ impl Janus {
     /// # Shapes
     /// `(B, T)` u32 codes -> `(B, T, D)`
     pub fn embed_image_codes(&self, codes: &Tensor) -> Result<Tensor> {
-        self.gen_aligner.forward(&self.gen_embed.forward(codes)?)
+        let embeds = self.gen_embed.forward(codes)?;
+        crate::kernels::with_row_invariance(true, || self.gen_aligner.forward(&embeds))
     }
 }

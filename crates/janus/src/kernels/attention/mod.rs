@@ -109,7 +109,9 @@ pub fn attention_bf16(
     if d.b == 0 || d.tq == 0 || d.h == 0 {
         return;
     }
-    if d.tq >= PACKED_QUERIES && packs_queries(isa) {
+    // Queries after cached keys (decoding, a block of drafts) take the row tiles, which
+    // give each query the bits it gets alone.
+    if d.tq >= PACKED_QUERIES && d.tk == d.tq && packs_queries(isa) {
         return attention_packed(q, k, v, d, mask, scale, out, isa);
     }
     let rep = d.h / d.h_kv;
@@ -253,15 +255,19 @@ fn softmax_row(
     scale: f32,
     isa: Isa,
 ) -> usize {
-    let visible = match mask {
-        Mask::Causal { offset } => (offset + i + 1).min(row.len()),
-        _ => row.len(),
-    };
-    let m = match mask {
+    let (visible, m) = match mask {
+        Mask::Causal { offset } => ((offset + i + 1).min(row.len()), None),
         Mask::Additive { data, batch_stride } => {
-            Some(&data[b * batch_stride + i * tk..][..visible])
+            let m = &data[b * batch_stride + i * tk..][..row.len()];
+            // Trailing masked keys add nothing; leaving them out keeps the sums (and so
+            // the bits) of a query the same however many keys follow it.
+            let visible = m
+                .iter()
+                .rposition(|&x| x != f32::NEG_INFINITY)
+                .map_or(0, |j| j + 1);
+            (visible, Some(&m[..visible]))
         }
-        _ => None,
+        Mask::None => (row.len(), None),
     };
     softmax_in_place(isa, &mut row[..visible], scale, m);
     visible

@@ -373,7 +373,7 @@ impl QuantMatrix {
     /// # Safety
     /// `out` is valid for writes of `m * rows` f32 values; `x` holds `m` rows (checked).
     unsafe fn matmul_bf16_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
-        let many = m >= DEQUANT_ROWS && self.cols > 0;
+        let many = m >= DEQUANT_ROWS && self.cols > 0 && !super::row_invariance();
         if self.format == QuantFormat::Q8 && many && PackedBf16::packs_at(isa) {
             return self.matmul_dequantized(x, m, out, isa);
         }
