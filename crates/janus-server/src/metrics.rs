@@ -84,6 +84,9 @@ pub struct Metrics {
     image_rate: F64Counter,
     image_batches: AtomicU64,
     images: AtomicU64,
+    image_passes: AtomicU64,
+    drafts_checked: AtomicU64,
+    drafts_accepted: AtomicU64,
     decode_queue: AtomicI64,
     vq_images: AtomicU64,
     vq_seconds: F64Counter,
@@ -128,6 +131,15 @@ impl Metrics {
         if seconds > 0.0 && steps > 0 {
             self.image_rate.set(steps as f64 / seconds);
         }
+    }
+
+    /// Records a text-to-image batch's forward passes (its prompt's included) and the
+    /// speculative drafts it checked and accepted (none in plain decoding).
+    pub fn image_passes(&self, passes: usize, checked: u64, accepted: u64) {
+        self.image_passes
+            .fetch_add(passes as u64, Ordering::Relaxed);
+        self.drafts_checked.fetch_add(checked, Ordering::Relaxed);
+        self.drafts_accepted.fetch_add(accepted, Ordering::Relaxed);
     }
 
     /// Adds `images` (negative: takes them away) to the images waiting for the VQ decoder.
@@ -247,6 +259,24 @@ impl Metrics {
                 load(&self.image_tokens),
             ),
             (
+                "janus_image_passes_total",
+                "counter",
+                "Forward passes of text-to-image batches (prefills included); with speculative decoding a pass draws several codes.",
+                load(&self.image_passes),
+            ),
+            (
+                "janus_image_drafts_checked_total",
+                "counter",
+                "Speculative drafts checked.",
+                load(&self.drafts_checked),
+            ),
+            (
+                "janus_image_drafts_accepted_total",
+                "counter",
+                "Speculative drafts accepted.",
+                load(&self.drafts_accepted),
+            ),
+            (
                 "janus_image_seconds_total",
                 "counter",
                 "Seconds spent sampling image codes.",
@@ -308,6 +338,7 @@ mod tests {
         m.job(JobKind::Chat, JobOutcome::Cancelled);
         m.text(10, 4, 0.5);
         m.image_batch(2, 576, 1152, 2.0);
+        m.image_passes(200, 900, 500);
         m.decode_queue(3);
         m.decode_queue(-1);
         assert_eq!(m.vq_seconds_per_image(), None);
@@ -323,6 +354,9 @@ mod tests {
         assert!(
             t.contains("# TYPE janus_image_tokens_total counter\njanus_image_tokens_total 1152\n")
         );
+        assert!(t.contains("janus_image_passes_total 200\n"));
+        assert!(t.contains("janus_image_drafts_checked_total 900\n"));
+        assert!(t.contains("janus_image_drafts_accepted_total 500\n"));
         assert!(t.contains("janus_decode_queue_images 2\n"));
         assert!(t.contains("janus_vq_decoded_images_total 2\n"));
         assert!(t.contains("janus_vq_decode_seconds_total 0.5\n"));

@@ -260,7 +260,9 @@ impl<B: ServedModel> Worker<B> {
         let more = self.queue.take_images(|j| {
             let n = images + j.item.params.parallel;
             let len = longest.max(j.item.cond_ids.len());
+            // One window per batch: a plain request would hold speculative ones back.
             if j.is_abandoned()
+                || j.item.params.speculative != batch[0].item.params.speculative
                 || n > MAX_BATCH_IMAGES
                 || self.model.check_generate_memory(len, n).is_err()
             {
@@ -301,6 +303,8 @@ impl<B: ServedModel> Worker<B> {
         let result = catch_panic(|| {
             self.model.generate_codes(&items, &mut |p: &BatchProgress| {
                 let (done, total) = (p.done, p.total);
+                // A speculative pass draws several codes per image.
+                let drawn = done - steps;
                 steps = done;
                 let aborting = self.aborting();
                 for (i, job) in batch.iter().enumerate() {
@@ -311,7 +315,7 @@ impl<B: ServedModel> Worker<B> {
                         live[i] = false;
                         continue;
                     }
-                    codes += job.item.params.parallel;
+                    codes += job.item.params.parallel * drawn;
                     let due = last_sent[i].is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL);
                     if due || done == total {
                         let _ = job.events.send(ImageEvent::Progress { step: done, total });
@@ -329,6 +333,13 @@ impl<B: ServedModel> Worker<B> {
         });
         self.metrics
             .image_batch(images, steps, codes, t0.elapsed().as_secs_f64());
+        if let Ok(o) = &result {
+            let checked = o.iter().map(|o| o.stats.slot_checked.iter().sum::<u64>());
+            let accepted = o.iter().map(|o| o.stats.slot_accepted.iter().sum::<u64>());
+            let passes = o.first().map_or(0, |o| o.stats.passes);
+            self.metrics
+                .image_passes(passes, checked.sum(), accepted.sum());
+        }
         let outputs = match result {
             Ok(o) if o.len() == batch.len() => o,
             Ok(o) => {

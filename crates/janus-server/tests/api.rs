@@ -239,6 +239,44 @@ async fn images_report_their_seed() {
     assert_eq!(result["data"][0]["b64_json"], first["data"][0]["b64_json"]);
 }
 
+/// `speculative` and `accept` in a request: exact speculation returns the plain images'
+/// bytes, sjd runs, and the metrics count the passes and drafts.
+#[tokio::test]
+async fn speculative_requests_return_the_plain_images() {
+    let (_server, router) = server();
+    let body = json!({"prompt": "a fast cat", "temperature": 1, "seed": 21, "n": 2});
+    let (status, plain) = send_json(&router, post("/v1/images/generations", &body)).await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    for window in [json!(4), json!("16"), json!("auto")] {
+        let mut spec = body.clone();
+        spec["speculative"] = window.clone();
+        spec["accept"] = json!("exact");
+        let (status, v) = send_json(&router, post("/v1/images/generations", &spec)).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["data"], plain["data"], "window {window}");
+    }
+    let mut sjd = body.clone();
+    sjd["speculative"] = json!(8);
+    sjd["accept"] = json!("sjd");
+    let (status, v) = send_json(&router, post("/v1/images/generations", &sjd)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (_, _, bytes) = send(&router, get("/metrics")).await;
+    let text = String::from_utf8_lossy(&bytes);
+    let counter = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // The plain request alone took 576 passes; the speculative ones fewer each.
+    let passes = counter("janus_image_passes_total");
+    assert!(passes > 576 && passes < 5 * 576, "{passes}");
+    assert!(
+        counter("janus_image_drafts_checked_total") > counter("janus_image_drafts_accepted_total")
+    );
+}
+
 fn image_body(prompt: &str, n: usize) -> Value {
     json!({"prompt": prompt, "n": n, "size": "384x384", "seed": 3, "temperature": 0, "cfg_weight": 5})
 }
@@ -632,6 +670,36 @@ async fn every_bad_request_gets_an_openai_error() {
             post("/v1/images/generations", &json!({"prompt": "x", "n": 0})),
             StatusCode::BAD_REQUEST,
             json!("n"),
+            json!(null),
+        ),
+        (
+            "speculative window 0",
+            post(
+                "/v1/images/generations",
+                &json!({"prompt": "x", "speculative": 0}),
+            ),
+            StatusCode::BAD_REQUEST,
+            json!("speculative"),
+            json!(null),
+        ),
+        (
+            "speculative window not a number",
+            post(
+                "/v1/images/generations",
+                &json!({"prompt": "x", "speculative": "fast"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            json!("speculative"),
+            json!(null),
+        ),
+        (
+            "unknown acceptance",
+            post(
+                "/v1/images/generations",
+                &json!({"prompt": "x", "speculative": 4, "accept": "lossy"}),
+            ),
+            StatusCode::BAD_REQUEST,
+            json!("accept"),
             json!(null),
         ),
         (

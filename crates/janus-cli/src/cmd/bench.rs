@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 use janus::bench::{self, BenchParams, BenchReport, T2I_PROMPT_TOKENS};
+use janus::engine::{window, Window};
 use janus::machine::MachineInfo;
 use serde_json::json;
 
@@ -25,9 +26,30 @@ pub struct BenchArgs {
     /// Tokens decoded greedily after the prefill.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
+    /// Also time one pass over W image codes (2P rows each) for each listed window, the
+    /// t(W) curve speculative decoding's gain depends on (`1,2,4,8,16`), or `auto` for
+    /// those windows and the one `--speculative auto` would pick before any request.
+    #[arg(long, value_name = "W,W,...|auto")]
+    speculative: Option<String>,
     /// End stdout with one JSON object of the results.
     #[arg(long)]
     json: bool,
+}
+
+/// The windows `--speculative` lists, and whether it said `auto`.
+fn bench_windows(arg: &str) -> Result<(Vec<usize>, bool)> {
+    if arg == "auto" {
+        return Ok((window::AUTO_WINDOWS.to_vec(), true));
+    }
+    let windows = arg
+        .split(',')
+        .map(|w| match w.trim().parse::<Window>() {
+            Ok(Window::Fixed(w)) => Ok(w),
+            Ok(Window::Auto) => anyhow::bail!("auto cannot be one of several windows"),
+            Err(e) => Err(e.into()),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((windows, false))
 }
 
 /// Runs `janus bench`.
@@ -38,6 +60,7 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
         parallel: a.parallel,
     };
     params.validate()?;
+    let windows = a.speculative.as_deref().map(bench_windows).transpose()?;
     let t0 = Instant::now();
     let pipe = a.model.load(progress)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -91,12 +114,42 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
         },
     )?;
     drop(spinner);
+    let passes = match &windows {
+        Some((ws, auto)) => {
+            let _spin = progress.spinner("speculative passes");
+            let costs = window::pass_costs(&pipe.model, 2 * params.parallel, ws)?;
+            let pick = auto.then(|| window::best_window(&costs, &window::prior_acceptance()));
+            Some((costs, pick))
+        }
+        None => None,
+    };
     let peak = bench::peak_rss_mb();
 
     if a.json {
-        println!("{}", results_json(&report, peak, &machine));
+        let mut out = results_json(&report, peak, &machine);
+        if let Some((costs, pick)) = &passes {
+            out["pass_s"] = costs
+                .iter()
+                .map(|(w, t)| (w.to_string(), json!(t)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            out["auto_window"] = json!(pick);
+        }
+        println!("{out}");
     } else {
         print_table(&report, &params, peak);
+        if let Some((costs, pick)) = &passes {
+            println!();
+            println!("{:<10} {:>12}  {:<7} t(W)/t(1)", "window", "pass", "unit");
+            let t1 = costs.iter().find(|(w, _)| *w == 1).map(|c| c.1);
+            for (w, t) in costs {
+                let ratio = t1.map_or_else(|| "-".to_string(), |t1| format!("{:.2}", t / t1));
+                println!("{w:<10} {t:>12.4}  {:<7} {ratio}", "s");
+            }
+            if let Some(w) = pick {
+                println!("auto picks window {w} (acceptance prior, no request seen)");
+            }
+        }
     }
     Ok(())
 }

@@ -322,7 +322,7 @@ pub fn generate_codes_batch_with(
         .iter()
         .map(|it| match it.params.speculative.window {
             Window::Fixed(w) => w,
-            Window::Auto => super::window::auto_window(model, items),
+            Window::Auto => super::window::auto_window(model, 2 * images.len()),
         })
         .max()
         .unwrap_or(1);
@@ -348,7 +348,7 @@ pub fn generate_codes_batch_with(
     let codes = group(&decoded.codes, &per_item);
     let margins = group(&decoded.margins, &per_item);
     let slots = group(&decoded.slots, &per_item);
-    Ok(items
+    let outputs: Vec<GenerateOutput> = items
         .iter()
         .zip(codes)
         .zip(margins)
@@ -378,7 +378,11 @@ pub fn generate_codes_batch_with(
                 },
             }
         })
-        .collect())
+        .collect();
+    for o in &outputs {
+        super::window::record_acceptance(&o.stats);
+    }
+    Ok(outputs)
 }
 
 /// Splits a per-image list into per-item lists of `per_item[i]` images each.

@@ -75,7 +75,7 @@ pub enum Window {
     /// W codes per pass; 1 is plain decoding.
     Fixed(usize),
     /// Chosen from this machine's measured cost of a pass over W codes
-    /// (`auto`, see [`super::window`]).
+    /// (`auto`, see the `window` module).
     Auto,
 }
 

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::generate::BatchItem;
 use super::speculative::{DecodeStats, MAX_WINDOW};
 use crate::error::Result;
 use crate::model::{Janus, KvCache};
@@ -51,8 +50,13 @@ pub fn record_acceptance(stats: &DecodeStats) {
     }
 }
 
-/// Per slot, the acceptance `auto` assumes: what was seen (with the prior as one pseudo
-/// observation of weight 8), the prior where nothing was.
+/// The acceptance `auto` assumes at every slot before it has seen a request.
+pub fn prior_acceptance() -> Vec<f64> {
+    vec![PRIOR_ACCEPTANCE; MAX_WINDOW]
+}
+
+/// Per slot, the acceptance `auto` assumes: what was seen (with the prior as 8 pseudo
+/// observations), the prior where nothing was.
 fn acceptance(slots: usize) -> Vec<f64> {
     let seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     (0..slots)
@@ -86,9 +90,8 @@ pub fn best_window(costs: &[(usize, f64)], alpha: &[f64]) -> usize {
         .map_or(1, |&(w, _)| w)
 }
 
-/// The window `auto` picks for a batch of `items` on `model`.
-pub(crate) fn auto_window(model: &Janus, items: &[BatchItem]) -> usize {
-    let rows: usize = items.iter().map(|it| 2 * it.params.parallel).sum();
+/// The window `auto` picks for a batch of `rows` CFG rows on `model`.
+pub(crate) fn auto_window(model: &Janus, rows: usize) -> usize {
     let key = (model as *const Janus as usize, rows);
     let cached = PASS_COSTS
         .lock()
@@ -117,11 +120,14 @@ pub(crate) fn auto_window(model: &Janus, items: &[BatchItem]) -> usize {
 }
 
 /// Seconds of one pass over `w` image codes for `rows` CFG rows, per window in `windows`:
-/// the best of three passes over a cache already holding a 64-position context.
+/// the best of three passes over a cache already holding 300 positions (a prompt and
+/// half an image; fewer on a model of a shorter context).
 pub fn pass_costs(model: &Janus, rows: usize, windows: &[usize]) -> Result<Vec<(usize, f64)>> {
     let cfg = model.config();
-    let context = 64.min(cfg.text.max_position_embeddings / 2);
     let widest = windows.iter().copied().max().unwrap_or(1);
+    let context = 300
+        .min(cfg.text.max_position_embeddings.saturating_sub(widest))
+        .max(1);
     let device = model.device();
     let mut cache = KvCache::new(&cfg.text, rows, context + widest, model.dtype(), device)?;
     let codes = |t: usize| Tensor::zeros((rows, t), candle_core::DType::U32, device);
