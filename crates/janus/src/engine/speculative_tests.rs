@@ -205,3 +205,45 @@ fn a_stopped_image_keeps_its_codes_and_the_others_go_on() {
         assert_eq!(codes[..], plain.codes[0][..codes.len()]);
     }
 }
+
+/// Logits that depend on the position only: every Jacobi draft is right once its row has
+/// run once, so a window of W gains about W - 1 codes per pass after the first.
+struct PositionOnly {
+    k: usize,
+    fed: usize,
+}
+
+impl Verifier for PositionOnly {
+    fn codebook(&self) -> usize {
+        self.k
+    }
+
+    fn start(&mut self) -> Result<Vec<Vec<f32>>> {
+        Ok(vec![TableModel::logits(self.k, &[0])])
+    }
+
+    fn pass(&mut self, keep: usize, inputs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.fed = keep;
+        let mut out = Vec::new();
+        for _ in &inputs[0] {
+            self.fed += 1;
+            out.extend(TableModel::logits(self.k, &[self.fed as u32]));
+        }
+        Ok(vec![out])
+    }
+}
+
+#[test]
+fn context_free_codes_pass_in_few_passes() {
+    let (k, n) = (16, 100);
+    for accept in [Accept::Exact, Accept::Sjd] {
+        for w in [4, 8] {
+            let mut m = PositionOnly { k, fed: 0 };
+            let s = ImageSampling::new(1, 0, k, 1.0, accept);
+            let out = decode(&mut m, vec![s], w, n, |_, _| vec![true]).unwrap();
+            assert_eq!(out.codes[0].len(), n);
+            // Each window's drafts are right from their second pass on.
+            assert!(out.passes <= 2 * n / (w - 1) + 2, "{accept:?} W={w}: {} passes", out.passes);
+        }
+    }
+}

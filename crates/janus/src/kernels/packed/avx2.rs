@@ -69,6 +69,17 @@ unsafe fn kernel<const R: usize>(
 ) {
     let upper = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    if a.accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let mut v = [0f32; PANEL];
+            let o = out.add(r * a.ldo);
+            v[..cols.min(PANEL)].copy_from_slice(std::slice::from_raw_parts(o, cols.min(PANEL)));
+            *acc = [
+                _mm256_loadu_ps(v.as_ptr()),
+                _mm256_loadu_ps(v.as_ptr().add(8)),
+            ];
+        }
+    }
     for (t, &off) in a.taps.iter().enumerate() {
         let (w, x) = (w.add(t * a.pairs * 2 * PANEL), x.add(off));
         for c in 0..a.pairs {
@@ -111,18 +122,12 @@ unsafe fn kernel<const R: usize>(
                 } else {
                     out.add(r * a.ldo + j)
                 };
-                *o = if a.accumulate { *o + v } else { *v };
+                *o = *v;
             }
             continue;
         }
         for (h, s) in acc[r].iter().enumerate() {
-            let o = out.add(r * a.ldo + 8 * h);
-            let s = if a.accumulate {
-                _mm256_add_ps(*s, _mm256_loadu_ps(o))
-            } else {
-                *s
-            };
-            _mm256_storeu_ps(o, s);
+            _mm256_storeu_ps(out.add(r * a.ldo + 8 * h), *s);
         }
     }
 }

@@ -24,7 +24,19 @@ unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
     let XPtr::Bf16(x) = a.x.ptr else {
         unreachable!("the bf16 kernel takes bf16 x")
     };
+    // The valid lanes of panel q (the last panel may be partial).
+    let panel_mask = |q: usize| -> __mmask16 {
+        let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
+        ((1u32 << valid) - 1) as __mmask16
+    };
     let mut acc = [[_mm512_setzero_ps(); P]; R];
+    if a.accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (q, v) in acc.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(panel_mask(q), a.out.add(r * a.ldo + q * PANEL));
+            }
+        }
+    }
     for (t, &off) in a.taps.iter().enumerate() {
         let (w, x) = (a.w.add(t * a.pairs * 2 * PANEL), x.add(off));
         for c in 0..a.pairs {
@@ -44,11 +56,6 @@ unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
             }
         }
     }
-    // The valid lanes of panel q (the last panel may be partial).
-    let panel_mask = |q: usize| -> __mmask16 {
-        let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
-        ((1u32 << valid) - 1) as __mmask16
-    };
     if a.transposed {
         // Lane j of a panel goes to output row (channel) j, `ldo` apart.
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -71,12 +78,7 @@ unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
                 continue;
             }
             let o = a.out.add(r * a.ldo + q * PANEL);
-            let v = if a.accumulate {
-                _mm512_add_ps(acc[r][q], _mm512_maskz_loadu_ps(mask, o))
-            } else {
-                acc[r][q]
-            };
-            _mm512_mask_storeu_ps(o, mask, v);
+            _mm512_mask_storeu_ps(o, mask, acc[r][q]);
         }
     }
 }

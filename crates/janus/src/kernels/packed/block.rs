@@ -87,6 +87,8 @@ pub(super) struct Block<'a> {
     pub(super) ldo: usize,
     /// Valid output columns (the last panel may be partial).
     pub(super) cols: usize,
+    /// Continue the sums already in `out` (a later block of column pairs): the
+    /// accumulators start from `out`, so splitting K gives the bits of one pass over it.
     pub(super) accumulate: bool,
     /// Output element (r, j) at `out + j * ldo + r` instead of `out + r * ldo + j` (never
     /// with `accumulate`).
@@ -97,6 +99,11 @@ pub(super) struct Block<'a> {
 pub(super) unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
     for r in 0..rows {
         let mut acc = [0f32; 2 * PANEL];
+        if a.accumulate {
+            for (j, s) in acc.iter_mut().enumerate().take(a.cols) {
+                *s = *a.out.add(r * a.ldo + j);
+            }
+        }
         for (q, accq) in acc.chunks_exact_mut(PANEL).enumerate().take(np) {
             for (t, &off) in a.taps.iter().enumerate() {
                 let w = a.w.add(q * a.panel_len + t * a.pairs * 2 * PANEL);
@@ -118,7 +125,7 @@ pub(super) unsafe fn plain_block(rows: usize, np: usize, a: &Block) {
             } else {
                 a.out.add(r * a.ldo + j)
             };
-            *o = if a.accumulate { *o + v } else { *v };
+            *o = *v;
         }
     }
 }

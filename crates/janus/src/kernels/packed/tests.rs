@@ -138,3 +138,29 @@ fn taps_read_bf16_and_f32_inputs_alike() {
         }
     }
 }
+
+/// Each row's outputs are the same bits whatever rows come with it, at every level: one
+/// row alone, a few (split K), many (regrouped blocks). Speculative decoding checks drafts
+/// against rows computed in blocks and relies on this.
+#[test]
+fn every_row_gets_its_bits_alone_at_every_level() {
+    for &(n, k) in &[(48, 384), (33, 1030), (16, 64), (130, 258)] {
+        let x = values(40 * k, 31);
+        let w = values(n * k, 32);
+        let packed = PackedBf16::pack(&w, n, k);
+        for isa in Isa::available() {
+            let alone: Vec<f32> = (0..40)
+                .flat_map(|i| packed.matmul_to_vec(&x[i * k..(i + 1) * k], 1, isa))
+                .collect();
+            for m in [2, 3, 5, 6, 7, 12, 15, 16, 17, 40] {
+                let got = packed.matmul_to_vec(&x[..m * k], m, isa);
+                let differ = got
+                    .iter()
+                    .zip(&alone)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(differ, 0, "{isa:?} {m} rows of {n}x{k}");
+            }
+        }
+    }
+}
