@@ -243,7 +243,11 @@ fn context_free_codes_pass_in_few_passes() {
             let out = decode(&mut m, vec![s], w, n, |_, _| vec![true]).unwrap();
             assert_eq!(out.codes[0].len(), n);
             // Each window's drafts are right from their second pass on.
-            assert!(out.passes <= 2 * n / (w - 1) + 2, "{accept:?} W={w}: {} passes", out.passes);
+            assert!(
+                out.passes <= 2 * n / (w - 1) + 2,
+                "{accept:?} W={w}: {} passes",
+                out.passes
+            );
         }
     }
 }

@@ -484,6 +484,9 @@ impl QuantMatrix {
                 1
             };
             (rows, groups)
+        } else if super::row_invariance() {
+            // K blocks would add partial sums, which rounds differently from one pass.
+            (TILE_ROWS, groups)
         } else {
             let most = (PREFILL_ACTS / (TILE_ROWS * group_bytes)).max(1);
             (TILE_ROWS, groups.div_ceil(groups.div_ceil(most)))

@@ -391,29 +391,31 @@ fn q8_products_through_bf16_panels_agree_with_the_integer_ones() {
 /// whatever rows come with it (Q8 stays off its bf16-panel route), at every level.
 #[test]
 fn rows_get_their_bits_alone_under_row_invariance() {
-    let (rows, cols) = (40, 300);
-    let w = values(rows * cols, 41);
-    let x: Vec<bf16> = values(80 * cols, 42)
-        .iter()
-        .map(|&v| bf16::from_f32(v))
-        .collect();
-    for f in FORMATS {
-        let q = QuantMatrix::quantize_f32(&w, rows, cols, f);
-        for isa in levels() {
-            crate::kernels::with_row_invariance(true, || {
-                let alone: Vec<f32> = (0..80)
-                    .flat_map(|i| q.matmul_bf16_to_vec(&x[i * cols..(i + 1) * cols], 1, isa))
-                    .collect();
-                for m in [2, 3, 5, 16, 63, 64, 80] {
-                    let got = q.matmul_bf16_to_vec(&x[..m * cols], m, isa);
-                    let differ = got
-                        .iter()
-                        .zip(&alone)
-                        .filter(|(a, b)| a.to_bits() != b.to_bits())
-                        .count();
-                    assert_eq!(differ, 0, "{f:?} {isa:?} {m} rows");
-                }
-            });
+    // Short rows, and rows long enough for K blocks.
+    for (rows, cols) in [(40, 300), (12, 5632)] {
+        let w = values(rows * cols, 41);
+        let x: Vec<bf16> = values(80 * cols, 42)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        for f in FORMATS {
+            let q = QuantMatrix::quantize_f32(&w, rows, cols, f);
+            for isa in levels() {
+                crate::kernels::with_row_invariance(true, || {
+                    let alone: Vec<f32> = (0..80)
+                        .flat_map(|i| q.matmul_bf16_to_vec(&x[i * cols..(i + 1) * cols], 1, isa))
+                        .collect();
+                    for m in [2, 3, 5, 16, 63, 64, 80] {
+                        let got = q.matmul_bf16_to_vec(&x[..m * cols], m, isa);
+                        let differ = got
+                            .iter()
+                            .zip(&alone)
+                            .filter(|(a, b)| a.to_bits() != b.to_bits())
+                            .count();
+                        assert_eq!(differ, 0, "{f:?} {isa:?} {m} rows of {rows}x{cols}");
+                    }
+                });
+            }
         }
     }
 }
