@@ -3,7 +3,7 @@
 //! On a CPU a pass over W codes costs more than a pass over one (GPUs hide that), so the
 //! gain is `codes per pass x t(1) / t(W)`. `auto` measures `t(W)` once per process, model
 //! and batch size, estimates codes per pass from the acceptance seen by earlier requests
-//! in the process (a cautious prior before any), and picks the best W, which is 1 (plain
+//! in the process (a measured prior before any), and picks the best W, which is 1 (plain
 //! decoding) when no window pays.
 
 use std::collections::HashMap;
@@ -19,10 +19,10 @@ use crate::model::{Janus, KvCache};
 /// Windows `auto` considers.
 pub const AUTO_WINDOWS: [usize; 5] = [1, 2, 4, 8, 16];
 
-/// Acceptance assumed at each slot before any request has been seen: a pass then gains
-/// about 1.8 codes at W = 4, so only a machine where passes over more rows are nearly
-/// free speculates without evidence.
-const PRIOR_ACCEPTANCE: f64 = 0.5;
+/// Acceptance assumed at each slot before any request has been seen: about what the
+/// trained shapes model showed (0.14 to 0.24 at slot 0, docs/speculative.md), so `auto`
+/// speculates only where a pass over two codes costs little more than one.
+const PRIOR_ACCEPTANCE: f64 = 0.2;
 
 /// Seconds of one pass over `w` codes, `(w, seconds)` per window, by (model, rows).
 type PassCosts = HashMap<(usize, usize), Vec<(usize, f64)>>;

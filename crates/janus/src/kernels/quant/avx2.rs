@@ -1,9 +1,11 @@
 //! AVX2 quant kernels (see the parent module for the layout): a 256-bit register holds
 //! half a chunk, blocks 0..8 or 8..16. One or two activation rows (decoding) take the
 //! quad's 4 weight rows together, so the weights stream in storage order (a row at a time
-//! reads every fourth line, which held decoding to a third of the memory's speed); more
-//! rows take the weight rows one at a time (16 registers hold no more), the activations
-//! coming from L1 for each.
+//! reads every fourth line, which held decoding to a third of the memory's speed); so do
+//! 3-4 rows of a streaming product (a block of speculative drafts), one half line at a
+//! time; prefill tiles take the weight rows one at a time (16 registers hold no more),
+//! the activations coming from L1 for each. Every kernel adds a row's terms in the same
+//! order, so a row gets the same bits from each.
 
 use std::arch::x86_64::*;
 
@@ -15,7 +17,9 @@ pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
     match rows {
         1 => quad_q4::<1, 2>(a),
         2 => quad_q4::<2, 2>(a),
+        3 if a.streams => quad_q4::<3, 1>(a),
         3 => (0..a.cols).for_each(|r| kernel_q4::<3>(a, r)),
+        _ if a.streams => quad_q4::<4, 1>(a),
         _ => (0..a.cols).for_each(|r| kernel_q4::<4>(a, r)),
     }
 }
@@ -26,7 +30,9 @@ pub(super) unsafe fn tile_q8(rows: usize, a: TileArgs) {
     match rows {
         1 => quad_q8::<1, 2>(a),
         2 => quad_q8::<2, 2>(a),
+        3 if a.streams => quad_q8::<3, 1>(a),
         3 => (0..a.cols).for_each(|r| kernel_q8::<3>(a, r)),
+        _ if a.streams => quad_q8::<4, 1>(a),
         _ => (0..a.cols).for_each(|r| kernel_q8::<4>(a, r)),
     }
 }

@@ -518,6 +518,7 @@ impl QuantMatrix {
                                 ldo: n,
                                 cols: QUAD.min(n - t * QUAD),
                                 add: g0 > 0,
+                                streams: m <= STREAM_ROWS,
                             };
                             // SAFETY: the tile stays inside the operands (rows i..i + rows
                             // < m, quad t of the padded rows, groups g0.. < groups, output
@@ -542,6 +543,10 @@ impl QuantMatrix {
 
 /// Activation rows a tile takes at most, sharing each weight load.
 const TILE_ROWS: usize = 4;
+
+/// Rows up to which a product counts as streaming its weights ([`TileArgs::streams`]):
+/// blocks of speculative drafts (2 x 8 codes); prefills have hundreds.
+const STREAM_ROWS: usize = 16;
 
 /// Weight quads walked together while every group of activation rows passes over them.
 const REUSE_QUADS: usize = 8;

@@ -5,7 +5,9 @@ use super::*;
 /// One tile's operands: `groups` groups of activation rows from `xq`, `neg`, `dx` (row
 /// strides: `stride` groups of lines and of `Lanes`; see [`QuantActs`]) and of one weight
 /// quad from `wq` and `ws`, and the output at `out` (row stride `ldo`), whose first `cols`
-/// (at most 4) columns the tile writes, or adds to if `add`.
+/// (at most 4) columns the tile writes, or adds to if `add`. `streams`: the product has
+/// few rows (decoding, a block of drafts), so the weights stream from memory and kernels
+/// that read them in storage order pay even for 3-4 rows.
 #[derive(Clone, Copy)]
 pub(super) struct TileArgs {
     pub(super) xq: *const Line,
@@ -20,6 +22,7 @@ pub(super) struct TileArgs {
     pub(super) ldo: usize,
     pub(super) cols: usize,
     pub(super) add: bool,
+    pub(super) streams: bool,
 }
 
 impl TileArgs {
