@@ -164,6 +164,7 @@ mod tests {
             temperature: 1.0,
             parallel: 1,
             model: "m",
+            speculative: None,
         };
         let a = write_pngs(dir.path(), &meta, std::slice::from_ref(&img)).unwrap();
         let b = write_pngs(dir.path(), &meta, std::slice::from_ref(&img)).unwrap();

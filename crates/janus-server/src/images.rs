@@ -295,6 +295,13 @@ async fn encode(
             temperature: out.params.temperature,
             parallel: out.params.parallel,
             model: &state.opts.model_record,
+            speculative: GenerationMeta::speculative_record(
+                out.params.speculative.accept,
+                &match out.params.speculative.window {
+                    Window::Fixed(w) => w.to_string(),
+                    Window::Auto => "auto".to_string(),
+                },
+            ),
         };
         images
             .iter()

@@ -26,6 +26,17 @@ pub struct GenerationMeta<'a> {
     pub parallel: usize,
     /// The model (a local path or `owner/name@revision`).
     pub model: &'a str,
+    /// Speculative decoding where it changes the image (`sjd`, e.g. `sjd, window 8`);
+    /// `None` for plain decoding and `exact`, which draw the same image.
+    pub speculative: Option<String>,
+}
+
+impl GenerationMeta<'_> {
+    /// What [`Self::speculative`] records for these settings (`window`: the one used).
+    pub fn speculative_record(accept: crate::engine::Accept, window: &str) -> Option<String> {
+        (accept == crate::engine::Accept::Sjd && window != "1")
+            .then(|| format!("sjd, window {window}"))
+    }
 }
 
 impl GenerationMeta<'_> {
@@ -42,7 +53,13 @@ impl GenerationMeta<'_> {
             ("janus:model", self.model.to_string()),
         ]
         .map(|(k, v)| (k.to_string(), v))
-        .to_vec()
+        .into_iter()
+        .chain(
+            self.speculative
+                .iter()
+                .map(|s| ("janus:speculative".to_string(), s.clone())),
+        )
+        .collect()
     }
 }
 
@@ -86,10 +103,25 @@ mod tests {
             temperature: 1.0,
             parallel: 1,
             model: "m",
+            speculative: None,
         };
         let a = encode_png(&img, &meta.png_text(0)).unwrap();
         let b = encode_png(&img, &meta.png_text(0)).unwrap();
         assert_eq!(a, b);
+        // Only sjd, which draws another image than plain decoding, is recorded.
+        use crate::engine::Accept;
+        assert_eq!(GenerationMeta::speculative_record(Accept::Exact, "8"), None);
+        assert_eq!(GenerationMeta::speculative_record(Accept::Sjd, "1"), None);
+        let sjd = GenerationMeta {
+            speculative: GenerationMeta::speculative_record(Accept::Sjd, "8"),
+            ..meta.clone()
+        };
+        let text = sjd.png_text(0);
+        assert!(text.contains(&("janus:speculative".to_string(), "sjd, window 8".to_string())));
+        assert!(!meta
+            .png_text(0)
+            .iter()
+            .any(|(k, _)| k == "janus:speculative"));
         let back = image::load_from_memory(&a).unwrap().to_rgb8();
         assert_eq!(back, img);
     }

@@ -233,6 +233,7 @@ fn exact_speculation_writes_the_same_png_bytes() {
             temperature: 1.0,
             parallel: 2,
             model: "tiny-pro",
+            speculative: None,
         };
         out.images
             .iter()

@@ -71,6 +71,10 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
         temperature: params.temperature,
         parallel: params.parallel,
         model: &model,
+        speculative: output::GenerationMeta::speculative_record(
+            params.speculative.accept,
+            &result.stats.window.to_string(),
+        ),
     };
     let paths = output::write_pngs(&a.out, &meta, &result.images)
         .with_context(|| format!("writing images to {}", a.out.display()))?;
