@@ -134,7 +134,7 @@ pub fn decode_stats_json(s: &DecodeStats) -> Value {
         "accept": s.accept.name(),
         "passes": s.passes,
         "codes": s.codes,
-        "codes_per_pass": s.codes_per_pass,
+        "codes_per_pass": s.codes_per_pass(),
         "acceptance_by_slot": by_slot,
         "slot_checked": s.slot_checked,
         "slot_accepted": s.slot_accepted,

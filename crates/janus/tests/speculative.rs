@@ -298,5 +298,5 @@ fn sjd_runs_and_reports_acceptance() {
     assert_eq!(out.stats.accept, Accept::Sjd);
     assert_eq!(out.stats.slot_checked.len(), 7);
     assert!(out.stats.slot_checked[0] > 0);
-    assert!((out.stats.codes_per_pass - 576.0 / out.stats.passes as f64).abs() < 1e-12);
+    assert!((out.stats.codes_per_pass() - 576.0 / out.stats.passes as f64).abs() < 1e-12);
 }

@@ -371,7 +371,6 @@ pub fn generate_codes_batch_with(
                     accept: it.params.speculative.accept,
                     passes: decoded.passes,
                     codes: drawn,
-                    codes_per_pass: drawn as f64 / decoded.passes as f64,
                     slot_checked: slots.checked,
                     slot_accepted: slots.accepted,
                     sample_s,

@@ -162,17 +162,6 @@ impl Sampler {
             .copied()
             .unwrap_or(0) as u32
     }
-
-    /// Plain multinomial draw from `softmax(logits / temperature)` over the whole
-    /// vocabulary (text-to-image sampling: no top-k / top-p), or argmax at temperature 0.
-    pub fn sample_plain(&mut self, logits: &[f32], temperature: f64) -> u32 {
-        if temperature == 0.0 {
-            return argmax(logits);
-        }
-        let probs = softmax_with_temperature(logits, temperature);
-        let support: Vec<usize> = (0..probs.len()).collect();
-        self.draw(&probs, &support)
-    }
 }
 
 #[cfg(test)]

@@ -141,8 +141,6 @@ pub struct DecodeStats {
     pub passes: usize,
     /// Codes drawn per image.
     pub codes: usize,
-    /// `codes / passes`.
-    pub codes_per_pass: f64,
     /// Per draft slot (0: the first code after the accepted prefix), the drafts checked
     /// there over the request's images.
     pub slot_checked: Vec<u64>,
@@ -153,6 +151,11 @@ pub struct DecodeStats {
 }
 
 impl DecodeStats {
+    /// Codes drawn per pass (`codes / passes`).
+    pub fn codes_per_pass(&self) -> f64 {
+        self.codes as f64 / self.passes.max(1) as f64
+    }
+
     /// Fraction of drafts that passed at each slot (NaN where none was checked).
     pub fn acceptance_by_slot(&self) -> Vec<f64> {
         self.slot_checked
@@ -303,21 +306,36 @@ impl Draw {
             } else if s + 1 < l && s < self.drafts.len() {
                 self.checked[s] += 1;
                 let draft = self.drafts[s];
-                let pass = match &p {
-                    None => draft == self.draw(n + s, row, None),
+                // Ok: the draft passes; Err: the correct code instead.
+                let verdict = match &p {
+                    // exact: the row's own code decides, and is the code on failure.
+                    None => {
+                        let own = self.draw(n + s, row, None);
+                        if own == draft {
+                            Ok(draft)
+                        } else {
+                            Err(own)
+                        }
+                    }
                     Some(p) => {
                         let q = self.proposals[s][draft as usize];
-                        self.s.rng.random::<f64>() * q < self.s.relax * p[draft as usize]
+                        if self.s.rng.random::<f64>() * q < self.s.relax * p[draft as usize] {
+                            Ok(draft)
+                        } else {
+                            // The proposal is not needed again (commit replaces them all).
+                            let q = std::mem::take(&mut self.proposals[s]);
+                            Err(self.residual(p, &q))
+                        }
                     }
                 };
-                if pass {
-                    self.accepted[s] += 1;
-                    draft
-                } else {
-                    count = s + 1;
-                    match &p {
-                        None => self.draw(n + s, row, None),
-                        Some(p) => self.residual(p, &self.proposals[s].clone()),
+                match verdict {
+                    Ok(code) => {
+                        self.accepted[s] += 1;
+                        code
+                    }
+                    Err(code) => {
+                        count = s + 1;
+                        code
                     }
                 }
             } else {
