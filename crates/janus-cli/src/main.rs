@@ -21,7 +21,8 @@ struct Cli {
     /// No progress output on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// CPU threads to use (default: all cores).
+    /// CPU threads to use (default: all cores, shared by the ranks mpirun starts on one
+    /// machine).
     #[arg(long, global = true)]
     threads: Option<usize>,
 }
@@ -63,10 +64,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = args::set_threads(cli.threads) {
+    // Ranks that mpirun / srun start on one machine share its cores.
+    let launch = janus::dist::Launch::from_env();
+    if let Err(e) = args::set_threads(cli.threads.or(launch.default_threads())) {
         return report(e);
     }
-    let progress = progress::Progress::new(cli.quiet);
+    // Only rank 0 of a data-parallel job reports progress.
+    let progress = progress::Progress::new(cli.quiet || launch.rank > 0);
     let result = match cli.command {
         Command::Understand(a) => cmd::understand::run(a, &progress),
         Command::Generate(a) => cmd::generate::run(a, &progress),

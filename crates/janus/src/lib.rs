@@ -16,10 +16,12 @@
 //! - [`info`]: what a model directory holds, read from file headers only;
 //! - [`png`]: PNG encoding with the generation parameters in text chunks;
 //! - [`bench`](mod@bench): the standard benchmark workloads behind `janus bench`;
-//! - [`train`]: the three-stage training recipes behind `janus train`.
+//! - [`train`]: the three-stage training recipes behind `janus train`;
+//! - [`dist`]: data-parallel training across processes (MPI, NCCL).
 
 pub mod bench;
 pub mod config;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod hub;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
+use janus::dist::{Comm, Launch};
 use janus::train::recipe::{large_model, parse_ratio, Overrides, Recipe, Schedule, TrainConfig};
 use janus::train::{EvalMetrics, RunEnd, RunSpec, StepMetrics, Trainer};
 use janus::weights::lora::{LoraSpec, Target};
@@ -223,32 +224,53 @@ fn merge(m: MergeArgs, progress: &Progress) -> Result<()> {
     Ok(())
 }
 
-/// The memory check before a run loads anything (the estimate goes to stderr).
-fn check_memory(a: &RunArgs, spec: &RunSpec) -> Result<()> {
+/// The memory check before a run loads anything (the estimate goes to stderr); ranks on
+/// one machine share its memory.
+fn check_memory(a: &RunArgs, spec: &RunSpec, launch: &Launch) -> Result<()> {
     let (cfg, store) = janus::weights::load_model_dir(&spec.model)?;
     let settings = janus::train::memory::PlanSettings::for_run(spec)?;
     let limit = match a.memory_limit {
         Some(g) if g.is_finite() && g > 0.0 => (g * (1u64 << 30) as f64) as u64,
         Some(g) => bail!("--memory-limit must be a positive number of GiB, not {g}"),
-        None => janus::pipeline::available_memory_bytes().unwrap_or(u64::MAX),
+        // Each rank on this machine holds a whole copy of the model and optimiser.
+        None => {
+            janus::pipeline::available_memory_bytes().unwrap_or(u64::MAX) / launch.local_size as u64
+        }
     };
     let plan = janus::train::memory::check_fits(&cfg, &store, &settings, limit)?;
-    eprintln!("memory estimate: {plan}");
+    if launch.rank == 0 {
+        eprintln!("memory estimate: {plan}");
+    }
     Ok(())
 }
 
+/// A run in this process, or as one rank of a job `mpirun` / `srun` started.
 fn train(a: RunArgs, progress: &Progress) -> Result<()> {
+    let launch = Launch::from_env();
+    let comm = janus::dist::init(&launch)?;
+    let result = train_on(a, progress, &launch, comm.clone());
+    if let Err(e) = &result {
+        if comm.size() > 1 {
+            // The other ranks may be waiting for this one in a sum: stop the whole job.
+            eprintln!("error: rank {} of {}: {e:#}", comm.rank(), comm.size());
+            comm.abort(1);
+        }
+    }
+    result
+}
+
+fn train_on(a: RunArgs, progress: &Progress, launch: &Launch, comm: Comm) -> Result<()> {
     let device = Device::Cpu;
     janus::kernels::tune_allocator_for_training();
     let mut trainer = match &a.resume {
-        Some(run_dir) => resume(&a, run_dir, progress, &device)?,
-        None => start(&a, progress, &device)?,
+        Some(run_dir) => resume(&a, run_dir, progress, &device, launch, comm)?,
+        None => start(&a, progress, &device, launch, comm)?,
     };
     let cfg = trainer.config().clone();
     if !progress.is_quiet() {
         eprintln!(
             "training {} of {} tensors ({} parameters) in {}: steps {}..{} of {}, batch {} \
-             (micro {}), ratio {}:{}:{}, lr {} {:?} warm-up {}",
+             (micro {}){}, ratio {}:{}:{}, lr {} {:?} warm-up {}",
             parts_list(&trainer.spec),
             trainer.model.params.len(),
             trainer.model.num_trainable(),
@@ -258,6 +280,10 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
             cfg.steps,
             cfg.batch_size,
             cfg.micro_batch_size,
+            match trainer.comm().size() {
+                1 => String::new(),
+                n => format!(" over {n} ranks ({})", launch.launcher),
+            },
             cfg.ratio[0],
             cfg.ratio[1],
             cfg.ratio[2],
@@ -266,8 +292,12 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
             cfg.warmup_steps,
         );
     }
-    for bad in trainer.bad_lines() {
-        eprintln!("warning: skipped bad sample {bad}");
+    // Every rank read the same manifest: rank 0 speaks for all.
+    let speaks = trainer.writes();
+    if speaks {
+        for bad in trainer.bad_lines() {
+            eprintln!("warning: skipped bad sample {bad}");
+        }
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -313,6 +343,9 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
         },
     )?;
     drop(bar);
+    if !speaks {
+        return Ok(());
+    }
     match end {
         RunEnd::Finished(dir) => println!("{}", dir.display()),
         RunEnd::Stopped(dir) => {
@@ -330,7 +363,13 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
     Ok(())
 }
 
-fn start(a: &RunArgs, progress: &Progress, device: &Device) -> Result<Trainer> {
+fn start(
+    a: &RunArgs,
+    progress: &Progress,
+    device: &Device,
+    launch: &Launch,
+    comm: Comm,
+) -> Result<Trainer> {
     let (Some(recipe), Some(data), Some(out)) = (&a.recipe, &a.data, &a.out) else {
         bail!("janus train needs --recipe, --data and --out (or --resume RUN_DIR)");
     };
@@ -375,9 +414,9 @@ fn start(a: &RunArgs, progress: &Progress, device: &Device) -> Result<Trainer> {
             out.display()
         );
     }
-    check_memory(a, &spec)?;
+    check_memory(a, &spec, launch)?;
     let spinner = progress.spinner(&format!("loading {}", model.display()));
-    let t = Trainer::create(out, spec, device)?;
+    let t = Trainer::create_on(out, spec, device, comm)?;
     spinner.finish();
     Ok(t)
 }
@@ -387,6 +426,8 @@ fn resume(
     run_dir: &std::path::Path,
     progress: &Progress,
     device: &Device,
+    launch: &Launch,
+    comm: Comm,
 ) -> Result<Trainer> {
     let o = overrides(a)?;
     let changed = o.batch_size.is_some()
@@ -428,9 +469,9 @@ fn resume(
     }
     let mut spec = spec;
     spec.checkpoint_layers |= a.checkpoint_layers;
-    check_memory(a, &spec)?;
+    check_memory(a, &spec, launch)?;
     let spinner = progress.spinner(&format!("resuming {}", run_dir.display()));
-    let mut t = Trainer::resume(run_dir, o.steps, spec.checkpoint_layers, device)?;
+    let mut t = Trainer::resume_on(run_dir, o.steps, spec.checkpoint_layers, device, comm)?;
     spinner.finish();
     if let Some(s) = o.save_every {
         t.spec.config.save_every = s;

@@ -6,9 +6,16 @@
 //! the seed and the step: which sample fills each slot (a per-epoch permutation of each
 //! kind's records), caption drops, first-sentence cuts. Resuming therefore needs only the
 //! step, the weights and the optimiser state, and replays the run exactly.
+//!
+//! Under `mpirun` ([`crate::dist`]) the batch stays the run's whole batch: rank r of N takes
+//! the step's slots r, r+N, r+2N, ..., and the gradients, scaled by the whole batch's
+//! target count, are summed over the ranks before clipping. N ranks therefore take the
+//! optimiser steps one process takes with the same batch, up to the order of f32 sums, and a
+//! run may resume on another number of ranks. Rank 0 alone writes the run directory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
@@ -28,6 +35,7 @@ use super::sample::{
     first_sentence, sample_rng, t2i_sample, text_sample, understanding_ids, SampleDraws,
     TrainSample,
 };
+use crate::dist::{self, Comm, Single};
 use crate::error::{Error, Result};
 use crate::kernels::quant::QuantFormat;
 use crate::processor::{load_image, ImageProcessorConfig, JanusTokenizer};
@@ -142,23 +150,34 @@ pub struct Trainer {
     /// Counters (the step is the number of optimiser steps done).
     pub state: TrainerState,
     perms: HashMap<(usize, bool, u64), Vec<usize>>,
+    comm: Comm,
 }
 
 impl Trainer {
     /// Starts a new run in `run_dir` (which must not hold a run already).
     pub fn create(run_dir: &Path, spec: RunSpec, device: &Device) -> Result<Self> {
-        if run_dir.join(RunSpec::FILE).exists() {
+        Self::create_on(run_dir, spec, device, Rc::new(Single))
+    }
+
+    /// [`create`](Self::create) as one rank of a data-parallel job: every rank calls it.
+    pub fn create_on(run_dir: &Path, spec: RunSpec, device: &Device, comm: Comm) -> Result<Self> {
+        let exists = run_dir.join(RunSpec::FILE).exists();
+        // Every rank has looked before rank 0 writes run.json below.
+        comm.barrier()?;
+        if exists {
             return Err(Error::InvalidInput(format!(
                 "{} already holds a training run; use --resume {0} to continue it, or \
                  another --out",
                 run_dir.display()
             )));
         }
-        let trainer = Self::open(run_dir, spec, device, None)?;
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        let path = run_dir.join(RunSpec::FILE);
-        let text = serde_json::to_string_pretty(&trainer.spec).unwrap_or_default() + "\n";
-        super::atomic::write_file(&path, text.as_bytes())?;
+        let trainer = Self::open(run_dir, spec, device, None, comm)?;
+        if trainer.writes() {
+            std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+            let path = run_dir.join(RunSpec::FILE);
+            let text = serde_json::to_string_pretty(&trainer.spec).unwrap_or_default() + "\n";
+            super::atomic::write_file(&path, text.as_bytes())?;
+        }
         Ok(trainer)
     }
 
@@ -169,6 +188,18 @@ impl Trainer {
         steps: Option<u64>,
         checkpoint_layers: bool,
         device: &Device,
+    ) -> Result<Self> {
+        Self::resume_on(run_dir, steps, checkpoint_layers, device, Rc::new(Single))
+    }
+
+    /// [`resume`](Self::resume) as one rank of a data-parallel job (of any size: the run
+    /// may have been trained on another number of ranks).
+    pub fn resume_on(
+        run_dir: &Path,
+        steps: Option<u64>,
+        checkpoint_layers: bool,
+        device: &Device,
+        comm: Comm,
     ) -> Result<Self> {
         let mut spec = RunSpec::read(run_dir)?;
         spec.checkpoint_layers |= checkpoint_layers;
@@ -184,12 +215,14 @@ impl Trainer {
             )));
         };
         let restored = checkpoint::restore(&dir, device)?;
-        let mut t = Self::open(run_dir, spec.clone(), device, Some((dir, restored)))?;
+        let mut t = Self::open(run_dir, spec.clone(), device, Some((dir, restored)), comm)?;
         t.spec = spec;
-        let path = run_dir.join(RunSpec::FILE);
-        let text = serde_json::to_string_pretty(&t.spec).unwrap_or_default() + "\n";
-        super::atomic::write_file(&path, text.as_bytes())?;
-        super::metrics::truncate_after(&run_dir.join(super::metrics::FILE), step)?;
+        if t.writes() {
+            let path = run_dir.join(RunSpec::FILE);
+            let text = serde_json::to_string_pretty(&t.spec).unwrap_or_default() + "\n";
+            super::atomic::write_file(&path, text.as_bytes())?;
+            super::metrics::truncate_after(&run_dir.join(super::metrics::FILE), step)?;
+        }
         Ok(t)
     }
 
@@ -198,6 +231,7 @@ impl Trainer {
         spec: RunSpec,
         device: &Device,
         restored: Option<(PathBuf, checkpoint::Restored)>,
+        comm: Comm,
     ) -> Result<Self> {
         spec.config.validate()?;
         let dtype = spec.compute_dtype()?;
@@ -280,6 +314,7 @@ impl Trainer {
             }
             opt.t = opt_t;
         }
+        same_on_every_rank(&*comm, &spec, state.step, &model)?;
         Ok(Self {
             model,
             spec,
@@ -292,7 +327,18 @@ impl Trainer {
             codes,
             state,
             perms: HashMap::new(),
+            comm,
         })
+    }
+
+    /// Whether this process writes the run directory (rank 0 of a job, or a plain run).
+    pub fn writes(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    /// The ranks this run is trained on.
+    pub fn comm(&self) -> &Comm {
+        &self.comm
     }
 
     /// The run directory.
@@ -389,30 +435,38 @@ impl Trainer {
         Ok(sample)
     }
 
-    /// The samples of step `step` (0-based), bad ones skipped with a warning.
-    fn step_samples(&mut self, step: u64) -> Vec<TrainSample> {
+    /// This rank's samples of step `step` (0-based): slots `rank`, `rank + size`, ... of
+    /// the step's kinds in order; bad ones skipped with a warning and counted.
+    fn step_samples(&mut self, step: u64) -> (Vec<TrainSample>, u64) {
         let counts = self.spec.config.kind_counts();
         let (seed, drop, first) = (
             self.spec.config.seed,
             self.spec.config.cfg_drop,
             self.spec.config.first_sentence,
         );
+        let (rank, size) = (self.comm.rank() as u64, self.comm.size() as u64);
         let mut out = Vec::new();
+        let mut bad = 0;
+        let mut slot = 0u64;
         for kind in Kind::ALL {
             let c = counts[kind.index()];
             for j in 0..c {
+                slot += 1;
+                if (slot - 1) % size != rank {
+                    continue;
+                }
                 let (rec, pos) = self.pick(kind, step, step * c + j);
                 let draws = SampleDraws::new(seed, kind, pos, drop, first);
                 match self.build(&rec.record, draws) {
                     Ok(s) => out.push(s),
                     Err(e) => {
-                        self.state.bad_samples += 1;
+                        bad += 1;
                         tracing::warn!("skipping bad sample {}: {e}", rec.origin());
                     }
                 }
             }
         }
-        out
+        (out, bad)
     }
 
     /// Loss and gradients (f32, summed over micro-batches, already divided by the number
@@ -423,6 +477,12 @@ impl Trainer {
         if n_targets == 0 {
             return Err(Error::InvalidInput("no usable sample in this step".into()));
         }
+        self.gradients_over(samples, n_targets)
+    }
+
+    /// [`gradients`](Self::gradients) of a share of a batch that has `n_targets` targets
+    /// in all (`samples` may have none).
+    fn gradients_over(&self, samples: &[TrainSample], n_targets: usize) -> Result<Gradients> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.model.params.len()];
         let mut by_kind = [(0f64, 0usize); 3];
         let mut tokens = 0;
@@ -473,13 +533,25 @@ impl Trainer {
         let start = Instant::now();
         super::metrics::reset_peak_rss();
         let step = self.state.step;
-        let samples = self.step_samples(step);
+        let (samples, bad) = self.step_samples(step);
+        let local_targets: usize = samples.iter().map(TrainSample::num_targets).sum();
+        // The whole batch's counts, then each rank's share of its gradients, summed.
+        let mut counts = [local_targets as f64, bad as f64, samples.len() as f64];
+        self.comm.all_reduce_f64(&mut counts)?;
+        let [n_targets, bad, n_samples] = counts.map(|c| c as u64);
+        self.state.bad_samples += bad;
+        if n_targets == 0 {
+            return Err(Error::InvalidInput("no usable sample in this step".into()));
+        }
         let Gradients {
-            loss,
             by_kind,
             tokens,
             mut grads,
-        } = self.gradients(&samples)?;
+            ..
+        } = self.gradients_over(&samples, n_targets as usize)?;
+        dist::all_reduce_tensors(&*self.comm, &mut grads, dist::BUCKET_ELEMS)?;
+        let (by_kind, tokens) = self.sum_counters(by_kind, tokens)?;
+        let loss = by_kind.iter().map(|k| k.0).sum::<f64>() / n_targets as f64;
         let cfg = self.spec.config.clone();
         let grad_norm = clip_grad_norm(&mut grads, cfg.clip_grad_norm)?;
         let lr = lr_at(cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.steps, step);
@@ -511,17 +583,41 @@ impl Trainer {
             lr,
             grad_norm,
             tokens: tokens as u64,
-            samples: samples.len() as u64,
+            samples: n_samples,
             bad_samples: self.state.bad_samples,
             seconds: start.elapsed().as_secs_f64(),
             peak_rss: super::metrics::peak_rss(),
         })
     }
 
-    /// Writes a checkpoint for the current step.
+    /// Per-kind loss sums and target counts, and positions fed, over every rank.
+    fn sum_counters(
+        &self,
+        by_kind: [(f64, usize); 3],
+        tokens: usize,
+    ) -> Result<([(f64, usize); 3], usize)> {
+        if self.comm.size() == 1 {
+            return Ok((by_kind, tokens));
+        }
+        let mut v: Vec<f64> = by_kind
+            .iter()
+            .flat_map(|&(s, n)| [s, n as f64])
+            .chain([tokens as f64])
+            .collect();
+        self.comm.all_reduce_f64(&mut v)?;
+        let by_kind = [0, 1, 2].map(|k| (v[2 * k], v[2 * k + 1] as usize));
+        Ok((by_kind, v[6] as usize))
+    }
+
+    /// Writes a checkpoint for the current step (rank 0; other ranks only name it).
     pub fn save(&mut self) -> Result<PathBuf> {
         let counts = self.spec.config.kind_counts();
         self.state.data_position = counts.map(|c| c * self.state.step);
+        if !self.writes() {
+            return Ok(self
+                .run_dir
+                .join(checkpoint::step_dir_name(self.state.step)));
+        }
         checkpoint::save(&self.run_dir, &self.model, &self.opt, &self.state)
     }
 
@@ -546,10 +642,13 @@ impl Trainer {
         let metrics_path = self.run_dir.join(super::metrics::FILE);
         while self.state.step < self.spec.config.steps {
             let m = self.step()?;
-            super::metrics::append(&metrics_path, &m.to_json())?;
+            if self.writes() {
+                super::metrics::append(&metrics_path, &m.to_json())?;
+            }
             on_step(&m);
             let every = self.spec.config.eval_every;
-            if every > 0 && self.state.step.is_multiple_of(every) {
+            // Rank 0 evaluates; the others wait for it at the next step's first sum.
+            if self.writes() && every > 0 && self.state.step.is_multiple_of(every) {
                 if let Some(e) = self.evaluate()? {
                     super::metrics::append(&metrics_path, &e.to_json())?;
                     on_eval(&e);
@@ -557,7 +656,9 @@ impl Trainer {
             }
             let done = self.state.step == self.spec.config.steps;
             let save_every = self.spec.config.save_every;
-            let stopping = stop.load(std::sync::atomic::Ordering::SeqCst);
+            // A stop asked of any rank (mpirun passes signals on to every rank, but not
+            // at the same instant) stops all of them after the same step.
+            let stopping = dist::any(&*self.comm, stop.load(std::sync::atomic::Ordering::SeqCst))?;
             if done || stopping || (save_every > 0 && self.state.step.is_multiple_of(save_every)) {
                 let dir = self.save()?;
                 if done {
@@ -585,6 +686,38 @@ pub fn default_cache_dir(manifest: &Path) -> PathBuf {
         .parent()
         .unwrap_or(Path::new("."))
         .join(".janus-cache")
+}
+
+/// Every rank must start from the same step with the same trainable tensors: a rank that
+/// sees another checkpoint (a run directory not shared between machines) would train
+/// another model in lockstep, silently.
+fn same_on_every_rank(
+    comm: &dyn dist::Collective,
+    spec: &RunSpec,
+    step: u64,
+    model: &TrainModel,
+) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mine = [
+        step as f64,
+        model.params.len() as f64,
+        model.num_trainable() as f64,
+        spec.config.steps as f64,
+    ];
+    let mut sum = mine;
+    comm.all_reduce_f64(&mut sum)?;
+    let n = comm.size() as f64;
+    if mine.iter().zip(&sum).any(|(m, s)| m * n != *s) {
+        return Err(Error::InvalidInput(format!(
+            "rank {} starts at step {step} with {} trainable tensors, unlike the other ranks: \
+             every rank must see the same run directory (a shared filesystem) and model",
+            comm.rank(),
+            model.params.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A resumed checkpoint must be of the model the run started from.
