@@ -21,8 +21,9 @@ pub struct ServeArgs {
     /// Port to listen on; 0 picks a free one (the first line on stdout names it).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Require `Authorization: Bearer KEY` on the API routes.
-    #[arg(long)]
+    /// Require `Authorization: Bearer KEY` on the API routes (or set JANUS_API_KEY, which
+    /// keeps the key out of the process list).
+    #[arg(long, env = "JANUS_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Requests that may wait for the model; more are answered with 429.
     #[arg(long, default_value_t = 16)]

@@ -545,12 +545,16 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 fn step_line(m: &StepMetrics, tokens_per_s: f64, left_s: f64) -> String {
+    let sync = m
+        .sync_seconds
+        .map(|s| format!(" (sum over {} ranks {s:.2}s)", m.ranks.unwrap_or(1)))
+        .unwrap_or_default();
     let peak = m
         .peak_rss
         .map(|b| format!(" peak {:.1} GiB", b as f64 / (1u64 << 30) as f64))
         .unwrap_or_default();
     format!(
-        "step {} loss {:.4} (und {} text {} t2i {}) lr {:.2e} grad {:.3} {:.0} tok/s {:.1}s/step{peak} left {}",
+        "step {} loss {:.4} (und {} text {} t2i {}) lr {:.2e} grad {:.3} {:.0} tok/s {:.1}s/step{sync}{peak} left {}",
         m.step,
         m.loss,
         fmt_opt(m.loss_understanding),

@@ -42,6 +42,12 @@ pub struct StepMetrics {
     /// where the kernel does not report it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss: Option<u64>,
+    /// Ranks of a data-parallel job (`None`: one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<u64>,
+    /// Seconds rank 0 spent in the gradient sum, waiting for slower ranks included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_seconds: Option<f64>,
 }
 
 impl StepMetrics {

@@ -549,7 +549,9 @@ impl Trainer {
             mut grads,
             ..
         } = self.gradients_over(&samples, n_targets as usize)?;
+        let sync = Instant::now();
         dist::all_reduce_tensors(&*self.comm, &mut grads, dist::BUCKET_ELEMS)?;
+        let sync_seconds = sync.elapsed().as_secs_f64();
         let (by_kind, tokens) = self.sum_counters(by_kind, tokens)?;
         let loss = by_kind.iter().map(|k| k.0).sum::<f64>() / n_targets as f64;
         let cfg = self.spec.config.clone();
@@ -587,6 +589,8 @@ impl Trainer {
             bad_samples: self.state.bad_samples,
             seconds: start.elapsed().as_secs_f64(),
             peak_rss: super::metrics::peak_rss(),
+            ranks: (self.comm.size() > 1).then_some(self.comm.size() as u64),
+            sync_seconds: (self.comm.size() > 1).then_some(sync_seconds),
         })
     }
 
