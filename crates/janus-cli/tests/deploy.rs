@@ -145,6 +145,7 @@ fn the_entrypoint_is_ready_only_once_loaded_and_drains_on_sigterm() {
             .timeout(Duration::from_secs(120))
             .send_json(json!({"prompt": "A red apple.", "n": 2, "seed": 7}))
             .map(|r| r.into_json::<Value>().unwrap())
+            .map_err(|e| e.to_string())
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(&base, key, "janus_image_steps_total") == 0.0 {
