@@ -4,7 +4,8 @@
 //! - [`launch`]: what the launcher (`mpirun`, `srun`) told this process through its
 //!   environment, read before anything else starts;
 //! - [`Single`]: one process, no communication (the plain run);
-//! - `mpi`: Open MPI's collectives, for CPU tensors (cargo feature `mpi`).
+//! - `mpi`: Open MPI's collectives, for CPU tensors (cargo feature `mpi`);
+//! - `nccl`: NCCL's all-reduce for CUDA tensors, its id shared over MPI (feature `nccl`).
 //!
 //! The collectives are existing engines' (MPI, NCCL); nothing here speaks a protocol of
 //! its own.
@@ -12,6 +13,8 @@
 pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use std::rc::Rc;
 
@@ -33,6 +36,8 @@ pub trait Collective {
     fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// Copies rank `root`'s `buf` into every other rank's.
+    fn broadcast_bytes(&self, root: usize, buf: &mut [u8]) -> Result<()>;
     /// Stops every rank of the job with `code` (after an error on this one, so that the
     /// others do not wait for it forever).
     fn abort(&self, code: i32) -> !;
@@ -60,6 +65,10 @@ impl Collective for Single {
     }
 
     fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, _: usize, _: &mut [u8]) -> Result<()> {
         Ok(())
     }
 
@@ -189,6 +198,9 @@ mod tests {
         }
         fn barrier(&self) -> Result<()> {
             Ok(())
+        }
+        fn broadcast_bytes(&self, _: usize, _: &mut [u8]) -> Result<()> {
+            unreachable!()
         }
         fn abort(&self, _: i32) -> ! {
             unreachable!()

@@ -6,7 +6,7 @@
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
-use mpi::traits::{Communicator, CommunicatorCollectives};
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 use mpi::Threading;
 
 use super::Collective;
@@ -62,6 +62,11 @@ impl Collective for MpiWorld {
 
     fn barrier(&self) -> Result<()> {
         self.world.barrier();
+        Ok(())
+    }
+
+    fn broadcast_bytes(&self, root: usize, buf: &mut [u8]) -> Result<()> {
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
         Ok(())
     }
 
