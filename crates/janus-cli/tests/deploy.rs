@@ -8,23 +8,11 @@ mod support;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
-
-/// Kills the server if the test fails before stopping it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 fn entrypoint() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/entrypoint.sh")
@@ -163,14 +151,11 @@ fn the_entrypoint_is_ready_only_once_loaded_and_drains_on_sigterm() {
         .unwrap()
         .expect("the running request completes");
     assert_eq!(answer["data"].as_array().map(Vec::len), Some(2), "{answer}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "still running after the drain");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = wait_exit(
+        &mut server.0,
+        Duration::from_secs(60),
+        "janus after the drain",
+    );
     let mut err = String::new();
     std::io::Read::read_to_string(server.0.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(exit.success(), "exit {exit:?}: {err}");

@@ -5,23 +5,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
-
-/// Kills the server if the test fails before stopping it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -116,14 +104,11 @@ fn serve_answers_over_http_and_stops_cleanly_on_sigterm() {
     // SAFETY: sending a signal to our own child process.
     let rc = unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "janus serve did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(
+        &mut server.0,
+        Duration::from_secs(60),
+        "janus serve after SIGTERM",
+    );
     let mut err = String::new();
     let _ = server.0.stderr.take().unwrap().read_to_string(&mut err);
     assert!(status.success(), "exit {status:?}: {err}");

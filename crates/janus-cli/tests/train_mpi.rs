@@ -280,7 +280,11 @@ fn a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint() {
     let rank1 = rank_pid(job.id(), 1).expect("rank 1 is a child of mpirun");
     // SAFETY: kill(2) on a process this test started (through mpirun).
     assert_eq!(unsafe { libc::kill(rank1, libc::SIGKILL) }, 0);
-    let status = wait_for(&mut job, Duration::from_secs(60));
+    let status = wait_exit(
+        &mut job,
+        Duration::from_secs(60),
+        "mpirun after a rank was killed",
+    );
     let mut stderr = String::new();
     std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "the job went on without rank 1");
@@ -333,20 +337,6 @@ fn rank_pid(parent: u32, rank: usize) -> Option<i32> {
         }
     }
     None
-}
-
-fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mpirun still running {limit:?} after a rank was killed");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

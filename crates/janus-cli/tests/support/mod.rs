@@ -2,7 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -95,5 +96,32 @@ pub fn copy_model(name: &str, dst: &Path) {
         if e.path().is_file() {
             std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
         }
+    }
+}
+
+/// A child process the test started: killed if the test fails before it ends.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit; fails the test naming `what` otherwise.
+pub fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still running after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
