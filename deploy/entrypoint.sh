@@ -9,7 +9,8 @@
 #   JANUS_QUANT           none | q8 | q4 (default none)
 #   JANUS_PORT            port (default 8080); JANUS_HOST address (default 0.0.0.0)
 #   JANUS_MAX_QUEUE       requests that may wait before 429s (default 16)
-#   JANUS_SHUTDOWN_GRACE  seconds running requests get after SIGTERM (default 30)
+#   JANUS_SHUTDOWN_GRACE  seconds running requests get after SIGTERM (default 120: an image
+#                         batch takes a minute or two on a few cores)
 #   JANUS_API_KEY         require this bearer token (read by janus from the environment,
 #                         so it never appears in the process list)
 #   JANUS_BIN             the janus binary (default: janus on PATH)
@@ -33,5 +34,5 @@ exec "${JANUS_BIN:-janus}" serve \
   --host "${JANUS_HOST:-0.0.0.0}" \
   --port "${JANUS_PORT:-8080}" \
   --max-queue "${JANUS_MAX_QUEUE:-16}" \
-  --shutdown-grace "${JANUS_SHUTDOWN_GRACE:-30}" \
+  --shutdown-grace "${JANUS_SHUTDOWN_GRACE:-120}" \
   "$@"

@@ -35,19 +35,6 @@ fn status(url: &str) -> Option<u16> {
     }
 }
 
-fn metric(base: &str, key: &str, name: &str) -> f64 {
-    let text = ureq::get(&format!("{base}/metrics"))
-        .set("Authorization", &format!("Bearer {key}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn the_entrypoint_is_ready_only_once_loaded_and_drains_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
@@ -124,32 +111,50 @@ fn the_entrypoint_is_ready_only_once_loaded_and_drains_on_sigterm() {
     }
     assert_eq!(status(&format!("{base}/v1/models")), Some(401));
 
-    // A generation running when SIGTERM arrives still completes.
+    // A generation still sampling when SIGTERM arrives completes. Streamed, so the test
+    // knows the sampling loop is under way (its first progress event) before it signals.
     let url = format!("{base}/v1/images/generations");
     let auth = format!("Bearer {key}");
-    let request = std::thread::spawn(move || {
-        ureq::post(&url)
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let request = std::thread::spawn(move || -> Result<(u64, Value), String> {
+        let resp = ureq::post(&url)
             .set("Authorization", &auth)
             .timeout(Duration::from_secs(120))
-            .send_json(json!({"prompt": "A red apple.", "n": 2, "seed": 7}))
-            .map(|r| r.into_json::<Value>().unwrap())
-            .map_err(|e| e.to_string())
+            .send_json(json!({"prompt": "A red apple.", "n": 2, "seed": 7, "stream": true}))
+            .map_err(|e| e.to_string())?;
+        let mut total = 0;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(resp.into_reader())) {
+            let line = line.map_err(|e| e.to_string())?;
+            let Some(Ok(event)) = line
+                .strip_prefix("data: ")
+                .map(serde_json::from_str::<Value>)
+            else {
+                continue;
+            };
+            match event["type"].as_str() {
+                Some("progress") => {
+                    total = event["total"].as_u64().unwrap_or(0);
+                    let _ = started_tx.send(event["step"].as_u64().unwrap_or(0));
+                }
+                Some("result") => return Ok((total, event)),
+                _ => return Err(event.to_string()),
+            }
+        }
+        Err("the stream ended without a result".into())
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(&base, key, "janus_image_steps_total") == 0.0 {
-        assert!(Instant::now() < deadline, "the generation never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let step = started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the generation never started sampling");
     // SAFETY: kill(2) on the child this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    assert!(
-        !request.is_finished(),
-        "the request ended before SIGTERM: nothing drained"
-    );
-    let answer = request
+    let (total, answer) = request
         .join()
         .unwrap()
         .expect("the running request completes");
+    assert!(
+        step < total,
+        "signalled at step {step} of {total}: nothing left to drain"
+    );
     assert_eq!(answer["data"].as_array().map(Vec::len), Some(2), "{answer}");
     let exit = wait_exit(
         &mut server.0,

@@ -264,29 +264,25 @@ fn a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut job = mpirun(
+    let mut job = Job(mpirun(
         2,
         &strs(&train_args(&run, &tmp.path().join("cache"), 100_000)),
     )
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .spawn()
-    .unwrap();
+    .unwrap());
     let deadline = Instant::now() + Duration::from_secs(120);
     while !run.join("step-2").is_dir() {
         assert!(Instant::now() < deadline, "no checkpoint within 2 minutes");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let rank1 = rank_pid(job.id(), 1).expect("rank 1 is a child of mpirun");
+    let rank1 = rank_pid(job.0.id(), 1).expect("rank 1 is a child of mpirun");
     // SAFETY: kill(2) on a process this test started (through mpirun).
     assert_eq!(unsafe { libc::kill(rank1, libc::SIGKILL) }, 0);
-    let status = wait_exit(
-        &mut job,
-        Duration::from_secs(60),
-        "mpirun after a rank was killed",
-    );
+    let status = wait_exit(&mut job.0, Duration::from_secs(60), "mpirun after a kill");
     let mut stderr = String::new();
-    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(job.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "the job went on without rank 1");
     assert!(
         stderr.contains("rank 1") && stderr.contains("signal 9"),
@@ -313,6 +309,63 @@ fn a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint() {
         String::from_utf8_lossy(&resumed.stderr)
     );
     assert!(run.join(format!("step-{}", step + 1)).is_dir());
+}
+
+#[test]
+fn sigusr1_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    if skipped("sigusr1_stops_every_rank_after_the_same_step_with_a_checkpoint") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut args = train_args(&run, &tmp.path().join("cache"), 100_000);
+    // No periodic checkpoints: the one at the end comes from the stop.
+    let at = args.iter().position(|a| a == "--save-every").unwrap();
+    args[at + 1] = "0".into();
+    let mut job = Job(mpirun(2, &strs(&args))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let steps_done =
+        || std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |m| m.lines().count());
+    while steps_done() < 2 {
+        assert!(Instant::now() < deadline, "no step within 2 minutes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // mpirun passes SIGUSR1 on to every rank.
+    // SAFETY: kill(2) on the mpirun this test started.
+    assert_eq!(unsafe { libc::kill(job.0.id() as i32, libc::SIGUSR1) }, 0);
+    let status = wait_exit(&mut job.0, Duration::from_secs(60), "mpirun after SIGUSR1");
+    let mut out = String::new();
+    let mut err = String::new();
+    std::io::Read::read_to_string(job.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(job.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    let steps = metrics(&run).len() as u64;
+    let ckpts = janus::train::checkpoint::list(&run).unwrap();
+    assert_eq!(ckpts.len(), 1, "{ckpts:?}");
+    assert_eq!(ckpts[0].0, steps, "the checkpoint is of the last step");
+    assert!(out.trim().ends_with(&format!("step-{steps}")), "{out}");
+}
+
+/// An `mpirun` job the test started: stopped with SIGTERM (which mpirun passes on to its
+/// ranks) if the test fails before it ends.
+struct Job(std::process::Child);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on the mpirun this test started.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            // No panic here (this may run while a failed test unwinds).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
 }
 
 /// The child of `mpirun` (pid `parent`) that is rank `rank`.

@@ -244,6 +244,26 @@ fn check_memory(a: &RunArgs, spec: &RunSpec, launch: &Launch) -> Result<()> {
     Ok(())
 }
 
+/// Set by Ctrl-C or SIGUSR1: save a checkpoint after the current step and return.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// SIGUSR1 asks for the same stop as Ctrl-C. `mpirun` passes SIGUSR1 on to every rank
+/// (its SIGINT and SIGTERM kill the ranks), and `scancel --signal=USR1` is how Slurm
+/// warns a job before its end, so a cluster job can stop with a checkpoint.
+fn stop_on_sigusr1() {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_usr1(_: libc::c_int) {
+            // Only an atomic store: async-signal-safe.
+            STOP.store(true, Ordering::SeqCst);
+        }
+        // SAFETY: the handler only stores to an atomic; SIGUSR1 has no other user here.
+        unsafe {
+            libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+        }
+    }
+}
+
 /// A run in this process, or as one rank of a job `mpirun` / `srun` started.
 fn train(a: RunArgs, progress: &Progress) -> Result<()> {
     let launch = Launch::from_env();
@@ -300,19 +320,23 @@ fn train_on(a: RunArgs, progress: &Progress, launch: &Launch, comm: Comm) -> Res
         }
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
     let presses = Arc::new(AtomicUsize::new(0));
     {
-        let (stop, presses) = (stop.clone(), presses.clone());
+        let presses = presses.clone();
         // A second Ctrl-C leaves at once; the last checkpoint is intact either way.
         let _ = ctrlc::set_handler(move || {
             if presses.fetch_add(1, Ordering::SeqCst) > 0 {
                 std::process::exit(130);
             }
-            eprintln!("\nstopping after this step (saving a checkpoint; Ctrl-C again to quit now)");
-            stop.store(true, Ordering::SeqCst);
+            if speaks {
+                eprintln!(
+                    "\nstopping after this step (saving a checkpoint; Ctrl-C again to quit now)"
+                );
+            }
+            STOP.store(true, Ordering::SeqCst);
         });
     }
+    stop_on_sigusr1();
 
     let mut bar = progress.steps("training", cfg.steps);
     bar.set(trainer.state.step);
@@ -323,7 +347,7 @@ fn train_on(a: RunArgs, progress: &Progress, launch: &Launch, comm: Comm) -> Res
     let mut done_here = 0u64;
     let steps_total = cfg.steps;
     let end = trainer.run(
-        &stop,
+        &STOP,
         |m: &StepMetrics| {
             tokens_total += m.tokens;
             seconds_total += m.seconds;
@@ -373,7 +397,14 @@ fn start(
     let (Some(recipe), Some(data), Some(out)) = (&a.recipe, &a.data, &a.out) else {
         bail!("janus train needs --recipe, --data and --out (or --resume RUN_DIR)");
     };
+    // Rank 0 resolves (and downloads) a hub model first; the others then find it cached.
+    if comm.rank() > 0 {
+        comm.barrier()?;
+    }
     let model = model_dir(a, progress)?;
+    if comm.rank() == 0 {
+        comm.barrier()?;
+    }
     let recipe = Recipe::load(recipe)?;
     let (cfg, _) = janus::weights::load_model_dir(&model)?;
     let config = TrainConfig::resolve(&recipe, &overrides(a)?, large_model(&cfg))?;
@@ -415,6 +446,8 @@ fn start(
         );
     }
     check_memory(a, &spec, launch)?;
+    // Every rank measures free memory before any rank loads the model.
+    comm.barrier()?;
     let spinner = progress.spinner(&format!("loading {}", model.display()));
     let t = Trainer::create_on(out, spec, device, comm)?;
     spinner.finish();
@@ -470,6 +503,8 @@ fn resume(
     let mut spec = spec;
     spec.checkpoint_layers |= a.checkpoint_layers;
     check_memory(a, &spec, launch)?;
+    // Every rank measures free memory before any rank loads the model.
+    comm.barrier()?;
     let spinner = progress.spinner(&format!("resuming {}", run_dir.display()));
     let mut t = Trainer::resume_on(run_dir, o.steps, spec.checkpoint_layers, device, comm)?;
     spinner.finish();

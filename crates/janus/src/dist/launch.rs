@@ -86,9 +86,9 @@ impl Launch {
         Self::ALONE
     }
 
-    /// CPU threads for this rank when the user gave none: the cores this process may run
-    /// on, shared among the ranks on this machine unless the launcher already bound each
-    /// rank to its own cores.
+    /// CPU threads for this rank when the user gave none: the machine's cores shared among
+    /// its ranks, and no more than the cores the launcher bound this rank to (Open MPI binds
+    /// each rank to a core for up to 2 ranks, to a socket beyond).
     pub fn default_threads(&self) -> Option<usize> {
         if self.local_size <= 1 {
             return None;
@@ -97,11 +97,7 @@ impl Launch {
         // SAFETY: sysconf only reads a system constant.
         let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         let online = usize::try_from(online).unwrap_or(allowed).max(1);
-        Some(if allowed < online {
-            allowed
-        } else {
-            (online / self.local_size).max(1)
-        })
+        Some(allowed.min(online / self.local_size).max(1))
     }
 }
 

@@ -692,9 +692,9 @@ pub fn default_cache_dir(manifest: &Path) -> PathBuf {
         .join(".janus-cache")
 }
 
-/// Every rank must start from the same step with the same trainable tensors: a rank that
-/// sees another checkpoint (a run directory not shared between machines) would train
-/// another model in lockstep, silently.
+/// Every rank must start from the same step with the same trainable tensors and settings: a
+/// rank that sees another checkpoint or run.json (a run directory not shared between
+/// machines) would train another model in lockstep, silently.
 fn same_on_every_rank(
     comm: &dyn dist::Collective,
     spec: &RunSpec,
@@ -704,19 +704,26 @@ fn same_on_every_rank(
     if comm.size() == 1 {
         return Ok(());
     }
+    // FNV-1a of the settings, as two exactly representable halves.
+    let settings = serde_json::to_string(spec).unwrap_or_default();
+    let hash = settings.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let mine = [
         step as f64,
         model.params.len() as f64,
         model.num_trainable() as f64,
-        spec.config.steps as f64,
+        (hash >> 32) as f64,
+        (hash & 0xffff_ffff) as f64,
     ];
     let mut sum = mine;
     comm.all_reduce_f64(&mut sum)?;
     let n = comm.size() as f64;
     if mine.iter().zip(&sum).any(|(m, s)| m * n != *s) {
         return Err(Error::InvalidInput(format!(
-            "rank {} starts at step {step} with {} trainable tensors, unlike the other ranks: \
-             every rank must see the same run directory (a shared filesystem) and model",
+            "rank {} starts at step {step} with {} trainable tensors or other settings than \
+             the other ranks: every rank must see the same run directory (a shared \
+             filesystem), model and data, and be given the same arguments",
             comm.rank(),
             model.params.len()
         )));
