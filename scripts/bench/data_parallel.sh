@@ -13,10 +13,11 @@ trap 'rm -rf "$out"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Containers forbid the cross-memory attach Open MPI's shared memory tries first.
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
-args=(train --recipe janus-pro/stage3 --model "$model" --data "$data" --vq-cache "$out/cache"
-  --batch-size 16 --micro-batch-size 4 --steps "$steps" --save-every 0)
-# VQ codes once, outside the timed runs.
-"$janus" -q "${args[@]}" --steps 1 --out "$out/warm" >/dev/null
+common=(train --recipe janus-pro/stage3 --model "$model" --data "$data" --vq-cache "$out/cache"
+  --batch-size 16 --micro-batch-size 4 --save-every 0)
+# Every step's VQ codes once, outside the timed runs (the first timed run would encode them).
+"$janus" -q "${common[@]}" --steps "$steps" --out "$out/warm" >/dev/null
+args=("${common[@]}" --steps "$steps")
 for r in $(seq "$rounds"); do
   "$janus" -q --threads 1 "${args[@]}" --out "$out/r$r-1x1" >/dev/null
   "$janus" -q --threads 2 "${args[@]}" --out "$out/r$r-1x2" >/dev/null

@@ -30,8 +30,9 @@ pub trait Collective {
     fn rank(&self) -> usize;
     /// Number of ranks.
     fn size(&self) -> usize;
-    /// Element-wise sum of `buf` over all ranks, left in every rank's `buf`.
-    fn all_reduce_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Element-wise sum of every rank's `send`, written to every rank's `recv` (of the same
+    /// length; two buffers because MPI's in-place form is not in the `mpi` crate).
+    fn all_reduce_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()>;
     /// Element-wise sum of `buf` over all ranks, left in every rank's `buf`.
     fn all_reduce_f64(&self, buf: &mut [f64]) -> Result<()>;
     /// Returns once every rank has called it.
@@ -56,7 +57,8 @@ impl Collective for Single {
         1
     }
 
-    fn all_reduce_f32(&self, _: &mut [f32]) -> Result<()> {
+    fn all_reduce_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        recv.copy_from_slice(send);
         Ok(())
     }
 
@@ -123,6 +125,8 @@ pub fn all_reduce_tensors(
     if comm.size() == 1 || tensors.is_empty() {
         return Ok(());
     }
+    // Each bucket is copied once out of the tensors and once back into new ones.
+    let (mut send, mut recv) = (Vec::new(), Vec::new());
     let mut start = 0;
     while start < tensors.len() {
         // Consecutive tensors fill one bucket; a tensor larger than a bucket goes alone.
@@ -132,7 +136,8 @@ pub fn all_reduce_tensors(
             elems += tensors[end].elem_count();
             end += 1;
         }
-        let mut flat = Vec::with_capacity(elems);
+        send.clear();
+        send.reserve(elems);
         for t in &tensors[start..end] {
             if t.dtype() != DType::F32 {
                 return Err(Error::InvalidInput(format!(
@@ -140,14 +145,21 @@ pub fn all_reduce_tensors(
                     t.dtype()
                 )));
             }
-            flat.extend(t.flatten_all()?.to_vec1::<f32>()?);
+            match crate::model::ops::cpu_slice::<f32>(t) {
+                Some(s) => send.extend_from_slice(&s),
+                None => send.extend(t.flatten_all()?.to_vec1::<f32>()?),
+            }
         }
-        comm.all_reduce_f32(&mut flat)?;
+        if recv.len() < send.len() {
+            recv.resize(send.len(), 0.0);
+        }
+        let out = &mut recv[..send.len()];
+        comm.all_reduce_f32(&send, out)?;
         let mut at = 0;
         for t in &mut tensors[start..end] {
             let n = t.elem_count();
             let device: Device = t.device().clone();
-            *t = Tensor::from_slice(&flat[at..at + n], t.shape(), &device)?;
+            *t = Tensor::from_slice(&out[at..at + n], t.shape(), &device)?;
             at += n;
         }
         start = end;
@@ -184,12 +196,12 @@ mod tests {
         fn size(&self) -> usize {
             2
         }
-        fn all_reduce_f32(&self, buf: &mut [f32]) -> Result<()> {
+        fn all_reduce_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
             let other = self.other.borrow_mut().remove(0);
-            assert_eq!(other.len(), buf.len());
-            self.sizes.borrow_mut().push(buf.len());
-            for (a, b) in buf.iter_mut().zip(other) {
-                *a += b;
+            assert_eq!((other.len(), recv.len()), (send.len(), send.len()));
+            self.sizes.borrow_mut().push(send.len());
+            for ((r, a), b) in recv.iter_mut().zip(send).zip(other) {
+                *r = a + b;
             }
             Ok(())
         }

@@ -41,12 +41,11 @@ impl Collective for MpiWorld {
         self.world.size() as usize
     }
 
-    fn all_reduce_f32(&self, buf: &mut [f32]) -> Result<()> {
+    fn all_reduce_f32(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
         // MPI counts are i32: split anything longer (a bucket never is).
-        for chunk in buf.chunks_mut(i32::MAX as usize) {
-            let send = chunk.to_vec();
-            self.world
-                .all_reduce_into(&send[..], chunk, SystemOperation::sum());
+        let n = i32::MAX as usize;
+        for (s, r) in send.chunks(n).zip(recv.chunks_mut(n)) {
+            self.world.all_reduce_into(s, r, SystemOperation::sum());
         }
         Ok(())
     }
