@@ -97,6 +97,12 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// Continues `run` to `steps` in one plain process.
+fn resume_alone(run: &Path, steps: u64) {
+    let (run, steps) = (run.display().to_string(), steps.to_string());
+    plain(&["train", "--resume", &run, "--steps", &steps].map(String::from));
+}
+
 /// The plain single-process run.
 fn plain(args: &[String]) -> Output {
     let mut a = vec!["-q", "--threads", "1"];
@@ -235,21 +241,7 @@ fn a_two_rank_run_resumes_on_one_rank() {
     let one = tmp.path().join("one");
     copy_dir(&two, &one);
     std::fs::remove_dir_all(one.join("step-2")).unwrap();
-    let resumed = janus(&[
-        "-q",
-        "--threads",
-        "1",
-        "train",
-        "--resume",
-        &one.display().to_string(),
-        "--steps",
-        "2",
-    ]);
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    resume_alone(&one, 2);
     let (m2, m1) = (metrics(&two), metrics(&one));
     assert_eq!(m1.len(), 2);
     close(&m2[1], &m1[1], "loss");
@@ -293,21 +285,7 @@ fn a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint() {
     let last = janus::train::checkpoint::list(&run).unwrap();
     let (step, _) = last.last().cloned().unwrap();
     assert!(step >= 2);
-    let resumed = janus(&[
-        "-q",
-        "--threads",
-        "1",
-        "train",
-        "--resume",
-        &run.display().to_string(),
-        "--steps",
-        &(step + 1).to_string(),
-    ]);
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    resume_alone(&run, step + 1);
     assert!(run.join(format!("step-{}", step + 1)).is_dir());
 }
 
