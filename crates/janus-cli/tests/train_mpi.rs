@@ -4,7 +4,7 @@
 //! last checkpoint intact, and a two-rank run resumes on one rank.
 //!
 //! Needs the `mpi` feature (`cargo test --features janus-cli/mpi`, as CI runs) and
-//! `mpirun`; built without the feature, each test says it was skipped.
+//! `mpirun`; built without the feature, the tests are listed as ignored with that reason.
 
 mod support;
 
@@ -181,6 +181,10 @@ fn close(a: &serde_json::Value, b: &serde_json::Value, key: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features janus-cli/mpi (Open MPI installed)"
+)]
 fn one_rank_is_the_plain_run_and_two_ranks_take_the_same_steps() {
     if skipped("one_rank_is_the_plain_run_and_two_ranks_take_the_same_steps") {
         return;
@@ -229,6 +233,10 @@ fn one_rank_is_the_plain_run_and_two_ranks_take_the_same_steps() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features janus-cli/mpi (Open MPI installed)"
+)]
 fn a_two_rank_run_resumes_on_one_rank() {
     if skipped("a_two_rank_run_resumes_on_one_rank") {
         return;
@@ -250,6 +258,10 @@ fn a_two_rank_run_resumes_on_one_rank() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features janus-cli/mpi (Open MPI installed)"
+)]
 fn a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint() {
     if skipped("a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint") {
         return;
@@ -290,6 +302,10 @@ fn a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features janus-cli/mpi (Open MPI installed)"
+)]
 fn sigusr1_stops_every_rank_after_the_same_step_with_a_checkpoint() {
     if skipped("sigusr1_stops_every_rank_after_the_same_step_with_a_checkpoint") {
         return;
