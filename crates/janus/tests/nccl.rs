@@ -4,8 +4,6 @@
 //! Without a GPU it says it was skipped.
 #![cfg(feature = "nccl")]
 
-use std::rc::Rc;
-
 use candle_core::{Device, Tensor};
 use janus::dist::nccl::Nccl;
 use janus::dist::{init, Launch};
@@ -21,7 +19,7 @@ fn nccl_sums_a_gpu_tensor_over_the_ranks() {
     };
     let ranks = init(&Launch::from_env()).unwrap();
     let n = ranks.size() as f32;
-    let nccl = Nccl::new(&*Rc::clone(&ranks), &device).unwrap();
+    let nccl = Nccl::new(&*ranks, &device).unwrap();
     let v: Vec<f32> = (0..1_000_003).map(|i| (i % 97) as f32 * 0.5).collect();
     let t = Tensor::from_vec(v.clone(), (1_000_003,), &device).unwrap();
     let sum: Vec<f32> = nccl.all_reduce_sum(&t).unwrap().to_vec1().unwrap();

@@ -225,8 +225,8 @@ fn merge(m: MergeArgs, progress: &Progress) -> Result<()> {
 }
 
 /// The memory check before a run loads anything (the estimate goes to stderr); ranks on
-/// one machine share its memory.
-fn check_memory(a: &RunArgs, spec: &RunSpec, launch: &Launch) -> Result<()> {
+/// one machine share its memory, and all of them measure it before any of them loads.
+fn check_memory(a: &RunArgs, spec: &RunSpec, launch: &Launch, comm: &Comm) -> Result<()> {
     let (cfg, store) = janus::weights::load_model_dir(&spec.model)?;
     let settings = janus::train::memory::PlanSettings::for_run(spec)?;
     let limit = match a.memory_limit {
@@ -241,6 +241,7 @@ fn check_memory(a: &RunArgs, spec: &RunSpec, launch: &Launch) -> Result<()> {
     if launch.rank == 0 {
         eprintln!("memory estimate: {plan}");
     }
+    comm.barrier()?;
     Ok(())
 }
 
@@ -445,9 +446,7 @@ fn start(
             out.display()
         );
     }
-    check_memory(a, &spec, launch)?;
-    // Every rank measures free memory before any rank loads the model.
-    comm.barrier()?;
+    check_memory(a, &spec, launch, &comm)?;
     let spinner = progress.spinner(&format!("loading {}", model.display()));
     let t = Trainer::create_on(out, spec, device, comm)?;
     spinner.finish();
@@ -502,9 +501,7 @@ fn resume(
     }
     let mut spec = spec;
     spec.checkpoint_layers |= a.checkpoint_layers;
-    check_memory(a, &spec, launch)?;
-    // Every rank measures free memory before any rank loads the model.
-    comm.barrier()?;
+    check_memory(a, &spec, launch, &comm)?;
     let spinner = progress.spinner(&format!("resuming {}", run_dir.display()));
     let mut t = Trainer::resume_on(run_dir, o.steps, spec.checkpoint_layers, device, comm)?;
     spinner.finish();

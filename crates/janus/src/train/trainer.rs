@@ -174,9 +174,7 @@ impl Trainer {
         let trainer = Self::open(run_dir, spec, device, None, comm)?;
         if trainer.writes() {
             std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-            let path = run_dir.join(RunSpec::FILE);
-            let text = serde_json::to_string_pretty(&trainer.spec).unwrap_or_default() + "\n";
-            super::atomic::write_file(&path, text.as_bytes())?;
+            trainer.write_spec()?;
         }
         Ok(trainer)
     }
@@ -218,9 +216,7 @@ impl Trainer {
         let mut t = Self::open(run_dir, spec.clone(), device, Some((dir, restored)), comm)?;
         t.spec = spec;
         if t.writes() {
-            let path = run_dir.join(RunSpec::FILE);
-            let text = serde_json::to_string_pretty(&t.spec).unwrap_or_default() + "\n";
-            super::atomic::write_file(&path, text.as_bytes())?;
+            t.write_spec()?;
             super::metrics::truncate_after(&run_dir.join(super::metrics::FILE), step)?;
         }
         Ok(t)
@@ -329,6 +325,12 @@ impl Trainer {
             perms: HashMap::new(),
             comm,
         })
+    }
+
+    /// Writes the settings in force to `RUN_DIR/run.json`.
+    fn write_spec(&self) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.spec).unwrap_or_default() + "\n";
+        super::atomic::write_file(&self.run_dir.join(RunSpec::FILE), text.as_bytes())
     }
 
     /// Whether this process writes the run directory (rank 0 of a job, or a plain run).
@@ -651,7 +653,7 @@ impl Trainer {
             }
             on_step(&m);
             let every = self.spec.config.eval_every;
-            // Rank 0 evaluates; the others wait for it at the next step's first sum.
+            // Rank 0 evaluates; the others wait for it at the stop check below.
             if self.writes() && every > 0 && self.state.step.is_multiple_of(every) {
                 if let Some(e) = self.evaluate()? {
                     super::metrics::append(&metrics_path, &e.to_json())?;
