@@ -95,9 +95,9 @@ VISION_WIDTH = 1024  # SigLIP-L/16
 CODEBOOK_SIZE, CODE_DIM = 16384, 8  # VQ-16
 
 
-def read_listing(shape: str) -> list[tuple[str, list[int]]]:
+def read_listing(shape: str, listings: Path = LISTINGS) -> list[tuple[str, list[int]]]:
     """(name, shape) rows of the published checkpoint's listing, in file order."""
-    path = LISTINGS / f"{shape}.original.tsv"
+    path = listings / f"{shape}.original.tsv"
     rows = []
     for line in path.read_text().splitlines()[1:]:
         name, dims = line.split("\t")
@@ -240,9 +240,12 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
     ap.add_argument("--format", choices=["bin", "safetensors", "both"], default="safetensors")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--listings", type=Path, default=LISTINGS, help="folder of the *.original.tsv listings (default: %(default)s)"
+    )
     args = ap.parse_args()
 
-    listing = read_listing(args.shape)
+    listing = read_listing(args.shape, args.listings)
     config = original_config(args.shape, dict(listing))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -23,6 +23,10 @@ quarter within minutes on a shared host) favours neither side. Each ratio is the
 within a round, and the table shows per stage the median of each side's numbers and the
 median of the per-round ratios with their range.
 
+With `--device cuda` both sides run on the GPU (PyTorch in bf16 unless `--torch-dtype`
+says otherwise, janus in `--dtype`), and `--json-out FILE` also writes every round's
+numbers and the ratios as one JSON object (what scripts/gpu/device-check.sh collects).
+
 Usage:
   python scripts/bench/side_by_side.py --model /work/bench-models/janus-pro-1b --markdown
   python scripts/bench/side_by_side.py --model fixtures/models/tiny-janus --quant none --quant q8
@@ -70,11 +74,13 @@ for name, dt in (("bf16", torch.bfloat16), ("f32", torch.float32)):
 """
 
 
-def torch_dtype(choice: str, python: str, threads: int | None) -> tuple[str, str]:
+def torch_dtype(choice: str, python: str, threads: int | None, device: str) -> tuple[str, str]:
     """The dtype PyTorch runs in, and why: `choice` itself, or with `auto` the faster of
-    bf16 and f32 on a product of the model's width."""
+    bf16 and f32 on a product of the model's width (on a GPU: bf16, the checkpoint's)."""
     if choice != "auto":
         return choice, "chosen with --torch-dtype"
+    if device != "cpu":
+        return "bf16", f"auto: the checkpoint's dtype on {device}"
     n = str(threads or len(os.sched_getaffinity(0)))
     out = subprocess.run([python, "-c", DTYPE_PROBE, n], capture_output=True, text=True, check=True).stdout
     rates = {name: float(v) for name, v in (ln.split() for ln in out.splitlines())}
@@ -95,6 +101,8 @@ def run_json(cmd: list[str]) -> dict:
     result = json.loads(lines[-1])
     if "machine" in result:
         MACHINE.update(result.pop("machine"))
+    if "device" in result:
+        MACHINE["device"] = result.pop("device")
     if sorted(result) != sorted(KEYS):
         raise SystemExit(f"unexpected keys {sorted(result)} from: {shlex.join(cmd)}")
     return result
@@ -212,6 +220,8 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--threads", type=int, help="threads for both sides (default: all cores)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N], for both sides (default: cpu)")
+    ap.add_argument("--json-out", type=Path, help="also write the rounds, ratios and machine as JSON here")
     ap.add_argument("--markdown", action="store_true", help="print a section ready for docs/benchmarks.md")
     ap.add_argument(
         "--rounds",
@@ -228,7 +238,8 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = load_average()
     info = {**machine(), **versions(args.python, args.janus)}
-    torch_dt, torch_dt_why = torch_dtype(args.torch_dtype, args.python, args.threads)
+    torch_dt, torch_dt_why = torch_dtype(args.torch_dtype, args.python, args.threads, args.device)
+    device = ["--device", args.device]
     torch_cmd = [
         args.python,
         str(ROOT / "scripts" / "bench" / "torch_bench.py"),
@@ -238,6 +249,7 @@ def main() -> None:
         *threads,
         "--dtype",
         torch_dt,
+        *device,
         "--json",
     ]
     if args.rounds < 1:
@@ -246,7 +258,7 @@ def main() -> None:
     janus_cmds = {}
     for q in quants:
         quant = ["--quant", q] if q != "none" else []
-        cmd = [args.janus, *threads, "bench", "--model", model, "--dtype", args.dtype, *quant, *workload, "--json"]
+        cmd = [args.janus, *threads, "bench", "--model", model, "--dtype", args.dtype, *quant, *device, *workload, "--json"]
         commands.append(cmd)
         janus_cmds[f"{args.dtype}{'' if q == 'none' else ' ' + q}"] = cmd
     torch_rs: list[dict] = []
@@ -274,12 +286,17 @@ def main() -> None:
         "checkpoint": f"{model} ({', '.join(f.name for f in files)}, {checkpoint_mb:.0f} MiB)",
         "kernels": f"janus {MACHINE.get('kernels', '?')} ({MACHINE.get('threads', '?')} threads)",
         "memory read": f"{MACHINE['read_gb_s']:.1f} GB/s (measured by janus bench)" if "read_gb_s" in MACHINE else "?",
+        "device": MACHINE.get("device", args.device),
         "PyTorch dtype": f"{torch_dt} ({torch_dt_why})",
         "threads": args.threads or f"all ({info['cores']})",
         "rounds": f"{args.rounds} (PyTorch first in odd rounds, last in even ones)" if args.rounds > 1 else "1",
         "load average": f"{load_before} before, {load_average()} after the runs (1, 5, 15 min)",
     }
     rows = table(torch_rs, janus_rs, checkpoint_mb, args.parallel, torch_dt)
+    if args.json_out:
+        summary = {"info": info, "commands": [shlex.join(c) for c in commands], "torch": torch_rs, "janus": janus_rs}
+        summary["table"] = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+        args.json_out.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     if args.markdown:
         print("| | |\n|---|---|")
         for k, v in info.items():

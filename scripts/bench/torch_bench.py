@@ -35,6 +35,9 @@ The last line of stdout is one JSON object with exactly the keys siglip_s, prefi
 prefill_s, decode_tok_s, t2i_step_s, vq_decode_s, peak_rss_mb (with --json it is the only
 line); progress goes to stderr.
 
+On a GPU (`--device cuda`, as `janus bench --device cuda`) the model and every input live
+on the device and each timer is read after `torch.cuda.synchronize()`.
+
 Usage:
   python scripts/bench/torch_bench.py --model /work/bench-models/janus-pro-1b --threads 2
 """
@@ -217,6 +220,14 @@ def run_workload(model, pad_id: int, decode_tokens: int, t2i_steps: int, paralle
     """One pass over the workload; returns the timings (all keys but peak_rss_mb)."""
     from transformers import DynamicCache
 
+    device = model.lm_head.weight.device
+
+    def now() -> float:
+        # Kernels run asynchronously on a GPU: a timer covers them only after a sync.
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     cfg = model.config
     llm = model.model.language_model
     embed = model.get_input_embeddings()
@@ -224,35 +235,35 @@ def run_workload(model, pad_id: int, decode_tokens: int, t2i_steps: int, paralle
     dtype = model.lm_head.weight.dtype
 
     # SigLIP + aligner: (1, 3, S, S) -> (1, N, D).
-    px = pixels(cfg.vision_config.image_size).to(dtype)
-    t0 = time.perf_counter()
+    px = pixels(cfg.vision_config.image_size).to(device, dtype)
+    t0 = now()
     image_rows = model.model.get_image_features(px)
-    siglip_s = time.perf_counter() - t0
+    siglip_s = now() - t0
     check_finite("siglip", image_rows)
 
     # Prefill: image rows then 40 text embeddings, (1, N + 40, D); inputs and cache untimed.
-    embeds = torch.cat([image_rows, embed(token_ids(PREFILL_TEXT_TOKENS, vocab)[None])], 1)
+    embeds = torch.cat([image_rows, embed(token_ids(PREFILL_TEXT_TOKENS, vocab)[None].to(device))], 1)
     cache = DynamicCache()
-    t0 = time.perf_counter()
+    t0 = now()
     hidden = llm(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
     logits = model.lm_head(hidden[:, -1:])  # (1, 1, V)
     next_id = logits.argmax(-1)  # (1, 1)
-    prefill_s = time.perf_counter() - t0
+    prefill_s = now() - t0
     check_finite("prefill", logits)
 
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(decode_tokens):
         hidden = llm(inputs_embeds=embed(next_id), past_key_values=cache, use_cache=True).last_hidden_state
         logits = model.lm_head(hidden[:, -1:])
         next_id = logits.argmax(-1)
-    decode_tok_s = decode_tokens / (time.perf_counter() - t0)
+    decode_tok_s = decode_tokens / (now() - t0)
     check_finite("decode", logits)
 
     # Text-to-image: rows [cond, uncond] per image, (2P, 17).
     cond = token_ids(T2I_PROMPT_TOKENS, vocab)
     uncond = cond.clone()
     uncond[1:-1] = pad_id
-    ids = torch.stack([cond, uncond]).repeat(parallel, 1)
+    ids = torch.stack([cond, uncond]).repeat(parallel, 1).to(device)
     cache = DynamicCache()
     hidden = llm(inputs_embeds=embed(ids), past_key_values=cache, use_cache=True).last_hidden_state
 
@@ -264,18 +275,19 @@ def run_workload(model, pad_id: int, decode_tokens: int, t2i_steps: int, paralle
         return model.prepare_embeddings_for_image_generation(codes).repeat_interleave(2, 0)[:, None]
 
     inputs = next_inputs(hidden)
-    t0 = time.perf_counter()
+    t0 = now()
     for _ in range(t2i_steps):
         hidden = llm(inputs_embeds=inputs, past_key_values=cache, use_cache=True).last_hidden_state
         inputs = next_inputs(hidden)
-    t2i_step_s = (time.perf_counter() - t0) / t2i_steps
+    t2i_step_s = (now() - t0) / t2i_steps
     check_finite("t2i", inputs)
 
     vq = model.model.vqmodel
     codes = vq_codes(vq.quantize.quant_state_dims[0] * vq.quantize.quant_state_dims[1], vq.config.num_embeddings)
-    t0 = time.perf_counter()
+    codes = codes.to(device)
+    t0 = now()
     image = vq.decode(codes[None])  # (1, 3, 384, 384)
-    vq_decode_s = time.perf_counter() - t0
+    vq_decode_s = now() - t0
     check_finite("vq decode", image)
 
     return {
@@ -301,6 +313,7 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="default: all cores")
     ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16", help="compute dtype (default: the checkpoint's bf16)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     ap.add_argument("--json", action="store_true", help="print only the JSON line on stdout")
     args = ap.parse_args()
     for name in ("t2i_steps", "parallel", "decode_tokens", "threads"):
@@ -313,9 +326,10 @@ def main() -> None:
     log(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads")
     t0 = time.perf_counter()
     model, files = build_model(args.model, {"bf16": torch.bfloat16, "f32": torch.float32}[args.dtype])
+    model = model.to(torch.device(args.device))
     pad_id = pad_token_id(args.model)
     attention = model.config._attn_implementation
-    log(f"loaded {args.model} ({files}; {args.dtype}; attention {attention}) in {time.perf_counter() - t0:.1f} s")
+    log(f"loaded {args.model} ({files}; {args.dtype}; {args.device}; attention {attention}) in {time.perf_counter() - t0:.1f} s")
 
     with torch.inference_mode():
         warm = min(WARMUP_COUNT, args.decode_tokens), min(WARMUP_COUNT, args.t2i_steps)

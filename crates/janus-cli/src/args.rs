@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
+use janus::device::DeviceChoice;
 use janus::engine::{Accept, Speculative, Window};
 use janus::hub::{self, FileProgress, HubOptions, ModelRef};
 use janus::kernels::quant::QuantFormat;
@@ -119,17 +120,26 @@ impl ModelArgs {
         }
     }
 
-    /// Resolves and loads the model.
-    pub fn load(&self, progress: &Progress) -> Result<Pipeline> {
+    /// Resolves and loads the model onto the device `device` names.
+    pub fn load(&self, progress: &Progress, device: &DeviceArgs) -> Result<Pipeline> {
         let dtype: DTypeChoice = self.dtype.parse()?;
         let quant = self.quant_format()?;
+        // The quantised formats are CPU kernels: `auto` takes them as a choice of the CPU.
+        let device = match (device.device, quant) {
+            (DeviceChoice::Auto, Some(_)) => Device::Cpu,
+            (choice, _) => choice.open()?,
+        };
         let dir = self.resolve(progress)?;
-        let spinner = progress.spinner(&format!("loading {}", self.model_id()));
+        let spinner = progress.spinner(&format!(
+            "loading {} on {}",
+            self.model_id(),
+            janus::device::name(&device)
+        ));
         let opts = LoadOptions {
             dtype,
             quant,
             lora: self.lora.clone(),
-            device: Device::Cpu,
+            device,
         };
         let pipe = Pipeline::load_with(&dir, &opts)?;
         spinner.finish();
@@ -137,6 +147,20 @@ impl ModelArgs {
         janus::kernels::tune_allocator();
         Ok(pipe)
     }
+}
+
+/// Where the model runs, for the commands that run it.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// cpu, cuda (GPU 0), cuda:N, or auto: the GPU when this janus was built with CUDA
+    /// (`--features cuda`) and one is present, else the CPU (also with --quant, which
+    /// runs on the CPU only).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: janus::Error| e.to_string())
 }
 
 /// Applies `--threads` to every thread pool the tensor code uses.

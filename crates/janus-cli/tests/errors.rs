@@ -331,3 +331,56 @@ fn unwritable_outputs() {
     // Only the two inputs are there: no temporary files or directories.
     assert_eq!(listing(tmp.path()), ["codes.json", "plain-file"]);
 }
+
+#[test]
+fn devices_are_chosen_or_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model("tiny-pro");
+    // The CPU by name and `auto` (the CPU in a build without CUDA) draw the same codes.
+    let codes = |device: &str| {
+        let dir = tmp.path().join(device);
+        let args = ["--prompt", "a cat", "--seed", "3", "--json", "--device", device];
+        json_of(&generate(&dir, &args))["image_tokens"].clone()
+    };
+    let cpu = codes("cpu");
+    assert!(cpu[0].as_array().is_some_and(|c| !c.is_empty()), "{cpu}");
+    assert_eq!(cpu, codes("auto"));
+    assert_clean_error(
+        &understand(&m, &["--prompt", "hi", "--device", "tpu"]),
+        &["tpu", "cpu, cuda, cuda:N or auto"],
+    );
+    if janus::device::CUDA_BUILT {
+        return;
+    }
+    let out = tmp.path().join("out");
+    assert_clean_error(
+        &generate(&out, &["--prompt", "x", "--device", "cuda"]),
+        &["--device cuda:0", "built without CUDA", "--features cuda"],
+    );
+    assert_nothing_written(&out);
+    assert_clean_error(
+        &understand(&m, &["--prompt", "hi", "--device", "cuda:1"]),
+        &["--device cuda:1", "built without CUDA"],
+    );
+    let run = tmp.path().join("run");
+    let data = fixtures().join("train/data.json").display().to_string();
+    let run_s = run.display().to_string();
+    assert_clean_error(
+        &janus(&[
+            "-q",
+            "train",
+            "--recipe",
+            "janus-pro/stage1",
+            "--model",
+            &m,
+            "--data",
+            &data,
+            "--out",
+            &run_s,
+            "--device",
+            "cuda",
+        ]),
+        &["built without CUDA"],
+    );
+    assert!(!run.exists(), "a run directory was created");
+}

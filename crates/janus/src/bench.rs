@@ -207,6 +207,7 @@ pub fn run_workload(
     let px = pixels(cfg.vision.image_size, device)?;
     let t0 = Instant::now();
     let image_rows = model.encode_images(&px)?; // (1, N, D)
+    crate::device::sync(device)?;
     let siglip_s = t0.elapsed().as_secs_f64();
 
     // Prefill inputs: image rows then the text ids' embeddings; built untimed, as is the
@@ -250,6 +251,7 @@ pub fn run_workload(
     let codes = vq_codes(cfg.gen_image_tokens(), cfg.vq.codebook_size);
     let t0 = Instant::now();
     decode_codes(model, &[codes])?;
+    crate::device::sync(device)?;
     let vq_decode_s = t0.elapsed().as_secs_f64();
 
     Ok(BenchReport {

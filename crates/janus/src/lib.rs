@@ -17,10 +17,12 @@
 //! - [`png`]: PNG encoding with the generation parameters in text chunks;
 //! - [`bench`](mod@bench): the standard benchmark workloads behind `janus bench`;
 //! - [`train`]: the three-stage training recipes behind `janus train`;
-//! - [`dist`]: data-parallel training across processes (MPI, NCCL).
+//! - [`dist`]: data-parallel training across processes (MPI, NCCL);
+//! - [`device`]: the `--device` choice (CPU, CUDA) and device names.
 
 pub mod bench;
 pub mod config;
+pub mod device;
 pub mod dist;
 pub mod engine;
 pub mod error;

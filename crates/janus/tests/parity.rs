@@ -9,6 +9,9 @@
 //! safetensors, Janus-Pro roles) and `tiny-janus` (original layout, bf16
 //! `pytorch_model.bin`, Janus-1.3B roles; its goldens were computed in f32 from the
 //! bf16-rounded weights).
+//!
+//! The suite runs on the CPU, or on the GPU `JANUS_TEST_DEVICE` names
+//! ([`support_device`]), with the same tolerances.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -20,6 +23,10 @@ use janus::engine::{self, GenerateParams, SamplingParams};
 use janus::pipeline::{DTypeChoice, Pipeline, UnderstandOptions};
 use janus::processor::{ImageInput, Message};
 use serde::Deserialize;
+
+#[path = "support/device.rs"]
+mod support_device;
+use support_device::device;
 
 const MODELS: [&str; 2] = ["tiny-pro", "tiny-janus"];
 const REL_TOL: f32 = 1e-4;
@@ -40,7 +47,7 @@ fn pipeline(model: &str) -> &'static Pipeline {
             .iter()
             .map(|&m| {
                 let dir = fixtures().join("models").join(m);
-                let p = Pipeline::load(&dir, DTypeChoice::Fixed(DType::F32), &Device::Cpu)
+                let p = Pipeline::load(&dir, DTypeChoice::Fixed(DType::F32), device())
                     .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
                 (m, p)
             })
@@ -57,7 +64,13 @@ fn load_st(path: &Path) -> HashMap<String, Tensor> {
 /// max |a - b| / max |b|, with shapes required to agree.
 fn rel_err(what: &str, ours: &Tensor, reference: &Tensor) -> f32 {
     assert_eq!(ours.dims(), reference.dims(), "{what}: shapes differ");
-    let a = ours.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let a = ours
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
     let b = reference
         .to_dtype(DType::F32)
         .unwrap()
@@ -112,7 +125,7 @@ fn reference_pixels(image: &str) -> Tensor {
             chw[c * (w * h) as usize + (y * w + x) as usize] = pre.u8_to_f32[p[c] as usize];
         }
     }
-    Tensor::from_vec(chw, (1, 3, h as usize, w as usize), &Device::Cpu).unwrap()
+    Tensor::from_vec(chw, (1, 3, h as usize, w as usize), device()).unwrap()
 }
 
 fn meta(path: &Path, key: &str) -> String {
@@ -220,7 +233,7 @@ fn prefill_logits_with_an_image() {
         let px = Tensor::cat(&images, 0).unwrap();
         let model = &pipe.model;
         let embeds = model.encode_images(&px).unwrap();
-        let ids_t = Tensor::new(ids.as_slice(), &Device::Cpu)
+        let ids_t = Tensor::new(ids.as_slice(), device())
             .unwrap()
             .unsqueeze(0)
             .unwrap();
@@ -252,7 +265,7 @@ fn gen_head_logits_first_step() {
         let case = &t2i_cases(m)[0];
         let model = &pipe.model;
         let rows = [case.cond_ids.clone(), case.uncond_ids.clone()].concat();
-        let ids = Tensor::from_vec(rows, (2, case.cond_ids.len()), &Device::Cpu).unwrap();
+        let ids = Tensor::from_vec(rows, (2, case.cond_ids.len()), device()).unwrap();
         let hidden = model
             .llm
             .forward_embeds(&model.llm.embed(&ids).unwrap(), None)
@@ -282,7 +295,11 @@ fn vq_decoder_and_encoder() {
         let g = load_st(&path);
         let vq = &pipe.model.vq;
         let grid = pipe.config().gen_grid;
-        let codes = g["codes"].to_dtype(DType::U32).unwrap();
+        let codes = g["codes"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_device(device())
+            .unwrap();
         let quant = vq.codes_to_latent(&codes, grid, grid).unwrap();
         assert_close(&format!("{m} codebook lookup"), &quant, &g["quant"]);
         let decoded = vq.decode_codes(&codes, grid, grid).unwrap();
@@ -517,7 +534,7 @@ fn half_precision_runs_and_stays_close() {
         .into_iter()
         .find(|c| c.name == "text_only")
         .unwrap();
-    let ids = Tensor::new(case.input_ids.as_slice(), &Device::Cpu)
+    let ids = Tensor::new(case.input_ids.as_slice(), device())
         .unwrap()
         .unsqueeze(0)
         .unwrap();
@@ -534,7 +551,7 @@ fn half_precision_runs_and_stays_close() {
     };
     let reference = logits_of(f32_pipe);
     for dtype in [DType::BF16, DType::F16] {
-        let p = Pipeline::load(&dir, DTypeChoice::Fixed(dtype), &Device::Cpu).unwrap();
+        let p = Pipeline::load(&dir, DTypeChoice::Fixed(dtype), device()).unwrap();
         assert_eq!(p.model.dtype(), dtype);
         let e = rel_err(&format!("{dtype:?} logits"), &logits_of(&p), &reference);
         assert!(e < 0.05, "{dtype:?}: relative error {e} against f32");

@@ -5,6 +5,7 @@
 //!
 //! Tolerances: loss within 1e-5 relative; each gradient `max|ours - torch| <= 1e-4 *
 //! max|torch|` over the tensor; optimiser parameters within 1e-5 of the largest value.
+//! On the CPU, or the GPU `JANUS_TEST_DEVICE` names (`support/device.rs`).
 
 #[path = "support/train.rs"]
 mod support;
@@ -15,7 +16,7 @@ use candle_core::{Device, Tensor};
 use janus::train::optim::{clip_grad_norm, lr_at, AdamW};
 use janus::train::{Part, Schedule};
 use serde_json::Value;
-use support::{batch, golden, max_abs, root, trainer};
+use support::{batch, device, golden, max_abs, root, trainer};
 
 fn gradient_parity(model: &str) {
     let tmp = tempfile::tempdir().unwrap();
@@ -58,7 +59,7 @@ fn gradient_parity(model: &str) {
                 "{model} {recipe}: {} got no gradient",
                 p.name
             );
-            let err = max_abs(&(g - want).unwrap()) / scale;
+            let err = max_abs(&(g.to_device(&Device::Cpu).unwrap() - want).unwrap()) / scale;
             worst = worst.max(err);
             assert!(
                 err <= 1e-4,
@@ -100,14 +101,14 @@ fn adamw_clipping_and_schedules_match_pytorch_for_20_steps() {
     ] {
         let mut params: Vec<Tensor> = names
             .iter()
-            .map(|n| g[&format!("init.{n}")].clone())
+            .map(|n| g[&format!("init.{n}")].to_device(device()).unwrap())
             .collect();
         let mut opt = AdamW::new(&params, 0.9, 0.95, 1e-8).unwrap();
         let lrs = &meta["schedules"][run]["lrs"];
         for step in 0..20u64 {
             let mut grads: Vec<Tensor> = names
                 .iter()
-                .map(|n| g[&format!("grad.{step}.{n}")].clone())
+                .map(|n| g[&format!("grad.{step}.{n}")].to_device(device()).unwrap())
                 .collect();
             let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
             let want_norm = meta["grad_norms"][step as usize].as_f64().unwrap();
@@ -124,6 +125,7 @@ fn adamw_clipping_and_schedules_match_pytorch_for_20_steps() {
             params = opt.step(&params, &grads, &decay, lr, 0.1).unwrap();
             for (n, p) in names.iter().zip(&params) {
                 let want = &g[&format!("{run}.step{step}.{n}")];
+                let p = p.to_device(&Device::Cpu).unwrap();
                 let err = max_abs(&(p - want).unwrap()) / max_abs(want);
                 assert!(err <= 1e-5, "{run} step {step} {n}: {err:.2e}");
             }

@@ -9,7 +9,7 @@ use janus::engine::{window, Window};
 use janus::machine::MachineInfo;
 use serde_json::json;
 
-use crate::args::ModelArgs;
+use crate::args::{DeviceArgs, ModelArgs};
 use crate::progress::{Bar, Progress};
 
 /// Arguments of `janus bench`.
@@ -17,6 +17,8 @@ use crate::progress::{Bar, Progress};
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Timed text-to-image steps.
     #[arg(long, default_value_t = 32)]
     t2i_steps: usize,
@@ -62,7 +64,7 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
     params.validate()?;
     let windows = a.speculative.as_deref().map(bench_windows).transpose()?;
     let t0 = Instant::now();
-    let pipe = a.model.load(progress)?;
+    let pipe = a.model.load(progress, &a.device)?;
     let load_s = t0.elapsed().as_secs_f64();
     params.validate_for(&pipe.model)?;
     pipe.check_generate_memory(T2I_PROMPT_TOKENS, params.parallel)?;
@@ -76,6 +78,7 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
             format!("{} ({} threads)", machine.kernels, machine.threads),
         ),
         ("memory", format!("{:.1} GB/s read", machine.read_gb_s)),
+        ("device", device_label(pipe.model.device())),
         ("model", a.model.model_id()),
         ("dtype", pipe.model.dtype().as_str().to_string()),
         ("quant", a.model.quant.clone()),
@@ -127,6 +130,7 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
 
     if a.json {
         let mut out = results_json(&report, peak, &machine);
+        out["device"] = json!(device_label(pipe.model.device()));
         if let Some((costs, pick)) = &passes {
             out["pass_s"] = costs
                 .iter()
@@ -152,6 +156,15 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `cpu`, or `cuda:0 (NVIDIA H100 80GB HBM3)`.
+fn device_label(device: &candle_core::Device) -> String {
+    let name = janus::device::name(device);
+    match janus::device::gpu_model(device) {
+        Some(gpu) => format!("{name} ({gpu})"),
+        None => name,
+    }
 }
 
 /// The seven result keys and the machine they ran on; `peak_rss_mb` is null where the

@@ -23,7 +23,7 @@ use janus::processor::{self, Message, DEFAULT_SYSTEM_PROMPT};
 use self::command::{Command, HELP};
 use self::conversation::{Attachment, Conversation};
 use self::input::{Input, Interrupts, LineReader, PROMPT_HINT};
-use crate::args::ModelArgs;
+use crate::args::{DeviceArgs, ModelArgs};
 use crate::cmd::understand::SamplingArgs;
 use crate::progress::Progress;
 
@@ -33,6 +33,8 @@ use crate::progress::Progress;
 pub struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// System prompt [default: the reference's understanding system prompt; "" for none].
     #[arg(long)]
     system: Option<String>,
@@ -59,7 +61,7 @@ pub fn run(a: ChatArgs, progress: &Progress) -> Result<()> {
         .system
         .clone()
         .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.to_string());
-    let pipe = a.model.load(progress)?;
+    let pipe = a.model.load(progress, &a.device)?;
     let interactive = std::io::stdin().is_terminal();
     let mut reader = LineReader::new(interactive)?;
     // Installed after loading, so Ctrl-C during a long load still ends the program.

@@ -9,7 +9,7 @@ use janus::engine::sampling::random_seed;
 use janus::engine::GenerateParams;
 use serde_json::json;
 
-use crate::args::{ModelArgs, SpeculativeArgs};
+use crate::args::{DeviceArgs, ModelArgs, SpeculativeArgs};
 use crate::output;
 use crate::progress::Progress;
 
@@ -19,6 +19,8 @@ use crate::progress::Progress;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// What to draw.
     #[arg(long)]
     prompt: String,
@@ -55,7 +57,7 @@ pub fn run(a: GenerateArgs, progress: &Progress) -> Result<()> {
     };
     params.validate()?;
     output::prepare_out_dir(&a.out)?;
-    let pipe = a.model.load(progress)?;
+    let pipe = a.model.load(progress, &a.device)?;
     let total = pipe.config().gen_image_tokens() as u64;
     let mut bar = progress.steps("generating", total);
     let result = pipe.generate(&a.prompt, &params, |done, _| {

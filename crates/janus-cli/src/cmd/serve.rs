@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use janus_server::{Server, ServerOptions};
 
-use crate::args::{ModelArgs, SpeculativeArgs};
+use crate::args::{DeviceArgs, ModelArgs, SpeculativeArgs};
 use crate::progress::Progress;
 
 /// Arguments of `janus serve`.
@@ -15,6 +15,8 @@ use crate::progress::Progress;
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -63,7 +65,7 @@ pub fn run(a: ServeArgs, progress: &Progress) -> Result<()> {
             );
         }
     }
-    let pipe = a.model.load(progress)?;
+    let pipe = a.model.load(progress, &a.device)?;
     let opts = ServerOptions {
         model_id: a.model.model.clone(),
         model_record: a.model.model_id(),

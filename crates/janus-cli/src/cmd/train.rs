@@ -15,7 +15,7 @@ use janus::train::recipe::{large_model, parse_ratio, Overrides, Recipe, Schedule
 use janus::train::{EvalMetrics, RunEnd, RunSpec, StepMetrics, Trainer};
 use janus::weights::lora::{LoraSpec, Target};
 
-use crate::args::ModelArgs;
+use crate::args::{DeviceArgs, ModelArgs};
 use crate::progress::Progress;
 
 /// Arguments of `janus train`.
@@ -121,6 +121,8 @@ struct RunArgs {
     /// AdamW weight decay (matrices and embeddings only).
     #[arg(long)]
     weight_decay: Option<f64>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Samples per step by kind, understanding:text:text-to-image (e.g. 2:3:5).
     #[arg(long)]
     ratio: Option<String>,
@@ -226,12 +228,20 @@ fn merge(m: MergeArgs, progress: &Progress) -> Result<()> {
 
 /// The memory check before a run loads anything (the estimate goes to stderr); ranks on
 /// one machine share its memory, and all of them measure it before any of them loads.
-fn check_memory(a: &RunArgs, spec: &RunSpec, launch: &Launch, comm: &Comm) -> Result<()> {
+fn check_memory(
+    a: &RunArgs,
+    spec: &RunSpec,
+    device: &Device,
+    launch: &Launch,
+    comm: &Comm,
+) -> Result<()> {
     let (cfg, store) = janus::weights::load_model_dir(&spec.model)?;
     let settings = janus::train::memory::PlanSettings::for_run(spec)?;
     let limit = match a.memory_limit {
         Some(g) if g.is_finite() && g > 0.0 => (g * (1u64 << 30) as f64) as u64,
         Some(g) => bail!("--memory-limit must be a positive number of GiB, not {g}"),
+        // The host's memory says nothing about a GPU's; check only against a given limit.
+        None if !device.is_cpu() => u64::MAX,
         // Each rank on this machine holds a whole copy of the model and optimiser.
         None => {
             janus::pipeline::available_memory_bytes().unwrap_or(u64::MAX) / launch.local_size as u64
@@ -281,7 +291,14 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
 }
 
 fn train_on(a: RunArgs, progress: &Progress, launch: &Launch, comm: Comm) -> Result<()> {
-    let device = Device::Cpu;
+    let device = a.device.device.open()?;
+    if comm.size() > 1 && !device.is_cpu() {
+        // The gradient sums read CPU tensors; NCCL is not wired into the trainer yet.
+        bail!(
+            "data-parallel training runs on CPUs only for now: run one rank, or add \
+             --device cpu"
+        );
+    }
     janus::kernels::tune_allocator_for_training();
     let mut trainer = match &a.resume {
         Some(run_dir) => resume(&a, run_dir, progress, &device, launch, comm)?,
@@ -446,7 +463,7 @@ fn start(
             out.display()
         );
     }
-    check_memory(a, &spec, launch, &comm)?;
+    check_memory(a, &spec, device, launch, &comm)?;
     let spinner = progress.spinner(&format!("loading {}", model.display()));
     let t = Trainer::create_on(out, spec, device, comm)?;
     spinner.finish();
@@ -501,7 +518,7 @@ fn resume(
     }
     let mut spec = spec;
     spec.checkpoint_layers |= a.checkpoint_layers;
-    check_memory(a, &spec, launch, &comm)?;
+    check_memory(a, &spec, device, launch, &comm)?;
     let spinner = progress.spinner(&format!("resuming {}", run_dir.display()));
     let mut t = Trainer::resume_on(run_dir, o.steps, spec.checkpoint_layers, device, comm)?;
     spinner.finish();

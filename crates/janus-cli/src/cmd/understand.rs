@@ -11,7 +11,7 @@ use janus::pipeline::UnderstandOptions;
 use janus::processor::{ImageInput, Message};
 use serde_json::json;
 
-use crate::args::ModelArgs;
+use crate::args::{DeviceArgs, ModelArgs};
 use crate::output;
 use crate::progress::Progress;
 
@@ -21,6 +21,8 @@ use crate::progress::Progress;
 pub struct UnderstandArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// The user's message. Without `<image_placeholder>` markers, one marker and a newline
     /// per image go in front.
     #[arg(long)]
@@ -77,7 +79,7 @@ pub fn run(a: UnderstandArgs, progress: &Progress) -> Result<()> {
             bail!("image {} does not exist", img.display());
         }
     }
-    let pipe = a.model.load(progress)?;
+    let pipe = a.model.load(progress, &a.device)?;
     let message =
         Message::user(a.prompt.clone()).with_images(a.images.iter().cloned().map(ImageInput::Path));
     let opts = UnderstandOptions {

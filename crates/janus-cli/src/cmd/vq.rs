@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::args::ModelArgs;
+use crate::args::{DeviceArgs, ModelArgs};
 use crate::output;
 use crate::progress::Progress;
 
@@ -29,6 +29,8 @@ pub enum VqCommand {
 pub struct EncodeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// The image to encode.
     image: PathBuf,
     /// Where to write the codes as JSON (default: stdout).
@@ -44,6 +46,8 @@ pub struct EncodeArgs {
 pub struct DecodeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Codes as JSON: a `janus vq encode` file, a list of codes, a list of code lists, or
     /// `janus generate --json` output.
     codes: PathBuf,
@@ -75,7 +79,7 @@ fn encode(a: EncodeArgs, progress: &Progress) -> Result<()> {
     }
     // Decode the image before loading the model: a bad image fails fast.
     let img = janus::processor::load_image(&a.image)?;
-    let pipe = a.model.load(progress)?;
+    let pipe = a.model.load(progress, &a.device)?;
     let codes = pipe.vq_encode(&img)?;
     let g = pipe.config().gen_grid;
     let obj = json!({
@@ -107,7 +111,7 @@ fn decode(a: DecodeArgs, progress: &Progress) -> Result<()> {
             );
         }
     }
-    let pipe = a.model.load(progress)?;
+    let pipe = a.model.load(progress, &a.device)?;
     let cfg = pipe.config();
     file.check(cfg.gen_grid, cfg.vq.codebook_size)
         .with_context(|| format!("{}", a.codes.display()))?;

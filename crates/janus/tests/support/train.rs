@@ -12,6 +12,10 @@ use janus::train::sample::{SampleDraws, TrainSample};
 use janus::train::{RunSpec, Trainer};
 use serde_json::Value;
 
+#[path = "device.rs"]
+mod device_under_test;
+pub use device_under_test::device;
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -62,7 +66,7 @@ pub fn trainer_with(
     Trainer::create(
         &tmp.join(format!("run-{}{tag}", recipe.name.replace('/', "-"))),
         spec,
-        &Device::Cpu,
+        device(),
     )
     .unwrap()
 }

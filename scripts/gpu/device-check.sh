@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The GPU check, in one run of under ten minutes on a lent H100 / H200 (issue 20): the
+# parity suites on the GPU, then janus against PyTorch bf16 on the same random full-size
+# Janus-Pro-1B, side by side, and one JSON summary on stdout (and in $OUT).
+#
+# Built here first with scripts/gpu/bundle.sh; then, through the device tool:
+#   run  command "scripts/gpu/device-check.sh"  carry ["gpu-bundle"]  timeout_s 590
+#
+# Steps (each one's log goes to $OUT; a failing step is recorded and the next one runs):
+#   1. the GPU, driver and libraries: PyTorch's NVIDIA wheels provide libcudart, cuBLAS,
+#      cuRAND, NVRTC and NCCL (put on LD_LIBRARY_PATH), the driver provides libcuda;
+#   2. tests/parity and tests/train_parity with JANUS_TEST_DEVICE=cuda: float32 within
+#      1e-4 of the PyTorch goldens, greedy tokens and image codes identical, bf16 and f16
+#      within the CPU's tolerances; losses, gradients and AdamW steps as on the CPU;
+#   3. tests/nccl: a one-GPU NCCL all-reduce;
+#   4. a random Janus-Pro-1B (scripts/bench/make_random_checkpoint.py, from the
+#      published listing), `janus bench --device cuda` against torch_bench.py on cuda in
+#      bf16 (scripts/bench/side_by_side.py, 2 alternating rounds) at P = 1 and P = 16;
+#   5. `janus generate --parallel 16` of one whole image batch on that checkpoint: the
+#      sampling time of 16 images.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bundle=${JANUS_GPU_BUNDLE:-$root/gpu-bundle}
+out=${OUT:-/tmp/janus-gpu-out}
+work=${JANUS_GPU_WORK:-/tmp/janus-gpu}
+mkdir -p "$out" "$work"
+cd "$root"
+export PYTHONUNBUFFERED=1
+started=$(date +%s)
+declare -A status
+
+step() { # name command...: runs a step, its output into $out/name.log
+  local name=$1
+  shift
+  local t0
+  t0=$(date +%s)
+  echo "== $name" >&2
+  if "$@" >"$out/$name.log" 2>&1; then status[$name]="passed"; else status[$name]="failed ($?)"; fi
+  echo "== $name: ${status[$name]} in $(($(date +%s) - t0)) s" >&2
+  tail -n 5 "$out/$name.log" >&2
+}
+
+# 1. Libraries and the bundle.
+site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+for lib in "$site"/nvidia/*/lib "$site"/nvidia/cu13/lib; do
+  [ -d "$lib" ] && LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH
+if [ ! -f "$bundle/janus-gpu.tar.xz" ]; then
+  echo "error: $bundle/janus-gpu.tar.xz is missing: run scripts/gpu/bundle.sh and carry gpu-bundle" >&2
+  exit 1
+fi
+tar -C "$work" -xJf "$bundle/janus-gpu.tar.xz"
+# The tests find fixtures/ under the checkout they were built in.
+built_in=$(cat "$work/built-in")
+if [ "$built_in" != "$root" ] && [ ! -e "$built_in" ]; then
+  mkdir -p "$(dirname "$built_in")" && ln -s "$root" "$built_in"
+fi
+janus=$work/bin/janus
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 1)
+step gpu-info sh -c "nvidia-smi; ldd '$janus'; '$janus' --version"
+
+# 2 and 3. Parity on the GPU, and NCCL.
+for t in parity train_parity; do
+  step "$t" env JANUS_TEST_DEVICE=cuda "$work/tests/$t" --test-threads 1
+done
+step nccl "$work/tests/nccl" --test-threads 1
+
+# 4. Side by side against PyTorch on a random full-size checkpoint.
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$work/site" "$bundle"/whl/*.whl \
+  >"$out/pip.log" 2>&1 || echo "warning: carried wheels did not install (see pip.log)" >&2
+export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}
+model=$work/janus-pro-1b
+step checkpoint python3 scripts/bench/make_random_checkpoint.py --shape janus-pro-1b \
+  --out "$model" --format safetensors --listings "$bundle/listings"
+for p in 1 16; do
+  step "bench-p$p" python3 scripts/bench/side_by_side.py --model "$model" --janus "$janus" \
+    --device cuda --parallel "$p" --t2i-steps 32 --decode-tokens 32 --rounds 2 --markdown \
+    --json-out "$out/bench-p$p.json"
+done
+
+# 5. A whole batch of 16 images.
+step generate-p16 "$janus" generate --model "$model" --device cuda --prompt "a red fox in snow" \
+  --parallel 16 --seed 1 --out "$work/images" --json
+
+# One summary: each step's status, the benchmark tables and the generation timings.
+python3 - "$out" "$gpu" "$(cat "$work/commit")" "$(($(date +%s) - started))" \
+  "$(for k in "${!status[@]}"; do printf '%s=%s;' "$k" "${status[$k]}"; done)" <<'EOF' | tee "$out/summary.json"
+import json, sys
+from pathlib import Path
+out, gpu, commit, seconds, steps = sys.argv[1:6]
+summary = {"gpu": gpu, "commit": commit, "seconds": int(seconds)}
+summary["steps"] = dict(kv.split("=", 1) for kv in steps.split(";") if kv)
+for p in ("1", "16"):
+    f = Path(out) / f"bench-p{p}.json"
+    if f.exists():
+        summary[f"bench_p{p}"] = json.loads(f.read_text())["table"]
+gen = Path(out) / "generate-p16.log"
+if gen.exists():
+    lines = [ln for ln in gen.read_text().splitlines() if ln.startswith("{")]
+    if lines:
+        summary["generate_p16"] = json.loads(lines[-1]).get("timings")
+print(json.dumps(summary, indent=1))
+EOF
