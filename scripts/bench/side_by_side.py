@@ -101,8 +101,6 @@ def run_json(cmd: list[str]) -> dict:
     result = json.loads(lines[-1])
     if "machine" in result:
         MACHINE.update(result.pop("machine"))
-    if "device" in result:
-        MACHINE["device"] = result.pop("device")
     if sorted(result) != sorted(KEYS):
         raise SystemExit(f"unexpected keys {sorted(result)} from: {shlex.join(cmd)}")
     return result
@@ -154,11 +152,17 @@ def ratio_of(kind: str, torch_v: float, janus_v: float) -> float:
 
 
 def table(
-    torch_rs: list[dict], janus_rs: dict[str, list[dict]], checkpoint_mb: float, parallel: int, torch_dt: str
+    torch_rs: list[dict],
+    janus_rs: dict[str, list[dict]],
+    checkpoint_mb: float,
+    parallel: int,
+    torch_dt: str,
+    on_cpu: bool = True,
 ) -> list[list[str]]:
     """Rows of the comparison: a header, then one row per stage. With several rounds, each
     side's number is its median and the ratio the median of the rounds' own ratios, with
-    their range."""
+    their range. Off the CPU the host's peak RSS says nothing about the model's memory
+    (PyTorch stages the weights on the host, janus does not) and is left out."""
     header = ["stage", f"PyTorch ({torch_dt})"]
     for q in janus_rs:
         header += [f"janus ({q})", "ratio"]
@@ -170,6 +174,8 @@ def table(
         ("vq_decode_s", "VQ decode, 1 image (s)", "time"),
         ("peak_rss_mb", "peak RSS (MiB)", "memory"),
     ]
+    if not on_cpu:
+        stages = stages[:-1]
     rows = [header]
     for key, label, kind in stages:
         scale = 1000 if key == "t2i_step_s" else 1
@@ -181,6 +187,8 @@ def table(
                 ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
             row += [fmt(statistics.median(r[key] for r in rounds) * scale), ratio]
         rows.append(row)
+    if not on_cpu:
+        return rows
     peak = statistics.median(r["peak_rss_mb"] for r in torch_rs)
     row = ["peak RSS / checkpoint size", f"{peak / checkpoint_mb:.2f}"]
     for rounds in janus_rs.values():
@@ -292,10 +300,12 @@ def main() -> None:
         "rounds": f"{args.rounds} (PyTorch first in odd rounds, last in even ones)" if args.rounds > 1 else "1",
         "load average": f"{load_before} before, {load_average()} after the runs (1, 5, 15 min)",
     }
-    rows = table(torch_rs, janus_rs, checkpoint_mb, args.parallel, torch_dt)
+    rows = table(torch_rs, janus_rs, checkpoint_mb, args.parallel, torch_dt, args.device == "cpu")
     if args.json_out:
         summary = {"info": info, "commands": [shlex.join(c) for c in commands], "torch": torch_rs, "janus": janus_rs}
-        summary["table"] = [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+        # Each "ratio" column named after the janus column before it, so that keys are unique.
+        keys = [f"ratio, {rows[0][i - 1]}" if h == "ratio" else h for i, h in enumerate(rows[0])]
+        summary["table"] = [dict(zip(keys, r, strict=True)) for r in rows[1:]]
         args.json_out.write_text(json.dumps(summary, indent=1, default=str) + "\n")
     if args.markdown:
         print("| | |\n|---|---|")

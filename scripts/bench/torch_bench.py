@@ -256,6 +256,9 @@ def run_workload(model, pad_id: int, decode_tokens: int, t2i_steps: int, paralle
         hidden = llm(inputs_embeds=embed(next_id), past_key_values=cache, use_cache=True).last_hidden_state
         logits = model.lm_head(hidden[:, -1:])
         next_id = logits.argmax(-1)
+        # Read on the host, as a generation loop's end-of-text check does (on a GPU, a
+        # sync per token; the image loop of the reference has none and keeps none here).
+        next_id.item()
     decode_tok_s = decode_tokens / (now() - t0)
     check_finite("decode", logits)
 

@@ -50,6 +50,9 @@ fn results(out: &std::process::Output) -> serde_json::Map<String, Value> {
     assert!(machine["threads"].as_u64().expect("threads") >= 1);
     let gb_s = machine["read_gb_s"].as_f64().expect("read_gb_s");
     assert!(gb_s.is_finite() && gb_s > 0.1, "{machine}");
+    if !janus::device::CUDA_BUILT {
+        assert_eq!(machine["device"], "cpu", "{machine}");
+    }
     let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     keys.sort();
     let mut want = KEYS.to_vec();

@@ -104,8 +104,25 @@ pub fn gpu_model(device: &Device) -> Option<String> {
     None
 }
 
-/// Waits for the device's queued work, so that a timer read after it covers that work
-/// (CUDA launches return before the kernels finish; the CPU has nothing queued).
+/// Free memory on a CUDA device, in bytes, as the driver reports it now; `None` for the
+/// CPU (whose available memory [`crate::pipeline::available_memory_bytes`] reads) and
+/// where the driver does not say.
+pub fn gpu_free_memory(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64);
+    }
+    let _ = device;
+    None
+}
+
+/// Waits for the work queued on the device's stream, so that a timer read after it covers
+/// that work (CUDA launches return before the kernels finish; the CPU queues nothing).
 pub fn sync(device: &Device) -> Result<()> {
     Ok(device.synchronize()?)
 }
@@ -141,6 +158,7 @@ mod tests {
         }
         assert_eq!(name(&Device::Cpu), "cpu");
         assert_eq!(gpu_model(&Device::Cpu), None);
+        assert_eq!(gpu_free_memory(&Device::Cpu), None);
         sync(&Device::Cpu).unwrap();
     }
 

@@ -360,13 +360,16 @@ impl Pipeline {
 
     /// Refuses a text-to-image request whose estimated memory
     /// ([`engine::estimate_generate_memory`]) exceeds the memory available now, before
-    /// anything is allocated. The check runs on CPU only (it reads the host's
-    /// `MemAvailable`) and is skipped where that is unknown.
+    /// anything is allocated: the host's `MemAvailable` on the CPU, the driver's free
+    /// memory on a GPU; skipped where that is unknown.
     pub fn check_generate_memory(&self, prompt_len: usize, parallel: usize) -> Result<()> {
-        if !self.model.device().is_cpu() {
-            return Ok(());
-        }
-        let Some(available) = available_memory_bytes() else {
+        let device = self.model.device();
+        let available = if device.is_cpu() {
+            available_memory_bytes()
+        } else {
+            crate::device::gpu_free_memory(device)
+        };
+        let Some(available) = available else {
             return Ok(());
         };
         let est = engine::estimate_generate_memory(
@@ -378,12 +381,14 @@ impl Pipeline {
         if est.total > available {
             return Err(Error::InvalidInput(format!(
                 "generating {parallel} images in parallel needs about {} of memory (KV cache {}, \
-                 activations {}, VQ decode {}), but only {} is available; use a smaller parallel count",
+                 activations {}, VQ decode {}), but only {} is available on {}; use a smaller parallel \
+                 count",
                 human_bytes(est.total),
                 human_bytes(est.kv_cache),
                 human_bytes(est.activations),
                 human_bytes(est.vq_decode),
                 human_bytes(available),
+                crate::device::name(device),
             )));
         }
         Ok(())

@@ -72,6 +72,8 @@ fn rel_err(what: &str, ours: &Tensor, reference: &Tensor) -> f32 {
         .flatten_all()
         .unwrap();
     let b = reference
+        .to_device(&Device::Cpu)
+        .unwrap()
         .to_dtype(DType::F32)
         .unwrap()
         .flatten_all()

@@ -130,7 +130,7 @@ pub fn run(a: BenchArgs, progress: &Progress) -> Result<()> {
 
     if a.json {
         let mut out = results_json(&report, peak, &machine);
-        out["device"] = json!(device_label(pipe.model.device()));
+        out["machine"]["device"] = json!(device_label(pipe.model.device()));
         if let Some((costs, pick)) = &passes {
             out["pass_s"] = costs
                 .iter()

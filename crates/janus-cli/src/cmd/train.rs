@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
+use janus::device::DeviceChoice;
 use janus::dist::{Comm, Launch};
 use janus::train::recipe::{large_model, parse_ratio, Overrides, Recipe, Schedule, TrainConfig};
 use janus::train::{EvalMetrics, RunEnd, RunSpec, StepMetrics, Trainer};
@@ -240,8 +241,8 @@ fn check_memory(
     let limit = match a.memory_limit {
         Some(g) if g.is_finite() && g > 0.0 => (g * (1u64 << 30) as f64) as u64,
         Some(g) => bail!("--memory-limit must be a positive number of GiB, not {g}"),
-        // The host's memory says nothing about a GPU's; check only against a given limit.
-        None if !device.is_cpu() => u64::MAX,
+        // On a GPU, its free memory (the host's says nothing about it).
+        None if !device.is_cpu() => janus::device::gpu_free_memory(device).unwrap_or(u64::MAX),
         // Each rank on this machine holds a whole copy of the model and optimiser.
         None => {
             janus::pipeline::available_memory_bytes().unwrap_or(u64::MAX) / launch.local_size as u64
@@ -291,7 +292,15 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
 }
 
 fn train_on(a: RunArgs, progress: &Progress, launch: &Launch, comm: Comm) -> Result<()> {
-    let device = a.device.device.open()?;
+    // `auto` means the CPU where a GPU cannot serve: several ranks, quantised weights.
+    let device = match a.device.device {
+        DeviceChoice::Auto
+            if comm.size() > 1 || a.quant.as_deref().is_some_and(|q| q != "none") =>
+        {
+            Device::Cpu
+        }
+        choice => choice.open()?,
+    };
     if comm.size() > 1 && !device.is_cpu() {
         // The gradient sums read CPU tensors; NCCL is not wired into the trainer yet.
         bail!(
