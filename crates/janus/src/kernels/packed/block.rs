@@ -53,8 +53,8 @@ impl XPtr {
     }
 }
 
-/// The element types [`PackedBf16::matmul_taps`] reads x in: bf16, or f32 at the levels
-/// that widen x first ([`PackedBf16::takes_f32`]).
+/// The element types [`PackedBf16::matmul_taps`] reads x in: bf16, or f32 (at every level;
+/// fastest at the levels that widen x anyway, [`PackedBf16::takes_f32`]).
 pub trait TapValue: Copy {
     /// Where `x` starts.
     #[doc(hidden)]

@@ -354,7 +354,12 @@ impl PackedBf16 {
         assert!(
             ldo >= m && out.len() >= (self.n - 1) * ldo + m && ldo <= i32::MAX as usize / self.n
         );
-        let mr = max_rows(isa);
+        // f32 x runs the AVX2 kernel at the AVX-512 level too (see `block`): its rows.
+        let mr = match (isa, T::ptr(x)) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512Bf16, XPtr::F32(_)) => avx2::ROWS,
+            _ => max_rows(isa),
+        };
         let panels = self.n.div_ceil(PANEL);
         for p in (0..panels).step_by(2) {
             let np = (panels - p).min(2);
