@@ -64,20 +64,14 @@ fn load_st(path: &Path) -> HashMap<String, Tensor> {
 /// max |a - b| / max |b|, with shapes required to agree.
 fn rel_err(what: &str, ours: &Tensor, reference: &Tensor) -> f32 {
     assert_eq!(ours.dims(), reference.dims(), "{what}: shapes differ");
-    let a = ours
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap();
-    let b = reference
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap();
+    // Both on the CPU: either may come from the device under test.
+    let flat_f32 = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.flatten_all())
+            .unwrap()
+    };
+    let (a, b) = (flat_f32(ours), flat_f32(reference));
     let diff = (&a - &b)
         .unwrap()
         .abs()
