@@ -364,8 +364,26 @@ fn devices_are_chosen_or_refused_clearly() {
         &understand(&m, &["--prompt", "hi", "--device", "cuda:1"]),
         &["--device cuda:1", "built without CUDA"],
     );
-    let run = tmp.path().join("run");
     let data = fixtures().join("train/data.json").display().to_string();
+    let cache = tmp.path().join("cache");
+    let cache_s = cache.display().to_string();
+    assert_clean_error(
+        &janus(&[
+            "-q",
+            "data",
+            "encode",
+            &data,
+            "--model",
+            &m,
+            "--vq-cache",
+            &cache_s,
+            "--device",
+            "cuda",
+        ]),
+        &["built without CUDA"],
+    );
+    assert!(!cache.exists(), "a code cache was created");
+    let run = tmp.path().join("run");
     let run_s = run.display().to_string();
     assert_clean_error(
         &janus(&[

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, Subcommand};
 use janus::train::check::{check, KindReport};
 use janus::train::codes::{vq_fingerprint, CodeCache};
 use janus::train::data::{Dataset, Kind, Record};
 
-use crate::args::ModelArgs;
+use crate::args::{DeviceArgs, ModelArgs};
 use crate::progress::Progress;
 
 /// The data subcommands.
@@ -41,6 +41,8 @@ pub struct EncodeArgs {
     manifest: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Cache directory (default: .janus-cache next to the manifest, as `janus train`).
     #[arg(long)]
     vq_cache: Option<PathBuf>,
@@ -101,9 +103,14 @@ fn run_encode(a: EncodeArgs, progress: &Progress) -> Result<()> {
         .collect();
     images.sort();
     images.dedup();
-    let spinner = progress.spinner(&format!("loading {}", dir.display()));
+    let device = a.device.device.open()?;
+    let spinner = progress.spinner(&format!(
+        "loading {} on {}",
+        dir.display(),
+        janus::device::name(&device)
+    ));
     let (cfg, store) = janus::weights::load_model_dir(&dir)?;
-    let vb = janus::weights::var_builder(&store, cfg.layout, DType::F32, &Device::Cpu);
+    let vb = janus::weights::var_builder(&store, cfg.layout, DType::F32, &device);
     let model = janus::model::Janus::new(&cfg, vb)?;
     spinner.finish();
     let cache_dir = a
