@@ -46,6 +46,8 @@ pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
     adapter: Option<Adapter>,
+    /// Each output row gets the bits it would get alone (see [`Self::any_row_grouping`]).
+    rows_alone: bool,
 }
 
 /// A LoRA adapter: adds `scale·(x·Aᵀ)·Bᵀ` with `A` `(r, in)` and `B` `(out, r)`.
@@ -135,6 +137,7 @@ impl Linear {
             weight: Weight::Dense(weight),
             bias,
             adapter: None,
+            rows_alone: true,
         };
         linear.quantize(format)?;
         Ok(linear)
@@ -151,6 +154,7 @@ impl Linear {
                             weight: Weight::Packed(Arc::new(p)),
                             bias,
                             adapter: None,
+                            rows_alone: true,
                         };
                     }
                 }
@@ -160,7 +164,16 @@ impl Linear {
             weight: Weight::Dense(weight),
             bias,
             adapter: None,
+            rows_alone: true,
         }
+    }
+
+    /// Lets products with many rows use kernels whose rounding depends on the rows computed
+    /// together (AMX tiles, [`PackedBf16::matmul_to_vec_tiles`]): for layers whose rows no
+    /// one compares with rows computed alone, the vision encoder's.
+    pub fn any_row_grouping(mut self) -> Self {
+        self.rows_alone = false;
+        self
     }
 
     /// Attaches a LoRA adapter.
@@ -278,6 +291,7 @@ impl Linear {
                 weight: self.weight.clone(),
                 bias: self.bias.clone(),
                 adapter: None,
+                rows_alone: true,
             };
             return x.contiguous()?.apply_op1(FrozenProduct(plain));
         }
@@ -347,7 +361,10 @@ impl Linear {
                 Some(out)
             }
             (Weight::Packed(p), DType::BF16) => {
-                cpu_slice::<bf16>(&x).map(|xs| p.matmul_to_vec(&xs, m, isa))
+                cpu_slice::<bf16>(&x).map(|xs| match self.rows_alone {
+                    true => p.matmul_to_vec(&xs, m, isa),
+                    false => p.matmul_to_vec_tiles(&xs, m, isa),
+                })
             }
             (Weight::Quant(q), DType::BF16) => {
                 cpu_slice::<bf16>(&x).map(|xs| q.matmul_bf16_to_vec(&xs, m, isa))

@@ -17,12 +17,15 @@
 //!
 //! AVX2 has no bf16 product: its kernel (`avx2.rs`) takes x widened to f32 once and
 //! widens the weight pairs in registers; AVX-512 BF16's (`avx512.rs`) takes both in bf16.
+//! Where the CPU also has AMX, [`PackedBf16::matmul_to_vec_tiles`] runs products with many
+//! rows on its tiles (`amx.rs`), for callers that need no row-by-row agreement.
 
 use half::bf16;
 use rayon::prelude::*;
 
 use super::{chunk_len, Isa, SendPtr};
 
+mod amx;
 mod block;
 mod grouped;
 use block::{plain_block, Block, XRows};
@@ -156,6 +159,21 @@ impl PackedBf16 {
         assert!(out.len() >= m * self.n);
         // SAFETY: `out` holds the (m, n) output.
         unsafe { self.matmul_raw(x, m, out.as_mut_ptr(), isa) }
+    }
+
+    /// [`Self::matmul_to_vec`], on AMX tiles where the CPU has them and `x` has at least 16
+    /// rows. Tiles round differently from the one-row kernel, so a row's outputs then
+    /// depend on the rows around it: for products nobody compares row by row (the vision
+    /// encoder's), not the LLM's, whose block passes must give each row the bits it gets
+    /// alone (speculative decoding).
+    pub fn matmul_to_vec_tiles(&self, x: &[bf16], m: usize, isa: Isa) -> Vec<f32> {
+        if m < BLOCKED_ROWS || isa != Isa::Avx512Bf16 || !amx::available() {
+            return self.matmul_to_vec(x, m, isa);
+        }
+        assert!(x.len() >= m * self.k);
+        // SAFETY: AMX is available, x holds m * k values, and the tile product writes
+        // each of the m * n outputs (tested on awkward sizes).
+        unsafe { super::filled_by(m * self.n, |out| self.matmul_amx(x, m, out)) }
     }
 
     /// [`Self::matmul`] into a new `(m, n)` vector, which is not zeroed first (every
