@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use candle_core::Device;
 use clap::Args;
 use janus::device::DeviceChoice;
 use janus::engine::{Accept, Speculative, Window};
@@ -124,11 +123,8 @@ impl ModelArgs {
     pub fn load(&self, progress: &Progress, device: &DeviceArgs) -> Result<Pipeline> {
         let dtype: DTypeChoice = self.dtype.parse()?;
         let quant = self.quant_format()?;
-        // The quantised formats are CPU kernels: `auto` takes them as a choice of the CPU.
-        let device = match (device.device, quant) {
-            (DeviceChoice::Auto, Some(_)) => Device::Cpu,
-            (choice, _) => choice.open()?,
-        };
+        // The quantised formats are CPU kernels.
+        let device = device.device.open_unless_cpu_only(quant.is_some())?;
         let dir = self.resolve(progress)?;
         let spinner = progress.spinner(&format!(
             "loading {} on {}",

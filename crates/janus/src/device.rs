@@ -82,6 +82,15 @@ impl DeviceChoice {
             },
         }
     }
+
+    /// [`Self::open`], with `auto` taken as the CPU when `cpu_only` (what the run needs
+    /// runs on the CPU only: quantised weights, several training ranks).
+    pub fn open_unless_cpu_only(self, cpu_only: bool) -> Result<Device> {
+        match self {
+            Self::Auto if cpu_only => Ok(Device::Cpu),
+            choice => choice.open(),
+        }
+    }
 }
 
 /// A device's short name: `cpu` or `cuda:N`.
@@ -152,6 +161,15 @@ mod tests {
     #[test]
     fn cpu_and_auto_open_without_a_gpu() {
         assert!(DeviceChoice::Cpu.open().unwrap().is_cpu());
+        // Whatever the build, `auto` for a run that needs the CPU is the CPU.
+        assert!(DeviceChoice::Auto
+            .open_unless_cpu_only(true)
+            .unwrap()
+            .is_cpu());
+        assert!(DeviceChoice::Cpu
+            .open_unless_cpu_only(false)
+            .unwrap()
+            .is_cpu());
         let auto = DeviceChoice::Auto.open().unwrap();
         if !CUDA_BUILT {
             assert!(auto.is_cpu());

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
-use janus::device::DeviceChoice;
 use janus::dist::{Comm, Launch};
 use janus::train::recipe::{large_model, parse_ratio, Overrides, Recipe, Schedule, TrainConfig};
 use janus::train::{EvalMetrics, RunEnd, RunSpec, StepMetrics, Trainer};
@@ -292,15 +291,12 @@ fn train(a: RunArgs, progress: &Progress) -> Result<()> {
 }
 
 fn train_on(a: RunArgs, progress: &Progress, launch: &Launch, comm: Comm) -> Result<()> {
-    // `auto` means the CPU where a GPU cannot serve: several ranks, quantised weights.
-    let device = match a.device.device {
-        DeviceChoice::Auto
-            if comm.size() > 1 || a.quant.as_deref().is_some_and(|q| q != "none") =>
-        {
-            Device::Cpu
-        }
-        choice => choice.open()?,
-    };
+    // Several ranks and quantised weights run on the CPU only.
+    let quantised = a.quant.as_deref().is_some_and(|q| q != "none");
+    let device = a
+        .device
+        .device
+        .open_unless_cpu_only(comm.size() > 1 || quantised)?;
     if comm.size() > 1 && !device.is_cpu() {
         // The gradient sums read CPU tensors; NCCL is not wired into the trainer yet.
         bail!(

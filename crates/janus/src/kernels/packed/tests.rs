@@ -164,3 +164,38 @@ fn every_row_gets_its_bits_alone_at_every_level() {
         }
     }
 }
+
+/// The AMX tile product (SigLIP's layers) against the plain product: rows, columns and k
+/// that fill no tile, one tile exactly, and several; through `matmul_to_vec_tiles` too.
+/// Skipped, saying so, where the CPU has no AMX.
+#[test]
+fn amx_tiles_match_the_plain_product() {
+    if !amx::available() {
+        eprintln!("SKIPPED amx_tiles_match_the_plain_product: no AMX here (or JANUS_AMX=0)");
+        return;
+    }
+    for &(m, n, k) in &[
+        (16, 16, 32),
+        (17, 33, 70),
+        (5, 7, 3),
+        (40, 50, 1030),
+        (33, 16, 64),
+    ] {
+        let x = values(m * k, 1);
+        let w = values(n * k, 2);
+        let mut want = vec![0.0; m * n];
+        matmul_bf16(&x, &w, m, n, k, &mut want, Isa::Plain);
+        let p = PackedBf16::pack(&w, n, k);
+        let mut got = vec![f32::NAN; m * n];
+        // SAFETY: AMX is available; x holds m * k values, got m * n.
+        unsafe { p.matmul_amx(&x, m, got.as_mut_ptr()) };
+        let dispatched = p.matmul_to_vec_tiles(&x, m, Isa::Avx512Bf16);
+        for (i, ((g, d), w)) in got.iter().zip(&dispatched).zip(&want).enumerate() {
+            let tol = 1e-3 * (1.0 + w.abs());
+            assert!(
+                (g - w).abs() <= tol && (d - w).abs() <= tol,
+                "({m}, {n}, {k}) at {i}: {g} / {d} vs {w}"
+            );
+        }
+    }
+}
