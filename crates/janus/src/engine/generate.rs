@@ -478,10 +478,13 @@ impl Verifier for JanusVerifier<'_> {
             return Err(Error::InvalidInput("the prompt ran already".into()));
         };
         let embeds = self.model.llm.embed(&ids)?;
-        let hidden =
+        // Row-invariant products: a prompt gives the bits it gives alone when the server
+        // batches it with others (AMX tiles would depend on the batch's row count).
+        let hidden = crate::kernels::with_row_invariance(true, || {
             self.model
                 .llm
-                .forward_embeds_padded(&embeds, Some(&mut self.cache), &self.left_pad)?;
+                .forward_embeds_padded(&embeds, Some(&mut self.cache), &self.left_pad)
+        })?;
         let t = hidden.dim(1)?;
         let out = self.guided(&hidden.narrow(1, t - 1, 1)?)?;
         self.timings.push("prefill_s", t0.elapsed().as_secs_f64());

@@ -5,7 +5,8 @@
 //! patch is `k·k` contiguous runs of `cin` values; weights are kept as
 //! `(cout, kh, kw, cin)` rows to match. With packed weights and an even `cin` the product
 //! is direct: per output row, the packed kernel reads each tap's input run in place
-//! ([`PackedBf16::matmul_taps`]) and stores channel-major, so nothing is copied per tap.
+//! ([`PackedBf16::matmul_taps`]) and stores channel-major, so nothing is copied per tap;
+//! on AMX tiles where the CPU has them and `cin` is a multiple of 32.
 //! Otherwise (row-major weights, odd `cin`) each task builds the patches of a block of
 //! output pixels (im2col) and multiplies them.
 
@@ -104,6 +105,7 @@ pub fn conv2d_bf16(
             let taps: Vec<usize> = (0..d.k * d.k)
                 .map(|t| ((t / d.k) * wp + t % d.k) * d.cin)
                 .collect();
+            let tiles = p.taps_on_tiles(taps.len(), isa);
             // Where the kernel reads x as f32, the image is widened once here.
             let wide: Vec<f32> = match PackedBf16::takes_f32(isa) {
                 true => super::fused::widened(isa, &xp),
@@ -112,7 +114,10 @@ pub fn conv2d_bf16(
             (0..ho).into_par_iter().for_each(|oy| {
                 let at = oy * d.stride * wp * d.cin;
                 let mut acc = vec![0f32; d.cout * wo];
-                if wide.is_empty() {
+                if tiles {
+                    let x = &xp[at..];
+                    p.matmul_taps_tiles(x, d.stride * d.cin, &taps, wo, &mut acc, wo, isa);
+                } else if wide.is_empty() {
                     p.matmul_taps(&xp[at..], d.stride * d.cin, &taps, wo, &mut acc, wo, isa);
                 } else {
                     p.matmul_taps(&wide[at..], d.stride * d.cin, &taps, wo, &mut acc, wo, isa);
@@ -356,6 +361,38 @@ mod tests {
                 h: 3,
                 w: 14,
                 cout: 20,
+                k: 1,
+                stride: 1,
+                pad: 0,
+            },
+            // Channels in whole k tiles run on AMX tiles where the CPU has them: output
+            // rows of a partial task, a stride of 2, an odd panel count, a 1x1 kernel.
+            ConvDims {
+                b: 1,
+                cin: 32,
+                h: 6,
+                w: 37,
+                cout: 40,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            },
+            ConvDims {
+                b: 2,
+                cin: 64,
+                h: 9,
+                w: 20,
+                cout: 16,
+                k: 3,
+                stride: 2,
+                pad: 1,
+            },
+            ConvDims {
+                b: 1,
+                cin: 64,
+                h: 4,
+                w: 5,
+                cout: 3,
                 k: 1,
                 stride: 1,
                 pad: 0,

@@ -46,8 +46,6 @@ pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
     adapter: Option<Adapter>,
-    /// Each output row gets the bits it would get alone (see [`Self::any_row_grouping`]).
-    rows_alone: bool,
 }
 
 /// A LoRA adapter: adds `scale·(x·Aᵀ)·Bᵀ` with `A` `(r, in)` and `B` `(out, r)`.
@@ -137,7 +135,6 @@ impl Linear {
             weight: Weight::Dense(weight),
             bias,
             adapter: None,
-            rows_alone: true,
         };
         linear.quantize(format)?;
         Ok(linear)
@@ -154,7 +151,6 @@ impl Linear {
                             weight: Weight::Packed(Arc::new(p)),
                             bias,
                             adapter: None,
-                            rows_alone: true,
                         };
                     }
                 }
@@ -164,16 +160,7 @@ impl Linear {
             weight: Weight::Dense(weight),
             bias,
             adapter: None,
-            rows_alone: true,
         }
-    }
-
-    /// Lets products with many rows use kernels whose rounding depends on the rows computed
-    /// together (AMX tiles, [`PackedBf16::matmul_to_vec_tiles`]): for layers whose rows no
-    /// one compares with rows computed alone, the vision encoder's.
-    pub fn any_row_grouping(mut self) -> Self {
-        self.rows_alone = false;
-        self
     }
 
     /// Attaches a LoRA adapter.
@@ -291,7 +278,6 @@ impl Linear {
                 weight: self.weight.clone(),
                 bias: self.bias.clone(),
                 adapter: None,
-                rows_alone: true,
             };
             return x.contiguous()?.apply_op1(FrozenProduct(plain));
         }
@@ -361,7 +347,9 @@ impl Linear {
                 Some(out)
             }
             (Weight::Packed(p), DType::BF16) => {
-                cpu_slice::<bf16>(&x).map(|xs| match self.rows_alone {
+                // AMX tiles round differently from one row alone: not where rows must
+                // get the bits they get alone.
+                cpu_slice::<bf16>(&x).map(|xs| match kernels::row_invariance() {
                     true => p.matmul_to_vec(&xs, m, isa),
                     false => p.matmul_to_vec_tiles(&xs, m, isa),
                 })

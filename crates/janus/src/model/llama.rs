@@ -343,8 +343,9 @@ impl Llama {
         // (the wake-ups cost ~18% of a 4-bit image step on two cores).
         let mut h = x.clone();
         // Passes after cached positions (decoding, blocks of drafts) give each row the bits
-        // it gets alone, which exact speculative decoding relies on.
-        let invariant = offset > 0;
+        // it gets alone, which exact speculative decoding relies on; so does a pass whose
+        // caller asks for it (its thread's setting, carried onto the pool).
+        let invariant = offset > 0 || crate::kernels::row_invariance();
         let mut layers = |h: Tensor| -> Result<Tensor> {
             crate::kernels::with_row_invariance(invariant, || {
                 let mut h = h;

@@ -52,15 +52,13 @@ impl Block {
         Ok(Self {
             norm1: LayerNorm::new(c, eps, vb.pp("norm1"))?,
             attn: Attention {
-                qkv: Linear::load(c, 3 * c, true, vb.pp("attn.qkv"), None)?.any_row_grouping(),
-                proj: Linear::load(c, c, true, vb.pp("attn.proj"), None)?.any_row_grouping(),
+                qkv: Linear::load(c, 3 * c, true, vb.pp("attn.qkv"), None)?,
+                proj: Linear::load(c, c, true, vb.pp("attn.proj"), None)?,
                 num_heads: cfg.num_heads,
             },
             norm2: LayerNorm::new(c, eps, vb.pp("norm2"))?,
-            fc1: Linear::load(c, cfg.intermediate_size, true, vb.pp("mlp.fc1"), None)?
-                .any_row_grouping(),
-            fc2: Linear::load(cfg.intermediate_size, c, true, vb.pp("mlp.fc2"), None)?
-                .any_row_grouping(),
+            fc1: Linear::load(c, cfg.intermediate_size, true, vb.pp("mlp.fc1"), None)?,
+            fc2: Linear::load(cfg.intermediate_size, c, true, vb.pp("mlp.fc2"), None)?,
         })
     }
 }

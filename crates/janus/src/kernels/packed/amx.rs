@@ -1,13 +1,20 @@
-//! The many-row product on Intel AMX tiles (`TDPBF16PS`), where the CPU has them.
+//! Products with many rows on Intel AMX tiles (`TDPBF16PS`), where the CPU has them.
 //!
 //! The packed panels already are AMX's B-tile layout: a panel's 16 rows' pairs of one
 //! column pair are 64 bytes, one tile row, so 16 pairs of a panel are one 16 x 64-byte
-//! tile read in place. x is read in place too where its rows hold whole A-tile rows (32
-//! values) and fill 16-row blocks; other rows are copied into blocks padded with zeros.
-//! Each task takes 16 rows and two panels at a time: one A tile, two B tiles, two C
-//! tiles of 16 x 16 f32, over the whole of `k`, then stores the outputs through a small
-//! buffer (rows past `m` and columns past `n` are dropped there). The last, partial group of pairs reads its B tiles from a zero-padded
-//! copy, so no tile reads past the weights.
+//! tile read in place. A tiles (16 rows of 32 values) are read in place too, at any row
+//! stride: x's rows for a plain product, or the input pixels under one tap of a direct
+//! convolution (each k tile then lies within one tap, which needs the input channels to
+//! be a multiple of 32). Only a plain product whose `k` is no multiple of 32 copies x,
+//! into rows padded with zeros, and reads the last, partial k tile of the weights from
+//! a zero-padded copy.
+//!
+//! A task takes up to 32 rows and two panels: two A tiles, two B tiles and four C tiles
+//! of 16 x 16 f32 (all eight tile registers), over the whole of `k`; each B tile serves
+//! two A tiles and each A tile two B tiles. Fewer rows are tiles configured with fewer
+//! rows, so nothing is read past the last row. Each output element is one sum in k order,
+//! whatever rows share its tile: a row's outputs do not depend on the rows around it,
+//! but they round differently from the `VDPBF16PS` kernel's.
 //!
 //! Linux hands out AMX state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); where
 //! the request fails, or `JANUS_AMX=0`, the AVX-512 kernel runs instead.
@@ -21,9 +28,14 @@ use super::{PackedBf16, PANEL};
 use crate::kernels::SendPtr;
 
 /// Values of k per A-tile row (64 bytes of bf16).
-const K_TILE: usize = 32;
+pub(super) const K_TILE: usize = 32;
 /// Rows per tile.
 const ROWS: usize = 16;
+/// Rows per task: two A tiles.
+pub(super) const TASK_ROWS: usize = 2 * ROWS;
+/// One task's outputs: C tile (row tile `r`, panel `q`) at `(2 r + q) * ROWS * PANEL`,
+/// rows of 16 f32.
+pub(super) type TaskOut = [f32; 4 * ROWS * PANEL];
 
 /// Whether AMX's bf16 tiles can be used in this process: the CPU has AMX-TILE and
 /// AMX-BF16, Linux granted the tile state, and `JANUS_AMX` is not `0`.
@@ -73,169 +85,283 @@ fn request_tile_state() -> bool {
     false
 }
 
-/// The 64-byte tile configuration: tile 0 and 1 the C tiles (16 x 64 bytes of f32), 2 the
-/// A tile (16 x 64 bytes of bf16 pairs), 3 and 4 the B tiles (16 pairs x 16 columns).
+/// The A side of a product: row `i`'s k tile `t` starts at `base + i * stride +
+/// offsets[t]` (in values), 32 values in a row.
+pub(super) struct TileRows<'a> {
+    pub base: *const bf16,
+    pub stride: usize,
+    pub offsets: &'a [usize],
+}
+
+// SAFETY: only read through, while the slice it points into is borrowed by the product.
+unsafe impl Sync for TileRows<'_> {}
+
+impl PackedBf16 {
+    /// `out (m, n) = x (m, k) W^T` on AMX tiles (see the module docs); `x` row-major,
+    /// row `i` of `out` at `out + i * ldo`.
+    ///
+    /// # Safety
+    /// [`available`] holds, `x` holds `m * k` values and `out` room for `m` rows of `ldo
+    /// >= n` values.
+    pub(super) unsafe fn matmul_amx(&self, x: &[bf16], m: usize, out: *mut f32, ldo: usize) {
+        let (n, k) = (self.n, self.k);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let kp = k.div_ceil(K_TILE) * K_TILE;
+        // Rows of whole k tiles are read in place; others are copied, padded with zeros.
+        let padded: Vec<bf16> = if k == kp {
+            Vec::new()
+        } else {
+            let mut p = vec![bf16::ZERO; m * kp];
+            p.par_chunks_mut(kp)
+                .zip(x.par_chunks(k))
+                .for_each(|(dst, src)| dst[..k].copy_from_slice(src));
+            p
+        };
+        let offsets: Vec<usize> = (0..kp / K_TILE).map(|t| t * K_TILE).collect();
+        let a = TileRows {
+            base: if k == kp { x.as_ptr() } else { padded.as_ptr() },
+            stride: kp,
+            offsets: &offsets,
+        };
+        let tails = self.tile_tails();
+        let out = SendPtr(out);
+        let row_blocks = m.div_ceil(TASK_ROWS);
+        let panel_pairs = n.div_ceil(2 * PANEL);
+        // Tasks over (panel pair, row block), panel pairs outermost: a panel pair's
+        // weights stay in L2 while its row blocks pass.
+        (0..panel_pairs * row_blocks)
+            .into_par_iter()
+            .for_each(|task| {
+                let (pp, rb) = (task / row_blocks, task % row_blocks);
+                let (r0, j0) = (rb * TASK_ROWS, pp * 2 * PANEL);
+                let rows = TASK_ROWS.min(m - r0);
+                let mut c: TaskOut = [0.0; 4 * ROWS * PANEL];
+                self.tile_task(&a, r0, rows, pp, &tails, &mut c);
+                let cols = (2 * PANEL).min(n - j0);
+                for r in 0..rows {
+                    let dst = out.get().add((r0 + r) * ldo + j0);
+                    for (q, at) in (0..cols).step_by(PANEL).enumerate() {
+                        let src = &c[(2 * (r / ROWS) + q) * ROWS * PANEL + (r % ROWS) * PANEL..];
+                        let len = PANEL.min(cols - at);
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.add(at), len);
+                    }
+                }
+            });
+    }
+
+    /// [`Self::matmul_taps`] on AMX tiles, serially: `out[j * ldo + i] = Σ_t Σ_c x[i *
+    /// row_stride + taps[t] + c] · W[j, t * run + c]` with `run = k / taps.len()`, a
+    /// multiple of 32 (so no k tile straddles two taps; [`Self::taps_on_tiles`]).
+    ///
+    /// # Safety
+    /// [`available`]; `x` holds every run the taps address for rows `0..m`, `out` holds
+    /// `(n - 1) * ldo + m` values and `ldo >= m`.
+    pub(super) unsafe fn matmul_taps_amx(
+        &self,
+        x: &[bf16],
+        row_stride: usize,
+        taps: &[usize],
+        m: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let run = self.k / taps.len();
+        let offsets: Vec<usize> = (0..self.k / K_TILE)
+            .map(|t| taps[t * K_TILE / run] + t * K_TILE % run)
+            .collect();
+        let a = TileRows {
+            base: x.as_ptr(),
+            stride: row_stride,
+            offsets: &offsets,
+        };
+        let mut c: TaskOut = [0.0; 4 * ROWS * PANEL];
+        for pp in 0..self.n.div_ceil(2 * PANEL) {
+            for r0 in (0..m).step_by(TASK_ROWS) {
+                let rows = TASK_ROWS.min(m - r0);
+                self.tile_task(&a, r0, rows, pp, &[], &mut c);
+                // Channel-major outputs: each column of the tiles is one output row.
+                for j in pp * 2 * PANEL..((pp + 1) * 2 * PANEL).min(self.n) {
+                    let (q, col) = ((j / PANEL) % 2, j % PANEL);
+                    let dst = &mut out[j * ldo + r0..][..rows];
+                    for (r, d) in dst.iter_mut().enumerate() {
+                        *d = c[(2 * (r / ROWS) + q) * ROWS * PANEL + (r % ROWS) * PANEL + col];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The B tiles of every panel's last, partial k tile, padded with zero pairs (empty
+    /// when `k` is a multiple of 32): panel `p`'s at `p * K_TILE * PANEL`.
+    pub(super) fn tile_tails(&self) -> Vec<bf16> {
+        let full = self.pairs / (K_TILE / 2);
+        let rem = self.pairs - full * (K_TILE / 2);
+        if rem == 0 {
+            return Vec::new();
+        }
+        let panels = self.n.div_ceil(PANEL);
+        let panel_len = self.pairs * 2 * PANEL;
+        let mut t = vec![bf16::ZERO; panels * K_TILE * PANEL];
+        for p in 0..panels {
+            let src = &self.data[p * panel_len + full * K_TILE * PANEL..][..rem * 2 * PANEL];
+            t[p * K_TILE * PANEL..][..src.len()].copy_from_slice(src);
+        }
+        t
+    }
+
+    /// Rows `r0..r0 + rows` (`rows <= 32`) of `a` times panels `2 pp` and `2 pp + 1` (the
+    /// last panel twice where their count is odd) into `c`, over `a.offsets.len()` k tiles.
+    ///
+    /// # Safety
+    /// [`available`]; `a` addresses every A-tile row it is asked for; the k tiles are
+    /// the weights' (whole ones, then the tail from `tails` when `k % 32 != 0`).
+    pub(super) unsafe fn tile_task(
+        &self,
+        a: &TileRows,
+        r0: usize,
+        rows: usize,
+        pp: usize,
+        tails: &[bf16],
+        c: &mut TaskOut,
+    ) {
+        let panels = self.n.div_ceil(PANEL);
+        let panel_len = self.pairs * 2 * PANEL;
+        let p = [2 * pp, (2 * pp + 1).min(panels - 1)];
+        let full = self.pairs / (K_TILE / 2);
+        let b = |t: usize, q: usize| -> *const bf16 {
+            match t < full {
+                true => self
+                    .data
+                    .as_ptr()
+                    .add(p[q] * panel_len + t * K_TILE * PANEL),
+                false => tails.as_ptr().add(p[q] * K_TILE * PANEL),
+            }
+        };
+        let a_at = |t: usize, tile: usize| a.base.add((r0 + tile * ROWS) * a.stride + a.offsets[t]);
+        let rows = [rows.min(ROWS), rows.saturating_sub(ROWS)];
+        tiles(rows, a.stride * 2, a.offsets.len(), a_at, b, c);
+    }
+}
+
+/// The 64-byte tile configuration: tiles 0-3 the C tiles (`rows[0]` rows for 0 and 1,
+/// `rows[1]` for 2 and 3), 4 and 5 the A tiles, 6 and 7 the B tiles (16 pairs x 16
+/// columns); every row 64 bytes. A tile of 0 rows is left unconfigured.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 impl TileConfig {
-    fn new() -> Self {
+    fn new(rows: [usize; 2]) -> Self {
         let mut c = [0u8; 64];
         c[0] = 1; // palette 1
-        for t in 0..5 {
-            c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes()); // bytes per row
-            c[48 + t] = ROWS as u8; // rows
+        let tile_rows = [
+            rows[0], rows[0], rows[1], rows[1], rows[0], rows[1], ROWS, ROWS,
+        ];
+        for (t, &r) in tile_rows.iter().enumerate() {
+            if r > 0 {
+                c[16 + 2 * t..18 + 2 * t].copy_from_slice(&64u16.to_le_bytes());
+                c[48 + t] = r as u8;
+            }
         }
         TileConfig(c)
     }
 }
 
-impl PackedBf16 {
-    /// `out (m, n) = x (m, k) W^T` on AMX tiles (see the module docs); `x` row-major.
-    ///
-    /// # Safety
-    /// [`available`] holds, `x` holds `m * k` values and `out` room for `m * n`.
-    pub(super) unsafe fn matmul_amx(&self, x: &[bf16], m: usize, out: *mut f32) {
-        let (n, k) = (self.n, self.k);
-        let kp = k.div_ceil(K_TILE) * K_TILE;
-        // Whole row blocks of x with whole k tiles are read in place; the rest is copied
-        // into blocks padded with zeros to (16, kp), in parallel by row blocks.
-        let in_place = if k == kp { m / ROWS } else { 0 };
-        let copied = m - in_place * ROWS;
-        let mut xp = vec![bf16::ZERO; copied.div_ceil(ROWS) * ROWS * kp];
-        xp.par_chunks_mut(ROWS * kp)
-            .enumerate()
-            .for_each(|(b, block)| {
-                for (r, dst) in block.chunks_exact_mut(kp).enumerate() {
-                    let row = (in_place + b) * ROWS + r;
-                    if row < m {
-                        dst[..k].copy_from_slice(&x[row * k..(row + 1) * k]);
-                    }
-                }
-            });
-        let panels = n.div_ceil(PANEL);
-        let panel_len = self.pairs * 2 * PANEL;
-        // The pairs of the last, partial k tile of every panel, zero-padded to 16 pairs.
-        let full = self.pairs / (K_TILE / 2);
-        let rem = self.pairs - full * (K_TILE / 2);
-        let tails: Vec<bf16> = if rem > 0 {
-            let mut t = vec![bf16::ZERO; panels * K_TILE * PANEL];
-            for p in 0..panels {
-                let src = &self.data[p * panel_len + full * K_TILE * PANEL..][..rem * 2 * PANEL];
-                t[p * K_TILE * PANEL..][..src.len()].copy_from_slice(src);
-            }
-            t
-        } else {
-            Vec::new()
-        };
-        let out = SendPtr(out);
-        let row_blocks = m.div_ceil(ROWS);
-        let pairs_of_panels = panels.div_ceil(2);
-        // Tasks over (panel pair, row block), panel pairs outermost: a panel pair's weights
-        // stay in L2 while its row blocks pass.
-        (0..pairs_of_panels * row_blocks)
-            .into_par_iter()
-            .for_each(|task| {
-                let (pp, rb) = (task / row_blocks, task % row_blocks);
-                let p0 = 2 * pp;
-                let p1 = (p0 + 1).min(panels - 1);
-                let mut c = [0f32; 2 * ROWS * PANEL];
-                let w0 = self.data.as_ptr().add(p0 * panel_len);
-                let w1 = self.data.as_ptr().add(p1 * panel_len);
-                let t0 = tails.as_ptr().wrapping_add(p0 * K_TILE * PANEL);
-                let t1 = tails.as_ptr().wrapping_add(p1 * K_TILE * PANEL);
-                let rows_at = match rb < in_place {
-                    true => x.as_ptr().add(rb * ROWS * k),
-                    false => xp.as_ptr().add((rb - in_place) * ROWS * kp),
-                };
-                tile_block(rows_at, kp, [w0, w1], [t0, t1], full, rem > 0, &mut c);
-                // Outputs: rows below m, columns below n.
-                let rows = ROWS.min(m - (rb * ROWS).min(m));
-                for (q, p) in [p0, p1].into_iter().enumerate() {
-                    if q == 1 && p1 == p0 {
-                        break;
-                    }
-                    let cols = PANEL.min(n - p * PANEL);
-                    for r in 0..rows {
-                        let src = &c[q * ROWS * PANEL + r * PANEL..][..cols];
-                        let dst = out.get().add((rb * ROWS + r) * n + p * PANEL);
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
-                    }
-                }
-            });
-    }
-}
-
-/// 16 rows of padded x times two panels over `full` whole k tiles and, with `tail`, the
-/// zero-padded last one: the two 16 x 16 f32 products into `c` (panel 0's then panel 1's).
+/// Sums over `k_tiles` tiles of `a_at(t, i)` (A tile `i`, rows `rows[i]`, `a_stride`
+/// bytes apart) times `b(t, q)` (B tile of panel `q`) into `c`.
 ///
 /// # Safety
-/// AMX state granted ([`available`]); `x` holds 16 rows of `kp` values; `w[i]` holds
-/// `full` k tiles of panel pairs (16 pairs of 64 bytes each) and `tails[i]` one more when
-/// `tail`.
+/// AMX state granted ([`available`]); the pointers address whole tiles.
 #[cfg(target_arch = "x86_64")]
-unsafe fn tile_block(
-    x: *const bf16,
-    kp: usize,
-    w: [*const bf16; 2],
-    tails: [*const bf16; 2],
-    full: usize,
-    tail: bool,
-    c: &mut [f32; 2 * ROWS * PANEL],
+unsafe fn tiles(
+    rows: [usize; 2],
+    a_stride: usize,
+    k_tiles: usize,
+    a_at: impl Fn(usize, usize) -> *const bf16,
+    b: impl Fn(usize, usize) -> *const bf16,
+    c: &mut TaskOut,
 ) {
     use std::arch::asm;
-    let config = TileConfig::new();
-    let x_stride = kp * 2;
+    let config = TileConfig::new(rows);
     let w_stride = PANEL * 4; // one pair of 16 columns: 64 bytes
-    let tile_values = K_TILE * PANEL; // bf16 values of one B tile
     asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
-    asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
-    let step = |a: *const bf16, b0: *const bf16, b1: *const bf16| {
+    if rows[1] > 0 {
         asm!(
-            "tileloadd tmm2, [{a} + {xs}*1]",
-            "tileloadd tmm3, [{b0} + {ws}*1]",
-            "tileloadd tmm4, [{b1} + {ws}*1]",
-            "tdpbf16ps tmm0, tmm2, tmm3",
-            "tdpbf16ps tmm1, tmm2, tmm4",
-            a = in(reg) a,
-            b0 = in(reg) b0,
-            b1 = in(reg) b1,
-            xs = in(reg) x_stride,
-            ws = in(reg) w_stride,
-            options(nostack, readonly),
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
         );
-    };
-    for t in 0..full {
-        step(
-            x.add(t * K_TILE),
-            w[0].add(t * tile_values),
-            w[1].add(t * tile_values),
-        );
-    }
-    if tail {
-        step(x.add(full * K_TILE), tails[0], tails[1]);
+        for t in 0..k_tiles {
+            asm!(
+                "tileloadd tmm4, [{a0} + {xs}*1]",
+                "tileloadd tmm6, [{b0} + {ws}*1]",
+                "tileloadd tmm7, [{b1} + {ws}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm5, [{a1} + {xs}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) a_at(t, 0),
+                a1 = in(reg) a_at(t, 1),
+                b0 = in(reg) b(t, 0),
+                b1 = in(reg) b(t, 1),
+                xs = in(reg) a_stride,
+                ws = in(reg) w_stride,
+                options(nostack, readonly),
+            );
+        }
+    } else {
+        asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        for t in 0..k_tiles {
+            asm!(
+                "tileloadd tmm4, [{a0} + {xs}*1]",
+                "tileloadd tmm6, [{b0} + {ws}*1]",
+                "tileloadd tmm7, [{b1} + {ws}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                a0 = in(reg) a_at(t, 0),
+                b0 = in(reg) b(t, 0),
+                b1 = in(reg) b(t, 1),
+                xs = in(reg) a_stride,
+                ws = in(reg) w_stride,
+                options(nostack, readonly),
+            );
+        }
     }
     let cs = PANEL * 4;
+    let tile = ROWS * PANEL;
     asm!(
         "tilestored [{c0} + {cs}*1], tmm0",
         "tilestored [{c1} + {cs}*1], tmm1",
-        "tilerelease",
         c0 = in(reg) c.as_mut_ptr(),
-        c1 = in(reg) c.as_mut_ptr().add(ROWS * PANEL),
+        c1 = in(reg) c.as_mut_ptr().add(tile),
         cs = in(reg) cs,
         options(nostack),
     );
+    if rows[1] > 0 {
+        asm!(
+            "tilestored [{c2} + {cs}*1], tmm2",
+            "tilestored [{c3} + {cs}*1], tmm3",
+            c2 = in(reg) c.as_mut_ptr().add(2 * tile),
+            c3 = in(reg) c.as_mut_ptr().add(3 * tile),
+            cs = in(reg) cs,
+            options(nostack),
+        );
+    }
+    asm!("tilerelease", options(nostack, nomem));
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_block(
-    _: *const bf16,
+unsafe fn tiles(
+    _: [usize; 2],
     _: usize,
-    _: [*const bf16; 2],
-    _: [*const bf16; 2],
     _: usize,
-    _: bool,
-    _: &mut [f32; 2 * ROWS * PANEL],
+    _: impl Fn(usize, usize) -> *const bf16,
+    _: impl Fn(usize, usize) -> *const bf16,
+    _: &mut TaskOut,
 ) {
     unreachable!("AMX exists on x86-64 only")
 }

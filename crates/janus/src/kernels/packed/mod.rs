@@ -162,18 +162,80 @@ impl PackedBf16 {
     }
 
     /// [`Self::matmul_to_vec`], on AMX tiles where the CPU has them and `x` has at least 16
-    /// rows. Tiles round differently from the one-row kernel, so a row's outputs then
-    /// depend on the rows around it: for products nobody compares row by row (the vision
-    /// encoder's), not the LLM's, whose block passes must give each row the bits it gets
-    /// alone (speculative decoding).
+    /// rows. Tiles round differently from the other kernels, so a row's outputs then
+    /// depend on how many rows come with it: for products nobody compares row by row
+    /// (the vision encoder's, a prompt's prefill), never under
+    /// [`crate::kernels::with_row_invariance`] (the image steps speculative decoding
+    /// compares with one-code steps).
     pub fn matmul_to_vec_tiles(&self, x: &[bf16], m: usize, isa: Isa) -> Vec<f32> {
-        if m < BLOCKED_ROWS || isa != Isa::Avx512Bf16 || !amx::available() {
+        if m < BLOCKED_ROWS || !Self::tiles_at(isa) {
             return self.matmul_to_vec(x, m, isa);
         }
         assert!(x.len() >= m * self.k);
         // SAFETY: AMX is available, x holds m * k values, and the tile product writes
         // each of the m * n outputs (tested on awkward sizes).
-        unsafe { super::filled_by(m * self.n, |out| self.matmul_amx(x, m, out)) }
+        unsafe { super::filled_by(m * self.n, |out| self.matmul_amx(x, m, out, self.n)) }
+    }
+
+    /// Whether products run on AMX tiles at `isa` on this CPU (see
+    /// [`Self::matmul_to_vec_tiles`]).
+    pub fn tiles_at(isa: Isa) -> bool {
+        isa == Isa::Avx512Bf16 && amx::available()
+    }
+
+    /// [`Self::matmul_to_vec_tiles`] into rows `ldo` values apart at `out`, for any `m`.
+    ///
+    /// # Safety
+    /// [`Self::tiles_at`] holds for this process's level; `out` is valid for writes of `m`
+    /// rows of `ldo >= n` values.
+    ///
+    /// # Panics
+    /// If `x` holds fewer than `m * k` values or `ldo < n`.
+    pub(crate) unsafe fn matmul_tiles_strided(
+        &self,
+        x: &[bf16],
+        m: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        assert!(x.len() >= m * self.k && ldo >= self.n);
+        self.matmul_amx(x, m, out, ldo)
+    }
+
+    /// Whether [`Self::matmul_taps_tiles`] runs on AMX tiles for `taps` taps at `isa`: the
+    /// CPU has them and each tap's run of columns is whole k tiles (32 values).
+    pub fn taps_on_tiles(&self, taps: usize, isa: Isa) -> bool {
+        taps > 0
+            && self.k.is_multiple_of(taps)
+            && (self.k / taps).is_multiple_of(amx::K_TILE)
+            && Self::tiles_at(isa)
+    }
+
+    /// [`Self::matmul_taps`] of bf16 x on AMX tiles, serially (a convolution runs one
+    /// output row per task); rounds as [`Self::matmul_to_vec_tiles`] does.
+    ///
+    /// # Panics
+    /// Unless [`Self::taps_on_tiles`] holds, or if `x` or `out` is shorter than the taps
+    /// and rows need.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_taps_tiles(
+        &self,
+        x: &[bf16],
+        row_stride: usize,
+        taps: &[usize],
+        m: usize,
+        out: &mut [f32],
+        ldo: usize,
+        isa: Isa,
+    ) {
+        assert!(self.taps_on_tiles(taps.len(), isa));
+        let run = self.k / taps.len();
+        let last = taps.iter().max().copied().unwrap_or(0) + m.saturating_sub(1) * row_stride;
+        assert!(m == 0 || x.len() >= last + run);
+        assert!(ldo >= m && (m == 0 || out.len() >= (self.n - 1) * ldo + m));
+        // SAFETY: AMX is available and every run the tiles read lies inside x, every
+        // output inside out (asserted).
+        unsafe { self.matmul_taps_amx(x, row_stride, taps, m, out, ldo) }
     }
 
     /// [`Self::matmul`] into a new `(m, n)` vector, which is not zeroed first (every

@@ -165,9 +165,10 @@ fn every_row_gets_its_bits_alone_at_every_level() {
     }
 }
 
-/// The AMX tile product (SigLIP's layers) against the plain product: rows, columns and k
-/// that fill no tile, one tile exactly, and several; through `matmul_to_vec_tiles` too.
-/// Skipped, saying so, where the CPU has no AMX.
+/// The AMX tile product (prefill, SigLIP) against the plain product: rows that fill no
+/// tile, one, two (a whole task), and partial second tiles; k in place (multiples of 32)
+/// and padded; odd panel counts; through `matmul_to_vec_tiles` too. Each row's outputs are
+/// the same bits whatever rows come with it. Skipped, saying so, where the CPU has no AMX.
 #[test]
 fn amx_tiles_match_the_plain_product() {
     if !amx::available() {
@@ -180,6 +181,10 @@ fn amx_tiles_match_the_plain_product() {
         (5, 7, 3),
         (40, 50, 1030),
         (33, 16, 64),
+        (32, 48, 96),
+        (31, 17, 64),
+        (70, 80, 320),
+        (65, 5, 33),
     ] {
         let x = values(m * k, 1);
         let w = values(n * k, 2);
@@ -188,7 +193,7 @@ fn amx_tiles_match_the_plain_product() {
         let p = PackedBf16::pack(&w, n, k);
         let mut got = vec![f32::NAN; m * n];
         // SAFETY: AMX is available; x holds m * k values, got m * n.
-        unsafe { p.matmul_amx(&x, m, got.as_mut_ptr()) };
+        unsafe { p.matmul_amx(&x, m, got.as_mut_ptr(), n) };
         let dispatched = p.matmul_to_vec_tiles(&x, m, Isa::Avx512Bf16);
         for (i, ((g, d), w)) in got.iter().zip(&dispatched).zip(&want).enumerate() {
             let tol = 1e-3 * (1.0 + w.abs());
@@ -197,5 +202,59 @@ fn amx_tiles_match_the_plain_product() {
                 "({m}, {n}, {k}) at {i}: {g} / {d} vs {w}"
             );
         }
+        // The last row alone gives its bits in the full product.
+        let mut last = vec![f32::NAN; n];
+        // SAFETY: as above, one row.
+        unsafe { p.matmul_amx(&x[(m - 1) * k..], 1, last.as_mut_ptr(), n) };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&last), bits(&got[(m - 1) * n..]), "({m}, {n}, {k})");
     }
+}
+
+/// A direct convolution's taps on AMX tiles against the plain kernel: runs of 32 and 64
+/// values, rows that fill one tile, a whole task and a partial second tile, strides, an
+/// odd panel count. Skipped, saying so, where the CPU has no AMX.
+#[test]
+fn amx_taps_match_the_plain_taps() {
+    if !amx::available() {
+        eprintln!("SKIPPED amx_taps_match_the_plain_taps: no AMX here (or JANUS_AMX=0)");
+        return;
+    }
+    for &(m, n, run, row_stride) in &[(16, 16, 32, 32), (45, 40, 64, 128), (7, 3, 32, 32)] {
+        // Three taps, the way a 3-wide kernel reads one image row: `run` apart.
+        let taps = [0, run, 2 * run];
+        let x = values(taps[2] + (m - 1) * row_stride + run, 43);
+        let w = values(n * taps.len() * run, 44);
+        let p = PackedBf16::pack(&w, n, taps.len() * run);
+        assert!(p.taps_on_tiles(taps.len(), Isa::Avx512Bf16));
+        let mut want = vec![f32::NAN; n * m];
+        p.matmul_taps(&x, row_stride, &taps, m, &mut want, m, Isa::Plain);
+        // A wider output (ldo > m) whose gaps stay untouched.
+        let ldo = m + 3;
+        let mut got = vec![f32::NAN; n * ldo];
+        p.matmul_taps_tiles(&x, row_stride, &taps, m, &mut got, ldo, Isa::Avx512Bf16);
+        for j in 0..n {
+            for i in 0..ldo {
+                let g = got[j * ldo + i];
+                if i >= m {
+                    assert!(g.is_nan(), "({m}, {n}, {run}) wrote the gap at {j}, {i}");
+                    continue;
+                }
+                let w = want[j * m + i];
+                assert!(
+                    (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+                    "({m}, {n}, {run}) at {j}, {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+    let p = PackedBf16::pack(&values(16 * 3 * 30, 45), 16, 3 * 30);
+    assert!(
+        !p.taps_on_tiles(3, Isa::Avx512Bf16),
+        "runs of 30 straddle k tiles"
+    );
+    assert!(
+        !p.taps_on_tiles(3, Isa::Avx2),
+        "no tiles below AVX-512 BF16"
+    );
 }

@@ -348,7 +348,8 @@ impl QuantMatrix {
     /// over them, so a Q8 prefill runs about as fast as a bf16 one (on AVX-512 the 12-bit
     /// integer product, `VPDPWSSD`, has the same 32 products per instruction as
     /// `VDPBF16PS` and more work per block: 0.75 times the speed; on AVX2 the dequantising
-    /// leaves it at 0.96-0.99x of bf16, docs/kernels.md). The weights then carry one more
+    /// leaves it at 0.96-0.99x of bf16, docs/kernels.md); on AMX tiles where the CPU has
+    /// them, every row at once under each panel pair. The weights then carry one more
     /// rounding, `q d` to bf16 (0.2 % of a weight at most, against Q8's own step of
     /// `d / 2`), and the activations stay in bf16 instead of 12 bits per block.
     ///
@@ -395,8 +396,26 @@ impl QuantMatrix {
             return;
         }
         let pair_rows = 2 * PANEL;
-        let block_rows = packed::block_rows(k, isa);
         let out_ptr = SendPtr(out);
+        if PackedBf16::tiles_at(isa) {
+            // AMX tiles read x in place: every row under each dequantised panel pair.
+            return (0..n.div_ceil(pair_rows)).into_par_iter().for_each_init(
+                || None::<PackedBf16>,
+                |scratch, p| {
+                    let j0 = p * pair_rows;
+                    let panels = match scratch {
+                        Some(w) if w.rows() == pair_rows.min(n - j0) => w,
+                        _ => scratch.insert(PackedBf16::zeros(pair_rows.min(n - j0), k)),
+                    };
+                    dequantize_panels(isa, self, j0, panels);
+                    // SAFETY: tiles are available at this level; columns j0..j0 + 32
+                    // (or fewer) of all m rows lie inside `out`, asserted by the caller,
+                    // and tasks own disjoint columns.
+                    unsafe { panels.matmul_tiles_strided(x, m, out_ptr.get().add(j0), n) }
+                },
+            );
+        }
+        let block_rows = packed::block_rows(k, isa);
         for r0 in (0..m).step_by(block_rows) {
             let rows = block_rows.min(m - r0);
             let grouped = packed::regroup(x, k, r0..r0 + rows, isa);
