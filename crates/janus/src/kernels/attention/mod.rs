@@ -7,7 +7,8 @@
 //! `O = P·V` accumulating f32 rows four queries at a time. Grouped-query heads share
 //! their key/value head. From 16 queries on (prefill, SigLIP) both products go through
 //! the packed bf16 kernel instead, with the probabilities rounded to bf16 for `P·V` as
-//! PyTorch's CPU flash attention does.
+//! PyTorch's CPU flash attention does; on AMX tiles where the CPU has them, outside
+//! [`super::with_row_invariance`].
 
 use half::bf16;
 use rayon::prelude::*;
@@ -195,6 +196,12 @@ fn attention_packed(
     let rep = d.h / d.h_kv;
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (tk, dh) = (d.tk, d.dh);
+    // AMX tiles where rows need not get their one-row bits (read on this thread: the
+    // tasks run on others).
+    let tiles = PackedBf16::tiles_at(isa) && !super::row_invariance() && dh % 32 == 0;
+    if tiles {
+        return attention_tiles(q, k, v, d, mask, scale, out, isa);
+    }
     (0..d.b * d.h).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / d.h, bh % d.h);
         let mut keys_rows = vec![bf16::ZERO; tk * dh];
@@ -233,6 +240,66 @@ fn attention_packed(
             let mut acc = vec![0f32; rows * dh];
             vp.matmul_grouped_part(&p_grouped, rows, dh, keys, &mut acc);
             for (r, a) in acc.chunks_exact(dh).enumerate() {
+                let o = ((b * d.tq + i0 + r) * d.h + h) * dh;
+                // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted
+                // by the caller).
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(o), dh) };
+                super::fused::round_into(isa, a, dst);
+            }
+        }
+    });
+}
+
+/// [`attention_packed`] on AMX tiles: `Q` read in place, the probabilities of a block of
+/// queries in rows padded with zeros to whole tiles of keys.
+#[allow(clippy::too_many_arguments)]
+fn attention_tiles(
+    q: View,
+    k: View,
+    v: View,
+    d: Dims,
+    mask: Mask,
+    scale: f32,
+    out: &mut [bf16],
+    isa: Isa,
+) {
+    let rep = d.h / d.h_kv;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (tk, dh) = (d.tk, d.dh);
+    let tkp = tk.div_ceil(32) * 32;
+    (0..d.b * d.h).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / d.h, bh % d.h);
+        let mut keys_rows = vec![bf16::ZERO; tk * dh];
+        let mut values_t = vec![bf16::ZERO; dh * tk];
+        for j in 0..tk {
+            keys_rows[j * dh..][..dh].copy_from_slice(&k.data[k.row(b, h / rep, j)..][..dh]);
+            for (c, &x) in v.data[v.row(b, h / rep, j)..][..dh].iter().enumerate() {
+                values_t[c * tk + j] = x;
+            }
+        }
+        let kp = PackedBf16::pack(&keys_rows, tk, dh);
+        let vp = PackedBf16::pack(&values_t, dh, tk);
+        let tails = vp.tile_tails();
+        let mut scores = vec![0f32; Q_BLOCK * tk];
+        let mut probs = vec![bf16::ZERO; Q_BLOCK * tkp];
+        let mut acc = vec![0f32; Q_BLOCK * dh];
+        for i0 in (0..d.tq).step_by(Q_BLOCK) {
+            let rows = Q_BLOCK.min(d.tq - i0);
+            let keys = match mask {
+                Mask::Causal { offset } => (offset + i0 + rows).min(tk),
+                _ => tk,
+            };
+            let qs = &q.data[q.row(b, h, i0)..];
+            kp.matmul_part_tiles(qs, q.strides[2], rows, dh, keys, &[], &mut scores, tk, isa);
+            for r in 0..rows {
+                let row = &mut scores[r * tk..][..keys];
+                let visible = softmax_row(row, b, i0 + r, tk, mask, scale, isa);
+                let p = &mut probs[r * tkp..][..tkp];
+                super::fused::round_into(isa, &row[..visible], &mut p[..visible]);
+                p[visible..].fill(bf16::ZERO);
+            }
+            vp.matmul_part_tiles(&probs, tkp, rows, keys, dh, &tails, &mut acc, dh, isa);
+            for (r, a) in acc.chunks_exact(dh).take(rows).enumerate() {
                 let o = ((b * d.tq + i0 + r) * d.h + h) * dh;
                 // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted
                 // by the caller).

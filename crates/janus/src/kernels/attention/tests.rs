@@ -188,6 +188,30 @@ fn every_level_matches_the_definition() {
             },
             1,
         ),
+        // Head sizes of whole AMX tiles (where the CPU has them): causal blocks of
+        // queries over a partial last tile of keys, and a padding mask.
+        (
+            Dims {
+                b: 1,
+                h: 2,
+                h_kv: 1,
+                tq: 70,
+                tk: 70,
+                dh: 64,
+            },
+            1,
+        ),
+        (
+            Dims {
+                b: 2,
+                h: 2,
+                h_kv: 2,
+                tq: 45,
+                tk: 45,
+                dh: 32,
+            },
+            2,
+        ),
     ];
     for (d, kind) in cases {
         let cap = d.tk + 3;

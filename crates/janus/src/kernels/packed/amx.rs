@@ -88,9 +88,9 @@ fn request_tile_state() -> bool {
 /// The A side of a product: row `i`'s k tile `t` starts at `base + i * stride +
 /// offsets[t]` (in values), 32 values in a row.
 pub(super) struct TileRows<'a> {
-    pub base: *const bf16,
-    pub stride: usize,
-    pub offsets: &'a [usize],
+    pub(super) base: *const bf16,
+    pub(super) stride: usize,
+    pub(super) offsets: &'a [usize],
 }
 
 // SAFETY: only read through, while the slice it points into is borrowed by the product.
@@ -151,6 +151,45 @@ impl PackedBf16 {
             });
     }
 
+    /// Serially, `out[i * ldo + j] = Σ_t` (row `i`'s k tile `t` of `a`) · (k tile `t` of
+    /// `W[j]`) for rows `i < m` and columns `j < cols`, over k tiles `0..a.offsets.len()`;
+    /// `tails` as [`Self::tile_tails`] gives them.
+    ///
+    /// # Safety
+    /// [`available`]; `a` addresses every tile row asked for; `out` holds `m` rows of
+    /// `ldo >= cols` values; `cols <= n`.
+    pub(super) unsafe fn matmul_amx_serial(
+        &self,
+        a: &TileRows,
+        m: usize,
+        cols: usize,
+        tails: &[bf16],
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let mut c: TaskOut = [0.0; 4 * ROWS * PANEL];
+        for pp in 0..cols.div_ceil(2 * PANEL) {
+            let j0 = pp * 2 * PANEL;
+            let width = (2 * PANEL).min(cols - j0);
+            for r0 in (0..m).step_by(TASK_ROWS) {
+                let rows = TASK_ROWS.min(m - r0);
+                self.tile_task(a, r0, rows, pp, tails, &mut c);
+                for r in 0..rows {
+                    let dst = out.add((r0 + r) * ldo + j0);
+                    for (q, at) in (0..width).step_by(PANEL).enumerate() {
+                        let tile = (2 * (r / ROWS) + q) * ROWS * PANEL;
+                        let src = &c[tile + (r % ROWS) * PANEL..];
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            dst.add(at),
+                            PANEL.min(width - at),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// [`Self::matmul_taps`] on AMX tiles, serially: `out[j * ldo + i] = Σ_t Σ_c x[i *
     /// row_stride + taps[t] + c] · W[j, t * run + c]` with `run = k / taps.len()`, a
     /// multiple of 32 (so no k tile straddles two taps; [`Self::taps_on_tiles`]).
@@ -194,8 +233,9 @@ impl PackedBf16 {
     }
 
     /// The B tiles of every panel's last, partial k tile, padded with zero pairs (empty
-    /// when `k` is a multiple of 32): panel `p`'s at `p * K_TILE * PANEL`.
-    pub(super) fn tile_tails(&self) -> Vec<bf16> {
+    /// when `k` is a multiple of 32): panel `p`'s at `p * K_TILE * PANEL`. For
+    /// [`Self::matmul_part_tiles`], made once per matrix.
+    pub fn tile_tails(&self) -> Vec<bf16> {
         let full = self.pairs / (K_TILE / 2);
         let rem = self.pairs - full * (K_TILE / 2);
         if rem == 0 {

@@ -202,6 +202,49 @@ impl PackedBf16 {
         self.matmul_amx(x, m, out, ldo)
     }
 
+    /// A serial product on AMX tiles over part of the matrix, for attention:
+    /// `out[i * ldo + j] = Σ_c x[i * stride + c] · W[j, c]` for `i < m`, `j < cols` and
+    /// `c` below `k_used` rounded up to whole tiles of 32, where x must hold zeros past
+    /// `k_used` (a probability row past its visible keys). `tails` is
+    /// [`Self::tile_tails`]'s, made once per matrix. Rounds as
+    /// [`Self::matmul_to_vec_tiles`] does.
+    ///
+    /// # Panics
+    /// Unless [`Self::tiles_at`] holds for `isa`, or if `cols > n`, `k_used > k`, `ldo <
+    /// cols`, or `x` or `out` is too short.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_part_tiles(
+        &self,
+        x: &[bf16],
+        stride: usize,
+        m: usize,
+        k_used: usize,
+        cols: usize,
+        tails: &[bf16],
+        out: &mut [f32],
+        ldo: usize,
+        isa: Isa,
+    ) {
+        assert!(Self::tiles_at(isa) && cols <= self.n && k_used <= self.k && ldo >= cols);
+        if m == 0 || cols == 0 {
+            return;
+        }
+        let k_tiles = k_used.div_ceil(amx::K_TILE);
+        assert!(x.len() >= (m - 1) * stride + k_tiles * amx::K_TILE);
+        assert!(out.len() >= (m - 1) * ldo + cols);
+        let full = self.pairs / (amx::K_TILE / 2);
+        assert!(k_tiles <= full || tails.len() >= self.n.div_ceil(PANEL) * amx::K_TILE * PANEL);
+        let offsets: Vec<usize> = (0..k_tiles).map(|t| t * amx::K_TILE).collect();
+        let a = amx::TileRows {
+            base: x.as_ptr(),
+            stride,
+            offsets: &offsets,
+        };
+        // SAFETY: tiles are available; every row and tile read lies inside x, every
+        // output inside out, and the tail tile comes from `tails` (asserted).
+        unsafe { self.matmul_amx_serial(&a, m, cols, tails, out.as_mut_ptr(), ldo) }
+    }
+
     /// Whether [`Self::matmul_taps_tiles`] runs on AMX tiles for `taps` taps at `isa`: the
     /// CPU has them and each tap's run of columns is whole k tiles (32 values).
     pub fn taps_on_tiles(&self, taps: usize, isa: Isa) -> bool {
