@@ -228,7 +228,7 @@ pub(super) unsafe fn quantize_act_group(
     }
 }
 
-/// [`super::dequantize_panels`] (Q8, the same bits): per group and line, 16 rows of 32
+/// [`super::dequantize_panels`] (Q8 and Q4, the same bits): per group and line, 16 rows of 32
 /// column pairs each are dequantised in registers (`VCVTNEPS2BF16`, nearest even like
 /// `narrow`; the products `q d` are never subnormal or NaN) and transposed, so each
 /// destination line (one pair, 16 rows) is one 64-byte store.
@@ -237,7 +237,7 @@ pub(super) unsafe fn quantize_act_group(
 /// AVX-512 F/BW/BF16 present; `rows` rows from `j0` (a multiple of 4) exist in `w`, at most
 /// 32 of them; `data` holds `rows.div_ceil(16)` panels of `pairs = w.cols.div_ceil(2)`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn dequantize_q8(
+pub(super) unsafe fn dequantize(
     w: &super::QuantMatrix,
     j0: usize,
     rows: usize,
@@ -249,6 +249,7 @@ pub(super) unsafe fn dequantize_q8(
     let base = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let index: [__m512i; 4] =
         std::array::from_fn(|h| _mm512_add_epi32(base, _mm512_set1_epi32(4 * h as i32)));
+    let lpg = w.format.lines_per_group();
     for g in 0..w.groups {
         let valid = pairs.saturating_sub(g * GROUP / 2).min(GROUP / 2);
         for r0 in (0..rows).step_by(PANEL) {
@@ -264,6 +265,7 @@ pub(super) unsafe fn dequantize_q8(
                 *s = index.map(|i| _mm512_permutexvar_ps(i, d));
             }
             for u in 0..CHUNKS {
+                let shift = _mm_cvtsi32_si128(4 * (u / lpg) as i32);
                 // Row r's pairs 0..16 (blocks 0..8) and 16..32 (blocks 8..16) of this line.
                 let mut halves = [[_mm512_setzero_si512(); PANEL]; 2];
                 for r in 0..nr {
@@ -271,11 +273,18 @@ pub(super) unsafe fn dequantize_q8(
                     let line = w
                         .quants
                         .as_ptr()
-                        .add(((j / QUAD * w.groups + g) * CHUNKS + u) * QUAD + j % QUAD);
+                        .add(((j / QUAD * w.groups + g) * lpg + u % lpg) * QUAD + j % QUAD);
                     let bf: [__m256i; 4] = std::array::from_fn(|h| {
-                        let q = _mm512_cvtepi8_epi32(_mm_loadu_si128(
-                            line.cast::<u8>().add(16 * h).cast(),
-                        ));
+                        let bytes = _mm_loadu_si128(line.cast::<u8>().add(16 * h).cast());
+                        let q = match w.format {
+                            super::QuantFormat::Q8 => _mm512_cvtepi8_epi32(bytes),
+                            // Chunk u in the low nibbles of line u, chunk u + 4 in the high.
+                            super::QuantFormat::Q4 => {
+                                let b = _mm512_srl_epi32(_mm512_cvtepu8_epi32(bytes), shift);
+                                let nibble = _mm512_and_si512(b, _mm512_set1_epi32(0x0F));
+                                _mm512_sub_epi32(nibble, _mm512_set1_epi32(8))
+                            }
+                        };
                         let v = _mm512_mul_ps(_mm512_cvtepi32_ps(q), scales[r][h]);
                         std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
                     });

@@ -1,15 +1,15 @@
-//! Q8 rows dequantised into bf16 panels (the bf16 route for prefill).
+//! Quantised rows dequantised into bf16 panels (the bf16 route for prefill: Q8 wherever
+//! the CPU has a packed bf16 kernel, Q4 where it has AMX tiles).
 
 use super::*;
 
-/// Rows `j0..j0 + dst.rows()` (at most 32) of the Q8 matrix `w` (`j0` at a quad),
-/// dequantised into `dst`'s panels: `q d` rounded to bf16 to nearest even, as
-/// [`super::narrow`] rounds.
+/// Rows `j0..j0 + dst.rows()` (at most 32) of `w` (`j0` at a quad), dequantised into
+/// `dst`'s panels: `q d` rounded to bf16 to nearest even, as [`super::narrow`] rounds.
 ///
 /// # Panics
-/// If `w` is not Q8 or the rows or shapes do not fit.
+/// If the rows or shapes do not fit.
 pub(super) fn dequantize_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut PackedBf16) {
-    assert!(w.format == QuantFormat::Q8 && j0.is_multiple_of(QUAD) && j0 + dst.rows() <= w.rows);
+    assert!(j0.is_multiple_of(QUAD) && j0 + dst.rows() <= w.rows);
     assert!(dst.rows() <= 2 * PANEL && dst.cols() == w.cols);
     let (rows, pairs) = (dst.rows(), w.cols.div_ceil(2));
     let data = dst.panels_mut();
@@ -17,10 +17,10 @@ pub(super) fn dequantize_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut 
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Bf16 {
         // SAFETY: the level was checked against the CPU; shapes asserted above.
-        return unsafe { avx512::dequantize_q8(w, j0, rows, data.as_mut_ptr(), pairs) };
+        return unsafe { avx512::dequantize(w, j0, rows, data.as_mut_ptr(), pairs) };
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
+    if isa == Isa::Avx2 && w.format == QuantFormat::Q8 {
         // SAFETY: as above.
         return unsafe { avx2::dequantize_q8(w, j0, rows, data.as_mut_ptr(), pairs) };
     }
@@ -49,12 +49,18 @@ vectorized_fn! {
             for u in 0..CHUNKS {
                 for (r, dr) in d.iter().enumerate().take(rows) {
                     let j = j0 + r;
-                    let line = &w.quants[((j / QUAD * w.groups + g) * CHUNKS + u) * QUAD + j % QUAD];
+                    let lpg = w.format.lines_per_group();
+                    let line = &w.quants[((j / QUAD * w.groups + g) * lpg + u % lpg) * QUAD + j % QUAD];
+                    // Q4: chunk u in the low nibbles of line u, chunk u + 4 in the high ones.
+                    let q = |byte: u8| match w.format {
+                        QuantFormat::Q8 => byte as i8 as f32,
+                        QuantFormat::Q4 => ((byte >> (4 * (u / lpg))) & 0x0F) as f32 - 8.0,
+                    };
                     let mut v = [0u32; 32];
                     for (e2, p) in v.iter_mut().enumerate() {
                         let scale = dr[e2 / 2];
-                        let lo = crate::kernels::narrow(line.0[2 * e2] as i8 as f32 * scale).to_bits();
-                        let hi = crate::kernels::narrow(line.0[2 * e2 + 1] as i8 as f32 * scale).to_bits();
+                        let lo = crate::kernels::narrow(q(line.0[2 * e2]) * scale).to_bits();
+                        let hi = crate::kernels::narrow(q(line.0[2 * e2 + 1]) * scale).to_bits();
                         *p = u32::from(lo) | u32::from(hi) << 16;
                     }
                     let panel = r / PANEL * pairs * 2 * PANEL + 2 * (r % PANEL);

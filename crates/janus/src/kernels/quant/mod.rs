@@ -52,9 +52,9 @@
 //! Q8 products of bf16 activations with [`DEQUANT_ROWS`] rows or more (prefill) go
 //! through bf16 panels instead where the CPU has a packed bf16 kernel (AVX-512 BF16, AVX2;
 //! see [`QuantMatrix::matmul_bf16`]): there the integer product is slower than the bf16
-//! one. Below that row count (and for
-//! Q4, f32 activations or other CPUs) every row count takes the integer path, so a row's
-//! result does not depend on the batch it came in.
+//! one. So do Q4's where the CPU has AMX tiles. Below that row count (and for Q4 without
+//! AMX, f32 activations or other CPUs) every row count takes the integer path, so a
+//! row's result does not depend on the batch it came in.
 
 use std::fmt;
 use std::str::FromStr;
@@ -375,7 +375,12 @@ impl QuantMatrix {
     /// `out` is valid for writes of `m * rows` f32 values; `x` holds `m` rows (checked).
     unsafe fn matmul_bf16_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let many = m >= DEQUANT_ROWS && self.cols > 0 && !super::row_invariance();
-        if self.format == QuantFormat::Q8 && many && PackedBf16::packs_at(isa) {
+        // Q4 too on AMX tiles, whose bf16 products outrun its integer kernel.
+        let route = match self.format {
+            QuantFormat::Q8 => PackedBf16::packs_at(isa),
+            QuantFormat::Q4 => PackedBf16::tiles_at(isa),
+        };
+        if many && route {
             return self.matmul_dequantized(x, m, out, isa);
         }
         let x32: Vec<f32> = x[..m * self.cols]

@@ -323,9 +323,13 @@ fn products_are_close_to_the_exact_ones() {
 #[test]
 fn dequantised_panels_hold_the_dequantised_weights_in_bf16_at_every_level() {
     // Partial panels and quads, a partial last group, an odd column count.
-    for &(rows, cols) in &[(1, 8), (7, 31), (33, 513), (70, 1100), (36, 2048)] {
+    let shapes = [(1, 8), (7, 31), (33, 513), (70, 1100), (36, 2048)];
+    for (&(rows, cols), format) in shapes
+        .iter()
+        .flat_map(|s| [QuantFormat::Q8, QuantFormat::Q4].map(|f| (s, f)))
+    {
         let w = spiky_values(rows * cols, (rows + cols) as u32, 0.01);
-        let q = QuantMatrix::quantize_f32(&w, rows, cols, QuantFormat::Q8);
+        let q = QuantMatrix::quantize_f32(&w, rows, cols, format);
         let deq = q.dequantize();
         for isa in Isa::available() {
             for j0 in (0..rows).step_by(2 * PANEL) {
@@ -341,7 +345,7 @@ fn dequantised_panels_hold_the_dequantised_weights_in_bf16_at_every_level() {
                         assert_eq!(
                             v.to_bits(),
                             want.to_bits(),
-                            "{isa:?} {rows}x{cols} row {} col {c}: {v} vs {want}",
+                            "{format:?} {isa:?} {rows}x{cols} row {} col {c}: {v} vs {want}",
                             j0 + r
                         );
                     }
@@ -383,6 +387,37 @@ fn q8_products_through_bf16_panels_agree_with_the_integer_ones() {
             q.matmul_bf16(&x, m, &mut got, isa);
             assert!(relative_rms(&got, &exact) < 1.05 * int_err, "{isa:?}");
             assert_eq!(q.matmul_bf16_to_vec(&x, m, isa), got, "{isa:?}");
+        }
+    }
+}
+
+/// Q4 through bf16 panels (the route on AMX tiles) computes the product of its
+/// dequantised weights, at every level; the public entry takes it where tiles exist.
+#[test]
+fn q4_products_through_bf16_panels_use_the_dequantised_weights() {
+    for &(rows, cols, m) in &[(33, 513, 17), (70, 1100, 64), (64, 2048, 67)] {
+        let w = spiky_values(rows * cols, 13, 0.01);
+        let q = QuantMatrix::quantize_f32(&w, rows, cols, QuantFormat::Q4);
+        let x: Vec<bf16> = spiky_values(m * cols, 7, 0.01)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
+        let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        let exact = exact_product(&x32, &q.dequantize(), m, rows, cols);
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; m * rows];
+            // SAFETY: `got` holds the (m, rows) output.
+            unsafe { q.matmul_dequantized(&x, m, got.as_mut_ptr(), isa) };
+            // Only the weights' rounding to bf16 (2^-9 relative) separates them.
+            let err = relative_rms(&got, &exact);
+            assert!(err < 4e-3, "{isa:?} {rows}x{cols}: {err}");
+            let dispatched = q.matmul_bf16_to_vec(&x, m, isa);
+            if m >= DEQUANT_ROWS && PackedBf16::tiles_at(isa) {
+                assert_eq!(dispatched, got, "{isa:?} {rows}x{cols}");
+            } else {
+                // The integer kernel: int8 activations on top.
+                assert!(relative_rms(&dispatched, &exact) < 2e-2, "{isa:?}");
+            }
         }
     }
 }
