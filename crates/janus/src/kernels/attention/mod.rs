@@ -204,16 +204,7 @@ fn attention_packed(
     }
     (0..d.b * d.h).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / d.h, bh % d.h);
-        let mut keys_rows = vec![bf16::ZERO; tk * dh];
-        let mut values_t = vec![bf16::ZERO; dh * tk];
-        for j in 0..tk {
-            keys_rows[j * dh..][..dh].copy_from_slice(&k.data[k.row(b, h / rep, j)..][..dh]);
-            for (c, &x) in v.data[v.row(b, h / rep, j)..][..dh].iter().enumerate() {
-                values_t[c * tk + j] = x;
-            }
-        }
-        let kp = PackedBf16::pack(&keys_rows, tk, dh);
-        let vp = PackedBf16::pack(&values_t, dh, tk);
+        let (kp, vp) = packed_head(k, v, b, h / rep, tk, dh);
         let mut probs = vec![bf16::ZERO; tk];
         // Query blocks of whole row groups.
         let q_block = PackedBf16::group_rows(isa) * Q_BLOCK.div_ceil(PackedBf16::group_rows(isa));
@@ -239,13 +230,9 @@ fn attention_packed(
             }
             let mut acc = vec![0f32; rows * dh];
             vp.matmul_grouped_part(&p_grouped, rows, dh, keys, &mut acc);
-            for (r, a) in acc.chunks_exact(dh).enumerate() {
-                let o = ((b * d.tq + i0 + r) * d.h + h) * dh;
-                // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted
-                // by the caller).
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(o), dh) };
-                super::fused::round_into(isa, a, dst);
-            }
+            // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted by
+            // the caller).
+            unsafe { store_heads(&acc, out_ptr, d, b, i0, h, isa) };
         }
     });
 }
@@ -269,16 +256,7 @@ fn attention_tiles(
     let tkp = tk.div_ceil(32) * 32;
     (0..d.b * d.h).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / d.h, bh % d.h);
-        let mut keys_rows = vec![bf16::ZERO; tk * dh];
-        let mut values_t = vec![bf16::ZERO; dh * tk];
-        for j in 0..tk {
-            keys_rows[j * dh..][..dh].copy_from_slice(&k.data[k.row(b, h / rep, j)..][..dh]);
-            for (c, &x) in v.data[v.row(b, h / rep, j)..][..dh].iter().enumerate() {
-                values_t[c * tk + j] = x;
-            }
-        }
-        let kp = PackedBf16::pack(&keys_rows, tk, dh);
-        let vp = PackedBf16::pack(&values_t, dh, tk);
+        let (kp, vp) = packed_head(k, v, b, h / rep, tk, dh);
         let tails = vp.tile_tails();
         let mut scores = vec![0f32; Q_BLOCK * tk];
         let mut probs = vec![bf16::ZERO; Q_BLOCK * tkp];
@@ -299,15 +277,56 @@ fn attention_tiles(
                 p[visible..].fill(bf16::ZERO);
             }
             vp.matmul_part_tiles(&probs, tkp, rows, keys, dh, &tails, &mut acc, dh, isa);
-            for (r, a) in acc.chunks_exact(dh).take(rows).enumerate() {
-                let o = ((b * d.tq + i0 + r) * d.h + h) * dh;
-                // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted
-                // by the caller).
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(o), dh) };
-                super::fused::round_into(isa, a, dst);
-            }
+            // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted by
+            // the caller).
+            unsafe { store_heads(&acc[..rows * dh], out_ptr, d, b, i0, h, isa) };
         }
     });
+}
+
+/// Key/value head `hk` of batch row `b`, packed for the blocked product: the keys as
+/// `(tk, dh)` rows, the values transposed to `(dh, tk)`.
+fn packed_head(
+    k: View,
+    v: View,
+    b: usize,
+    hk: usize,
+    tk: usize,
+    dh: usize,
+) -> (PackedBf16, PackedBf16) {
+    let mut keys_rows = vec![bf16::ZERO; tk * dh];
+    let mut values_t = vec![bf16::ZERO; dh * tk];
+    for j in 0..tk {
+        keys_rows[j * dh..][..dh].copy_from_slice(&k.data[k.row(b, hk, j)..][..dh]);
+        for (c, &x) in v.data[v.row(b, hk, j)..][..dh].iter().enumerate() {
+            values_t[c * tk + j] = x;
+        }
+    }
+    (
+        PackedBf16::pack(&keys_rows, tk, dh),
+        PackedBf16::pack(&values_t, dh, tk),
+    )
+}
+
+/// Rounds the f32 outputs `acc` (rows of `dh`) of queries `i0..` of head `h`, batch row
+/// `b`, into their places in the `(B, Tq, H, Dh)` output.
+///
+/// # Safety
+/// `out` holds the whole output, and no other thread writes these rows.
+unsafe fn store_heads(
+    acc: &[f32],
+    out: SendPtr<bf16>,
+    d: Dims,
+    b: usize,
+    i0: usize,
+    h: usize,
+    isa: Isa,
+) {
+    for (r, a) in acc.chunks_exact(d.dh).enumerate() {
+        let o = ((b * d.tq + i0 + r) * d.h + h) * d.dh;
+        let dst = std::slice::from_raw_parts_mut(out.get().add(o), d.dh);
+        super::fused::round_into(isa, a, dst);
+    }
 }
 
 /// Scales, masks and softmaxes the scores `row` of query `i` of batch row `b` (the first

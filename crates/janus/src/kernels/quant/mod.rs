@@ -390,6 +390,23 @@ impl QuantMatrix {
         self.matmul_raw(&x32, m, out, isa)
     }
 
+    /// Rows `j0..j0 + 32` (or fewer at the end) dequantised into the bf16 panels that
+    /// `scratch` holds (made, or remade for another row count, as needed).
+    fn dequantized_pair<'s>(
+        &self,
+        scratch: &'s mut Option<PackedBf16>,
+        j0: usize,
+        isa: Isa,
+    ) -> &'s PackedBf16 {
+        let rows = (2 * PANEL).min(self.rows - j0);
+        if scratch.as_ref().is_none_or(|w| w.rows() != rows) {
+            *scratch = Some(PackedBf16::zeros(rows, self.cols));
+        }
+        let panels = scratch.as_mut().expect("made above");
+        dequantize_panels(isa, self, j0, panels);
+        panels
+    }
+
     /// The product through bf16 panels (see [`Self::matmul_bf16`]), at any level (the
     /// tests run it at every one).
     ///
@@ -408,11 +425,7 @@ impl QuantMatrix {
                 || None::<PackedBf16>,
                 |scratch, p| {
                     let j0 = p * pair_rows;
-                    let panels = match scratch {
-                        Some(w) if w.rows() == pair_rows.min(n - j0) => w,
-                        _ => scratch.insert(PackedBf16::zeros(pair_rows.min(n - j0), k)),
-                    };
-                    dequantize_panels(isa, self, j0, panels);
+                    let panels = self.dequantized_pair(scratch, j0, isa);
                     // SAFETY: tiles are available at this level; columns j0..j0 + 32
                     // (or fewer) of all m rows lie inside `out`, asserted by the caller,
                     // and tasks own disjoint columns.
@@ -428,11 +441,7 @@ impl QuantMatrix {
                 || None::<PackedBf16>,
                 |scratch, p| {
                     let j0 = p * pair_rows;
-                    let panels = match scratch {
-                        Some(w) if w.rows() == pair_rows.min(n - j0) => w,
-                        _ => scratch.insert(PackedBf16::zeros(pair_rows.min(n - j0), k)),
-                    };
-                    dequantize_panels(isa, self, j0, panels);
+                    let panels = self.dequantized_pair(scratch, j0, isa);
                     // SAFETY: output rows r0..r0 + rows < m and columns j0..j0 + 32 (or
                     // fewer) < n lie inside `out`, asserted by the caller; tasks own
                     // disjoint columns; `grouped` holds rows 0..rows of this block.
