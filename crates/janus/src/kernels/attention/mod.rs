@@ -237,8 +237,9 @@ fn attention_packed(
     });
 }
 
-/// [`attention_packed`] on AMX tiles: `Q` read in place, the probabilities of a block of
-/// queries in rows padded with zeros to whole tiles of keys.
+/// [`attention_packed`] on AMX tiles: the queries and the probabilities of a block of
+/// queries copied to rows of whole tiles (padded with zeros), an odd number of tiles
+/// apart ([`PackedBf16::tile_stride`]).
 #[allow(clippy::too_many_arguments)]
 fn attention_tiles(
     q: View,
@@ -253,7 +254,8 @@ fn attention_tiles(
     let rep = d.h / d.h_kv;
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (tk, dh) = (d.tk, d.dh);
-    let tkp = tk.div_ceil(32) * 32;
+    // Rows of queries and of probabilities at the tiles' best stride.
+    let (qsp, tkp) = (PackedBf16::tile_stride(dh), PackedBf16::tile_stride(tk));
     (0..d.b * d.h).into_par_iter().for_each(|bh| {
         let (b, h) = (bh / d.h, bh % d.h);
         let (kp, vp) = packed_head(k, v, b, h / rep, tk, dh);
@@ -261,14 +263,17 @@ fn attention_tiles(
         let mut scores = vec![0f32; Q_BLOCK * tk];
         let mut probs = vec![bf16::ZERO; Q_BLOCK * tkp];
         let mut acc = vec![0f32; Q_BLOCK * dh];
+        let mut queries = vec![bf16::ZERO; Q_BLOCK * qsp];
         for i0 in (0..d.tq).step_by(Q_BLOCK) {
             let rows = Q_BLOCK.min(d.tq - i0);
             let keys = match mask {
                 Mask::Causal { offset } => (offset + i0 + rows).min(tk),
                 _ => tk,
             };
-            let qs = &q.data[q.row(b, h, i0)..];
-            kp.matmul_part_tiles(qs, q.strides[2], rows, dh, keys, &[], &mut scores, tk, isa);
+            for (r, dst) in queries.chunks_exact_mut(qsp).take(rows).enumerate() {
+                dst[..dh].copy_from_slice(&q.data[q.row(b, h, i0 + r)..][..dh]);
+            }
+            kp.matmul_part_tiles(&queries, qsp, rows, dh, keys, &[], &mut scores, tk, isa);
             for r in 0..rows {
                 let row = &mut scores[r * tk..][..keys];
                 let visible = softmax_row(row, b, i0 + r, tk, mask, scale, isa);

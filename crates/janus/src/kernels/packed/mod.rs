@@ -245,6 +245,12 @@ impl PackedBf16 {
         unsafe { self.matmul_amx_serial(&a, m, cols, tails, out.as_mut_ptr(), ldo) }
     }
 
+    /// The row stride, in values, at which [`Self::matmul_part_tiles`] reads rows of `k`
+    /// values fastest: whole tiles, an odd number of them.
+    pub fn tile_stride(k: usize) -> usize {
+        amx::a_stride(k)
+    }
+
     /// Whether [`Self::matmul_taps_tiles`] runs on AMX tiles for `taps` taps at `isa`: the
     /// CPU has them and each tap's run of columns is whole k tiles (32 values).
     pub fn taps_on_tiles(&self, taps: usize, isa: Isa) -> bool {
