@@ -33,9 +33,11 @@ pub(super) const K_TILE: usize = 32;
 const ROWS: usize = 16;
 /// Rows per task: two A tiles.
 pub(super) const TASK_ROWS: usize = 2 * ROWS;
-/// One task's outputs: C tile (row tile `r`, panel `q`) at `(2 r + q) * ROWS * PANEL`,
-/// rows of 16 f32.
+/// One task's outputs where they cannot go straight to their place: 32 rows of 32 f32
+/// (C tile (row tile `i`, panel `q`) at row `16 i`, column `16 q`).
 pub(super) type TaskOut = [f32; 4 * ROWS * PANEL];
+/// Row length of a [`TaskOut`].
+const TASK_LD: usize = 2 * PANEL;
 
 /// Whether AMX's bf16 tiles can be used in this process: the CPU has AMX-TILE and
 /// AMX-BF16, Linux granted the tile state, and `JANUS_AMX` is not `0`.
@@ -125,11 +127,15 @@ impl PackedBf16 {
         let padded: Vec<bf16> = if k == stride {
             Vec::new()
         } else {
-            let mut p = vec![bf16::ZERO; m * stride];
-            p.par_chunks_mut(stride)
-                .zip(x.par_chunks(k))
-                .for_each(|(dst, src)| dst[..k].copy_from_slice(src));
-            p
+            // SAFETY: every row's k values and its padding are written.
+            crate::kernels::filled_by(m * stride, |p: *mut bf16| {
+                let p = SendPtr(p);
+                (0..m).into_par_iter().with_min_len(16).for_each(|r| {
+                    let dst = p.get().add(r * stride);
+                    std::ptr::copy_nonoverlapping(x.as_ptr().add(r * k), dst, k);
+                    std::ptr::write_bytes(dst.add(k), 0, stride - k);
+                });
+            })
         };
         let offsets: Vec<usize> = (0..kp / K_TILE).map(|t| t * K_TILE).collect();
         let a = TileRows {
@@ -147,24 +153,24 @@ impl PackedBf16 {
         let panel_pairs = n.div_ceil(2 * PANEL);
         // Tasks over (panel pair, row block), panel pairs outermost: a panel pair's
         // weights stay in L2 while its row blocks pass.
-        (0..panel_pairs * row_blocks)
-            .into_par_iter()
-            .for_each(|task| {
+        (0..panel_pairs * row_blocks).into_par_iter().for_each_init(
+            || [0f32; 4 * ROWS * PANEL],
+            |c, task| {
                 let (pp, rb) = (task / row_blocks, task % row_blocks);
                 let (r0, j0) = (rb * TASK_ROWS, pp * 2 * PANEL);
                 let rows = TASK_ROWS.min(m - r0);
-                let mut c: TaskOut = [0.0; 4 * ROWS * PANEL];
-                self.tile_task(&a, r0, rows, pp, &tails, &mut c);
                 let cols = (2 * PANEL).min(n - j0);
-                for r in 0..rows {
-                    let dst = out.get().add((r0 + r) * ldo + j0);
-                    for (q, at) in (0..cols).step_by(PANEL).enumerate() {
-                        let src = &c[(2 * (r / ROWS) + q) * ROWS * PANEL + (r % ROWS) * PANEL..];
-                        let len = PANEL.min(cols - at);
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.add(at), len);
-                    }
+                let at = out.get().add(r0 * ldo + j0);
+                // Whole tasks store their tiles in place; the others through `c`.
+                if rows == TASK_ROWS && cols == 2 * PANEL {
+                    return self.tile_task(&a, r0, rows, pp, &tails, at, ldo);
                 }
-            });
+                self.tile_task(&a, r0, rows, pp, &tails, c.as_mut_ptr(), TASK_LD);
+                for (r, src) in c.chunks_exact(TASK_LD).take(rows).enumerate() {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), at.add(r * ldo), cols);
+                }
+            },
+        );
     }
 
     /// Serially, `out[i * ldo + j] = Σ_t` (row `i`'s k tile `t` of `a`) · (k tile `t` of
@@ -189,18 +195,13 @@ impl PackedBf16 {
             let width = (2 * PANEL).min(cols - j0);
             for r0 in (0..m).step_by(TASK_ROWS) {
                 let rows = TASK_ROWS.min(m - r0);
-                self.tile_task(a, r0, rows, pp, tails, &mut c);
-                for r in 0..rows {
-                    let dst = out.add((r0 + r) * ldo + j0);
-                    for (q, at) in (0..width).step_by(PANEL).enumerate() {
-                        let tile = (2 * (r / ROWS) + q) * ROWS * PANEL;
-                        let src = &c[tile + (r % ROWS) * PANEL..];
-                        std::ptr::copy_nonoverlapping(
-                            src.as_ptr(),
-                            dst.add(at),
-                            PANEL.min(width - at),
-                        );
-                    }
+                self.tile_task(a, r0, rows, pp, tails, c.as_mut_ptr(), TASK_LD);
+                for (r, src) in c.chunks_exact(TASK_LD).take(rows).enumerate() {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        out.add((r0 + r) * ldo + j0),
+                        width,
+                    );
                 }
             }
         }
@@ -235,13 +236,13 @@ impl PackedBf16 {
         for pp in 0..self.n.div_ceil(2 * PANEL) {
             for r0 in (0..m).step_by(TASK_ROWS) {
                 let rows = TASK_ROWS.min(m - r0);
-                self.tile_task(&a, r0, rows, pp, &[], &mut c);
+                self.tile_task(&a, r0, rows, pp, &[], c.as_mut_ptr(), TASK_LD);
                 // Channel-major outputs: each column of the tiles is one output row.
-                for j in pp * 2 * PANEL..((pp + 1) * 2 * PANEL).min(self.n) {
-                    let (q, col) = ((j / PANEL) % 2, j % PANEL);
+                let j0 = pp * 2 * PANEL;
+                for j in j0..(j0 + 2 * PANEL).min(self.n) {
                     let dst = &mut out[j * ldo + r0..][..rows];
                     for (r, d) in dst.iter_mut().enumerate() {
-                        *d = c[(2 * (r / ROWS) + q) * ROWS * PANEL + (r % ROWS) * PANEL + col];
+                        *d = c[r * TASK_LD + j - j0];
                     }
                 }
             }
@@ -268,11 +269,14 @@ impl PackedBf16 {
     }
 
     /// Rows `r0..r0 + rows` (`rows <= 32`) of `a` times panels `2 pp` and `2 pp + 1` (the
-    /// last panel twice where their count is odd) into `c`, over `a.offsets.len()` k tiles.
+    /// last panel twice where their count is odd), over `a.offsets.len()` k tiles, into
+    /// `rows` rows of 32 f32 at `c`, `ld` apart.
     ///
     /// # Safety
     /// [`available`]; `a` addresses every A-tile row it is asked for; the k tiles are
-    /// the weights' (whole ones, then the tail from `tails` when `k % 32 != 0`).
+    /// the weights' (whole ones, then the tail from `tails` when `k % 32 != 0`); `c` is
+    /// valid for those writes.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile_task(
         &self,
         a: &TileRows,
@@ -280,7 +284,8 @@ impl PackedBf16 {
         rows: usize,
         pp: usize,
         tails: &[bf16],
-        c: &mut TaskOut,
+        c: *mut f32,
+        ld: usize,
     ) {
         let panels = self.n.div_ceil(PANEL);
         let panel_len = self.pairs * 2 * PANEL;
@@ -297,7 +302,7 @@ impl PackedBf16 {
         };
         let a_at = |t: usize, tile: usize| a.base.add((r0 + tile * ROWS) * a.stride + a.offsets[t]);
         let rows = [rows.min(ROWS), rows.saturating_sub(ROWS)];
-        tiles(rows, a.stride * 2, a.offsets.len(), a_at, b, c);
+        tiles(rows, a.stride * 2, a.offsets.len(), a_at, b, c, ld);
     }
 }
 
@@ -325,7 +330,8 @@ impl TileConfig {
 }
 
 /// Sums over `k_tiles` tiles of `a_at(t, i)` (A tile `i`, rows `rows[i]`, `a_stride`
-/// bytes apart) times `b(t, q)` (B tile of panel `q`) into `c`.
+/// bytes apart) times `b(t, q)` (B tile of panel `q`), stored at `c + 16 i ld + 16 q`
+/// (rows `ld` f32 apart).
 ///
 /// # Safety
 /// AMX state granted ([`available`]); the pointers address whole tiles.
@@ -336,7 +342,8 @@ unsafe fn tiles(
     k_tiles: usize,
     a_at: impl Fn(usize, usize) -> *const bf16,
     b: impl Fn(usize, usize) -> *const bf16,
-    c: &mut TaskOut,
+    c: *mut f32,
+    ld: usize,
 ) {
     use std::arch::asm;
     let config = TileConfig::new(rows);
@@ -387,13 +394,12 @@ unsafe fn tiles(
             );
         }
     }
-    let cs = PANEL * 4;
-    let tile = ROWS * PANEL;
+    let cs = ld * 4;
     asm!(
         "tilestored [{c0} + {cs}*1], tmm0",
         "tilestored [{c1} + {cs}*1], tmm1",
-        c0 = in(reg) c.as_mut_ptr(),
-        c1 = in(reg) c.as_mut_ptr().add(tile),
+        c0 = in(reg) c,
+        c1 = in(reg) c.add(PANEL),
         cs = in(reg) cs,
         options(nostack),
     );
@@ -401,8 +407,8 @@ unsafe fn tiles(
         asm!(
             "tilestored [{c2} + {cs}*1], tmm2",
             "tilestored [{c3} + {cs}*1], tmm3",
-            c2 = in(reg) c.as_mut_ptr().add(2 * tile),
-            c3 = in(reg) c.as_mut_ptr().add(3 * tile),
+            c2 = in(reg) c.add(ROWS * ld),
+            c3 = in(reg) c.add(ROWS * ld + PANEL),
             cs = in(reg) cs,
             options(nostack),
         );
@@ -417,7 +423,8 @@ unsafe fn tiles(
     _: usize,
     _: impl Fn(usize, usize) -> *const bf16,
     _: impl Fn(usize, usize) -> *const bf16,
-    _: &mut TaskOut,
+    _: *mut f32,
+    _: usize,
 ) {
     unreachable!("AMX exists on x86-64 only")
 }
