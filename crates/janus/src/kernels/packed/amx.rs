@@ -108,6 +108,56 @@ pub(super) fn a_stride(k: usize) -> usize {
 // SAFETY: only read through, while the slice it points into is borrowed by the product.
 unsafe impl Sync for TileRows<'_> {}
 
+/// The rows of a plain product's x as the tiles read them: in place where `k` is an odd
+/// number of whole tiles, else copied to [`a_stride`] values apart, padded with zeros.
+pub(crate) struct ARows<'a> {
+    base: *const bf16,
+    stride: usize,
+    m: usize,
+    k: usize,
+    _copy: Vec<bf16>,
+    _x: std::marker::PhantomData<&'a [bf16]>,
+}
+
+impl<'a> ARows<'a> {
+    /// `m` rows of `k` values from `x` (which holds at least `m * k`).
+    pub(crate) fn new(x: &'a [bf16], m: usize, k: usize) -> Self {
+        assert!(x.len() >= m * k);
+        let stride = a_stride(k);
+        let copy: Vec<bf16> = if k == stride {
+            Vec::new()
+        } else {
+            // SAFETY: every row's k values and its padding are written; reads stay in x.
+            unsafe {
+                crate::kernels::filled_by(m * stride, |p: *mut bf16| {
+                    let (p, src) = (SendPtr(p), SendPtr(x.as_ptr().cast_mut()));
+                    (0..m).into_par_iter().with_min_len(16).for_each(|r| {
+                        let dst = p.get().add(r * stride);
+                        std::ptr::copy_nonoverlapping(src.get().add(r * k), dst, k);
+                        std::ptr::write_bytes(dst.add(k), 0, stride - k);
+                    });
+                })
+            }
+        };
+        let base = if copy.is_empty() {
+            x.as_ptr()
+        } else {
+            copy.as_ptr()
+        };
+        Self {
+            base,
+            stride,
+            m,
+            k,
+            _copy: copy,
+            _x: std::marker::PhantomData,
+        }
+    }
+}
+
+// SAFETY: read only, through a pointer into `x` (borrowed) or into its own copy.
+unsafe impl Sync for ARows<'_> {}
+
 impl PackedBf16 {
     /// `out (m, n) = x (m, k) W^T` on AMX tiles (see the module docs); `x` row-major,
     /// row `i` of `out` at `out + i * ldo`.
@@ -116,35 +166,23 @@ impl PackedBf16 {
     /// [`available`] holds, `x` holds `m * k` values and `out` room for `m` rows of `ldo
     /// >= n` values.
     pub(super) unsafe fn matmul_amx(&self, x: &[bf16], m: usize, out: *mut f32, ldo: usize) {
-        let (n, k) = (self.n, self.k);
+        self.matmul_amx_rows(&ARows::new(x, m, self.k), out, ldo)
+    }
+
+    /// [`Self::matmul_amx`] of rows laid out for the tiles.
+    ///
+    /// # Safety
+    /// As [`Self::matmul_amx`], for `x`'s rows; `x` has `k` values per row.
+    pub(super) unsafe fn matmul_amx_rows(&self, x: &ARows, out: *mut f32, ldo: usize) {
+        let (n, k, m) = (self.n, self.k, x.m);
+        assert_eq!(x.k, k);
         if m == 0 || n == 0 {
             return;
         }
-        let kp = k.div_ceil(K_TILE) * K_TILE;
-        // Rows an odd number of tiles (64-byte lines) apart are read in place; others are
-        // copied to such a stride, padded with zeros.
-        let stride = a_stride(k);
-        let padded: Vec<bf16> = if k == stride {
-            Vec::new()
-        } else {
-            // SAFETY: every row's k values and its padding are written.
-            crate::kernels::filled_by(m * stride, |p: *mut bf16| {
-                let p = SendPtr(p);
-                (0..m).into_par_iter().with_min_len(16).for_each(|r| {
-                    let dst = p.get().add(r * stride);
-                    std::ptr::copy_nonoverlapping(x.as_ptr().add(r * k), dst, k);
-                    std::ptr::write_bytes(dst.add(k), 0, stride - k);
-                });
-            })
-        };
-        let offsets: Vec<usize> = (0..kp / K_TILE).map(|t| t * K_TILE).collect();
+        let offsets: Vec<usize> = (0..k.div_ceil(K_TILE)).map(|t| t * K_TILE).collect();
         let a = TileRows {
-            base: if k == stride {
-                x.as_ptr()
-            } else {
-                padded.as_ptr()
-            },
-            stride,
+            base: x.base,
+            stride: x.stride,
             offsets: &offsets,
         };
         let tails = self.tile_tails();

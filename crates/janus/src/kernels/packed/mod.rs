@@ -26,6 +26,8 @@ use rayon::prelude::*;
 use super::{chunk_len, Isa, SendPtr};
 
 mod amx;
+/// Rows of x laid out once for AMX tile products with several matrices.
+pub(crate) use amx::ARows as TileInput;
 mod block;
 mod grouped;
 use block::{plain_block, Block, XRows};
@@ -183,23 +185,18 @@ impl PackedBf16 {
         isa == Isa::Avx512Bf16 && amx::available()
     }
 
-    /// [`Self::matmul_to_vec_tiles`] into rows `ldo` values apart at `out`, for any `m`.
+    /// [`Self::matmul_to_vec_tiles`] of rows laid out once for several matrices (see
+    /// [`TileInput`]) into rows `ldo` values apart at `out`, for any `m`.
     ///
     /// # Safety
     /// [`Self::tiles_at`] holds for this process's level; `out` is valid for writes of `m`
     /// rows of `ldo >= n` values.
     ///
     /// # Panics
-    /// If `x` holds fewer than `m * k` values or `ldo < n`.
-    pub(crate) unsafe fn matmul_tiles_strided(
-        &self,
-        x: &[bf16],
-        m: usize,
-        out: *mut f32,
-        ldo: usize,
-    ) {
-        assert!(x.len() >= m * self.k && ldo >= self.n);
-        self.matmul_amx(x, m, out, ldo)
+    /// If `x` does not have `k` values per row or `ldo < n`.
+    pub(crate) unsafe fn matmul_tiles_input(&self, x: &TileInput, out: *mut f32, ldo: usize) {
+        assert!(ldo >= self.n);
+        self.matmul_amx_rows(x, out, ldo)
     }
 
     /// A serial product on AMX tiles over part of the matrix, for attention:

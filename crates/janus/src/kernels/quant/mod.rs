@@ -420,7 +420,8 @@ impl QuantMatrix {
         let pair_rows = 2 * PANEL;
         let out_ptr = SendPtr(out);
         if PackedBf16::tiles_at(isa) {
-            // AMX tiles read x in place: every row under each dequantised panel pair.
+            // On AMX tiles, every row under each dequantised panel pair.
+            let rows = packed::TileInput::new(x, m, k);
             return (0..n.div_ceil(pair_rows)).into_par_iter().for_each_init(
                 || None::<PackedBf16>,
                 |scratch, p| {
@@ -429,7 +430,7 @@ impl QuantMatrix {
                     // SAFETY: tiles are available at this level; columns j0..j0 + 32
                     // (or fewer) of all m rows lie inside `out`, asserted by the caller,
                     // and tasks own disjoint columns.
-                    unsafe { panels.matmul_tiles_strided(x, m, out_ptr.get().add(j0), n) }
+                    unsafe { panels.matmul_tiles_input(&rows, out_ptr.get().add(j0), n) }
                 },
             );
         }
