@@ -98,8 +98,7 @@ pub(super) struct TileRows<'a> {
 /// The row stride (in values) for A rows of `k` values, whole tiles of 32, to read in
 /// place or copy to: an odd number of tiles. Rows whose stride is a multiple of 4 KiB
 /// (`k = 2048`) all map to the same L1 sets, and so do half the rows of any even count
-/// of 64-byte lines; an A tile's 16 rows then evict each other (a task over `k = 2048`
-/// ran at 0.56 TFLOP/s on one core with rows 4 KiB apart, 0.74 with 64 bytes more).
+/// of 64-byte lines; an A tile's 16 rows then evict each other (docs/kernels.md).
 pub(super) fn a_stride(k: usize) -> usize {
     let tiles = k.div_ceil(K_TILE);
     (tiles | 1) * K_TILE
@@ -110,7 +109,7 @@ unsafe impl Sync for TileRows<'_> {}
 
 /// The rows of a plain product's x as the tiles read them: in place where `k` is an odd
 /// number of whole tiles, else copied to [`a_stride`] values apart, padded with zeros.
-pub(crate) struct ARows<'a> {
+pub(crate) struct TileInput<'a> {
     base: *const bf16,
     stride: usize,
     m: usize,
@@ -119,7 +118,7 @@ pub(crate) struct ARows<'a> {
     _x: std::marker::PhantomData<&'a [bf16]>,
 }
 
-impl<'a> ARows<'a> {
+impl<'a> TileInput<'a> {
     /// `m` rows of `k` values from `x` (which holds at least `m * k`).
     pub(crate) fn new(x: &'a [bf16], m: usize, k: usize) -> Self {
         assert!(x.len() >= m * k);
@@ -156,7 +155,7 @@ impl<'a> ARows<'a> {
 }
 
 // SAFETY: read only, through a pointer into `x` (borrowed) or into its own copy.
-unsafe impl Sync for ARows<'_> {}
+unsafe impl Sync for TileInput<'_> {}
 
 impl PackedBf16 {
     /// `out (m, n) = x (m, k) W^T` on AMX tiles (see the module docs); `x` row-major,
@@ -166,16 +165,20 @@ impl PackedBf16 {
     /// [`available`] holds, `x` holds `m * k` values and `out` room for `m` rows of `ldo
     /// >= n` values.
     pub(super) unsafe fn matmul_amx(&self, x: &[bf16], m: usize, out: *mut f32, ldo: usize) {
-        self.matmul_amx_rows(&ARows::new(x, m, self.k), out, ldo)
+        self.matmul_tiles_input(&TileInput::new(x, m, self.k), out, ldo)
     }
 
-    /// [`Self::matmul_amx`] of rows laid out for the tiles.
+    /// [`Self::matmul_amx`] of rows laid out once, for several matrices (the panel pairs
+    /// of a quantised product).
     ///
     /// # Safety
-    /// As [`Self::matmul_amx`], for `x`'s rows; `x` has `k` values per row.
-    pub(super) unsafe fn matmul_amx_rows(&self, x: &ARows, out: *mut f32, ldo: usize) {
+    /// [`available`] holds; `out` is valid for writes of `x`'s rows of `ldo` values.
+    ///
+    /// # Panics
+    /// If `x` does not have `k` values per row or `ldo < n`.
+    pub(crate) unsafe fn matmul_tiles_input(&self, x: &TileInput, out: *mut f32, ldo: usize) {
         let (n, k, m) = (self.n, self.k, x.m);
-        assert_eq!(x.k, k);
+        assert!(x.k == k && ldo >= n);
         if m == 0 || n == 0 {
             return;
         }
@@ -287,11 +290,16 @@ impl PackedBf16 {
         }
     }
 
+    /// k tiles of 32 the weights fill whole (the rest, if any, is [`Self::tile_tails`]).
+    pub(super) fn whole_k_tiles(&self) -> usize {
+        self.pairs / (K_TILE / 2)
+    }
+
     /// The B tiles of every panel's last, partial k tile, padded with zero pairs (empty
     /// when `k` is a multiple of 32): panel `p`'s at `p * K_TILE * PANEL`. For
     /// [`Self::matmul_part_tiles`], made once per matrix.
     pub fn tile_tails(&self) -> Vec<bf16> {
-        let full = self.pairs / (K_TILE / 2);
+        let full = self.whole_k_tiles();
         let rem = self.pairs - full * (K_TILE / 2);
         if rem == 0 {
             return Vec::new();
@@ -328,7 +336,7 @@ impl PackedBf16 {
         let panels = self.n.div_ceil(PANEL);
         let panel_len = self.pairs * 2 * PANEL;
         let p = [2 * pp, (2 * pp + 1).min(panels - 1)];
-        let full = self.pairs / (K_TILE / 2);
+        let full = self.whole_k_tiles();
         let b = |t: usize, q: usize| -> *const bf16 {
             match t < full {
                 true => self

@@ -27,7 +27,7 @@ use super::{chunk_len, Isa, SendPtr};
 
 mod amx;
 /// Rows of x laid out once for AMX tile products with several matrices.
-pub(crate) use amx::ARows as TileInput;
+pub(crate) use amx::TileInput;
 mod block;
 mod grouped;
 use block::{plain_block, Block, XRows};
@@ -185,20 +185,6 @@ impl PackedBf16 {
         isa == Isa::Avx512Bf16 && amx::available()
     }
 
-    /// [`Self::matmul_to_vec_tiles`] of rows laid out once for several matrices (see
-    /// [`TileInput`]) into rows `ldo` values apart at `out`, for any `m`.
-    ///
-    /// # Safety
-    /// [`Self::tiles_at`] holds for this process's level; `out` is valid for writes of `m`
-    /// rows of `ldo >= n` values.
-    ///
-    /// # Panics
-    /// If `x` does not have `k` values per row or `ldo < n`.
-    pub(crate) unsafe fn matmul_tiles_input(&self, x: &TileInput, out: *mut f32, ldo: usize) {
-        assert!(ldo >= self.n);
-        self.matmul_amx_rows(x, out, ldo)
-    }
-
     /// A serial product on AMX tiles over part of the matrix, for attention:
     /// `out[i * ldo + j] = Σ_c x[i * stride + c] · W[j, c]` for `i < m`, `j < cols` and
     /// `c` below `k_used` rounded up to whole tiles of 32, where x must hold zeros past
@@ -229,7 +215,7 @@ impl PackedBf16 {
         let k_tiles = k_used.div_ceil(amx::K_TILE);
         assert!(x.len() >= (m - 1) * stride + k_tiles * amx::K_TILE);
         assert!(out.len() >= (m - 1) * ldo + cols);
-        let full = self.pairs / (amx::K_TILE / 2);
+        let full = self.whole_k_tiles();
         assert!(k_tiles <= full || tails.len() >= self.n.div_ceil(PANEL) * amx::K_TILE * PANEL);
         let offsets: Vec<usize> = (0..k_tiles).map(|t| t * amx::K_TILE).collect();
         let a = amx::TileRows {
