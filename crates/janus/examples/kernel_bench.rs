@@ -34,7 +34,11 @@ fn main() {
         ("decode down_proj", 1, 2048, 5632),
         ("lm_head", 1, 102400, 2048),
         ("prefill up_proj", 616, 5632, 2048),
+        ("prefill gate_up", 616, 11264, 2048),
+        ("prefill o_proj", 616, 2048, 2048),
+        ("prefill down_proj", 616, 2048, 5632),
         ("siglip fc1", 576, 4096, 1024),
+        ("siglip fc2", 576, 1024, 4096),
     ];
     let filter = std::env::args().nth(1).unwrap_or_default();
     // The best level only, unless JANUS_BENCH_ALL is set (the plain level is slow).
@@ -49,9 +53,12 @@ fn main() {
             let mut out = vec![0.0f32; m * n];
             let packed = PackedBf16::pack(&w, n, k);
             let reps = (2e10 / (2.0 * (m * n * k) as f64)).clamp(2.0, 200.0) as usize;
-            for layout in ["rows", "packed"] {
+            let tiles = PackedBf16::tiles_at(isa);
+            let layouts = ["rows", "packed", "tiles"];
+            for layout in layouts.into_iter().filter(|l| tiles || *l != "tiles") {
                 let mut run = || match layout {
                     "rows" => matmul_bf16(&x, &w, m, n, k, &mut out, isa),
+                    "tiles" => out = packed.matmul_to_vec_tiles(&x, m, isa),
                     _ => packed.matmul(&x, m, &mut out, isa),
                 };
                 run();

@@ -207,7 +207,7 @@ pub fn round_bf16_bias(x: &[f32], bias: Option<&[f32]>, out: &mut [bf16], isa: I
 
 vectorized_fn! {
     /// `out = round(x + b)`, f32 to bf16 (nearest even), one row.
-    fn round_bias_into(isa: Isa, x: &[f32], b: &[f32], out: &mut [bf16]) {
+    pub(crate) fn round_bias_into(isa: Isa, x: &[f32], b: &[f32], out: &mut [bf16]) {
         for ((o, &v), &b) in out.iter_mut().zip(x).zip(b) {
             *o = narrow(v + b);
         }

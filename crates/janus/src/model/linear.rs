@@ -335,6 +335,24 @@ impl Linear {
         let m = x.elem_count() / k.max(1);
         let isa = kernels::isa();
         let x = x.contiguous()?;
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        if let (Weight::Packed(p), DType::BF16, false) =
+            (&self.weight, x.dtype(), kernels::row_invariance())
+        {
+            // AMX tiles, bias and rounding fused into their stores. Tiles round
+            // differently from one row alone: not where rows must get the bits they get
+            // alone.
+            let tiled = cpu_slice::<bf16>(&x)
+                .and_then(|xs| p.matmul_to_bf16_tiles(&xs, m, bias.as_deref(), isa));
+            if let Some(y) = tiled {
+                return Ok(Some(Tensor::from_vec(y, shape, x.device())?));
+            }
+        }
         let out = match (&self.weight, x.dtype()) {
             (Weight::Dense(w), DType::BF16) if kernel_inputs(&[w]) => {
                 let w = w.contiguous()?;
@@ -347,12 +365,7 @@ impl Linear {
                 Some(out)
             }
             (Weight::Packed(p), DType::BF16) => {
-                // AMX tiles round differently from one row alone: not where rows must
-                // get the bits they get alone.
-                cpu_slice::<bf16>(&x).map(|xs| match kernels::row_invariance() {
-                    true => p.matmul_to_vec(&xs, m, isa),
-                    false => p.matmul_to_vec_tiles(&xs, m, isa),
-                })
+                cpu_slice::<bf16>(&x).map(|xs| p.matmul_to_vec(&xs, m, isa))
             }
             (Weight::Quant(q), DType::BF16) => {
                 cpu_slice::<bf16>(&x).map(|xs| q.matmul_bf16_to_vec(&xs, m, isa))
@@ -365,12 +378,6 @@ impl Linear {
         let Some(mut out) = out else {
             return Ok(None);
         };
-        let bias = match &self.bias {
-            Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
-            None => None,
-        };
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank >= 1") = n;
         let y = match x.dtype() {
             DType::BF16 => {
                 // The bias added on the way to bf16, in parallel (f32 sum, then rounded).

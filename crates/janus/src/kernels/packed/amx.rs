@@ -24,8 +24,9 @@ use std::sync::OnceLock;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::{PackedBf16, PANEL};
-use crate::kernels::SendPtr;
+use super::{line_values, Bf16Line, PackedBf16, LINE_VALUES, PANEL};
+use crate::kernels::fused::{round_bias_into, round_into};
+use crate::kernels::{Isa, SendPtr};
 
 /// Values of k per A-tile row (64 bytes of bf16).
 pub(super) const K_TILE: usize = 32;
@@ -38,6 +39,69 @@ pub(super) const TASK_ROWS: usize = 2 * ROWS;
 pub(super) type TaskOut = [f32; 4 * ROWS * PANEL];
 /// Row length of a [`TaskOut`].
 const TASK_LD: usize = 2 * PANEL;
+/// Bytes of x's rows a group of row blocks holds (L2 is 2 MiB per core where AMX
+/// exists): the rows of one group pass under every panel pair while they stay in L2.
+const GROUP_BYTES: usize = 1 << 20;
+
+/// Where a tile product's outputs go: `f32` rows `ld` apart, or `bf16` rows rounded from
+/// `sum + bias` (f32 sum, nearest even).
+enum TileOut<'a> {
+    F32(SendPtr<f32>, usize),
+    Bf16 {
+        out: SendPtr<bf16>,
+        ld: usize,
+        bias: Option<&'a [f32]>,
+        isa: Isa,
+    },
+}
+
+impl TileOut<'_> {
+    fn ld(&self) -> usize {
+        match self {
+            TileOut::F32(_, ld) | TileOut::Bf16 { ld, .. } => *ld,
+        }
+    }
+
+    /// Runs one task through `run(at, ld)` (which writes `rows` rows of 32 f32 at `at`,
+    /// `ld` apart) and stores its outputs `(r0.., j0..j0 + cols)`: whole f32 tasks in
+    /// place, the rest through `c`.
+    ///
+    /// # Safety
+    /// Those outputs lie inside the output this describes.
+    unsafe fn task(
+        &self,
+        r0: usize,
+        rows: usize,
+        j0: usize,
+        cols: usize,
+        c: &mut TaskOut,
+        run: impl FnOnce(*mut f32, usize),
+    ) {
+        match *self {
+            TileOut::F32(out, ld) => {
+                let at = out.get().add(r0 * ld + j0);
+                if rows == TASK_ROWS && cols == 2 * PANEL {
+                    return run(at, ld);
+                }
+                run(c.as_mut_ptr(), TASK_LD);
+                for (r, src) in c.chunks_exact(TASK_LD).take(rows).enumerate() {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), at.add(r * ld), cols);
+                }
+            }
+            TileOut::Bf16 { out, ld, bias, isa } => {
+                run(c.as_mut_ptr(), TASK_LD);
+                for (r, src) in c.chunks_exact(TASK_LD).take(rows).enumerate() {
+                    let dst =
+                        std::slice::from_raw_parts_mut(out.get().add((r0 + r) * ld + j0), cols);
+                    match bias {
+                        Some(b) => round_bias_into(isa, &src[..cols], &b[j0..j0 + cols], dst),
+                        None => round_into(isa, &src[..cols], dst),
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Whether AMX's bf16 tiles can be used in this process: the CPU has AMX-TILE and
 /// AMX-BF16, Linux granted the tile state, and `JANUS_AMX` is not `0`.
@@ -108,13 +172,14 @@ pub(super) fn a_stride(k: usize) -> usize {
 unsafe impl Sync for TileRows<'_> {}
 
 /// The rows of a plain product's x as the tiles read them: in place where `k` is an odd
-/// number of whole tiles, else copied to [`a_stride`] values apart, padded with zeros.
+/// number of whole tiles and x starts a cache line, else copied to [`a_stride`] values
+/// apart, padded with zeros, from a line's start (tile rows across two lines read both).
 pub(crate) struct TileInput<'a> {
     base: *const bf16,
     stride: usize,
     m: usize,
     k: usize,
-    _copy: Vec<bf16>,
+    _copy: Vec<Bf16Line>,
     _x: std::marker::PhantomData<&'a [bf16]>,
 }
 
@@ -123,13 +188,15 @@ impl<'a> TileInput<'a> {
     pub(crate) fn new(x: &'a [bf16], m: usize, k: usize) -> Self {
         assert!(x.len() >= m * k);
         let stride = a_stride(k);
-        let copy: Vec<bf16> = if k == stride {
+        let in_place = k == stride && (x.as_ptr() as usize).is_multiple_of(64);
+        let copy: Vec<Bf16Line> = if in_place {
             Vec::new()
         } else {
-            // SAFETY: every row's k values and its padding are written; reads stay in x.
+            // SAFETY: every row's k values and its padding are written (whole lines: the
+            // stride is whole tiles); reads stay in x.
             unsafe {
-                crate::kernels::filled_by(m * stride, |p: *mut bf16| {
-                    let (p, src) = (SendPtr(p), SendPtr(x.as_ptr().cast_mut()));
+                crate::kernels::filled_by(m * stride / LINE_VALUES, |p: *mut Bf16Line| {
+                    let (p, src) = (SendPtr(p.cast::<bf16>()), SendPtr(x.as_ptr().cast_mut()));
                     (0..m).into_par_iter().with_min_len(16).for_each(|r| {
                         let dst = p.get().add(r * stride);
                         std::ptr::copy_nonoverlapping(src.get().add(r * k), dst, k);
@@ -138,10 +205,9 @@ impl<'a> TileInput<'a> {
                 })
             }
         };
-        let base = if copy.is_empty() {
-            x.as_ptr()
-        } else {
-            copy.as_ptr()
+        let base = match in_place {
+            true => x.as_ptr(),
+            false => line_values(&copy).as_ptr(),
         };
         Self {
             base,
@@ -177,8 +243,42 @@ impl PackedBf16 {
     /// # Panics
     /// If `x` does not have `k` values per row or `ldo < n`.
     pub(crate) unsafe fn matmul_tiles_input(&self, x: &TileInput, out: *mut f32, ldo: usize) {
+        self.tile_tasks(x, TileOut::F32(SendPtr(out), ldo))
+    }
+
+    /// [`Self::matmul_amx`] rounded to bf16 with `bias` (`n` values) added on the way:
+    /// each output `round(sum + bias)` as [`crate::kernels::fused::round_bf16_bias`]
+    /// gives it, without an f32 output to write and read again.
+    ///
+    /// # Safety
+    /// [`available`] holds, `x` holds `m * k` values, `isa` is a level this CPU has, and
+    /// `out` has room for `m` rows of `ldo >= n` values.
+    pub(super) unsafe fn matmul_amx_bf16(
+        &self,
+        x: &[bf16],
+        m: usize,
+        bias: Option<&[f32]>,
+        isa: Isa,
+        out: *mut bf16,
+        ldo: usize,
+    ) {
+        assert!(bias.is_none_or(|b| b.len() == self.n));
+        let out = TileOut::Bf16 {
+            out: SendPtr(out),
+            ld: ldo,
+            bias,
+            isa,
+        };
+        self.tile_tasks(&TileInput::new(x, m, self.k), out)
+    }
+
+    /// Every task of the product of `x`'s rows, each task's outputs stored as `out` says.
+    ///
+    /// # Safety
+    /// [`available`] holds; `out` is valid for writes of `x`'s rows of its `ld` values.
+    unsafe fn tile_tasks(&self, x: &TileInput, out: TileOut) {
         let (n, k, m) = (self.n, self.k, x.m);
-        assert!(x.k == k && ldo >= n);
+        assert!(x.k == k && out.ld() >= n);
         if m == 0 || n == 0 {
             return;
         }
@@ -189,26 +289,26 @@ impl PackedBf16 {
             offsets: &offsets,
         };
         let tails = self.tile_tails();
-        let out = SendPtr(out);
         let row_blocks = m.div_ceil(TASK_ROWS);
         let panel_pairs = n.div_ceil(2 * PANEL);
-        // Tasks over (panel pair, row block), panel pairs outermost: a panel pair's
-        // weights stay in L2 while its row blocks pass.
-        (0..panel_pairs * row_blocks).into_par_iter().for_each_init(
+        // Rows in groups of about GROUP_BYTES, even in size, groups outermost: a group's
+        // rows stay in L2 while the panel pairs pass, each pair's weights read once per
+        // group (with the panel pairs outermost, x streamed from L3 for every pair).
+        let most = (GROUP_BYTES / (2 * x.stride * TASK_ROWS)).max(1);
+        let groups = row_blocks.div_ceil(most);
+        let per_group = row_blocks.div_ceil(groups);
+        (0..groups * panel_pairs).into_par_iter().for_each_init(
             || [0f32; 4 * ROWS * PANEL],
             |c, task| {
-                let (pp, rb) = (task / row_blocks, task % row_blocks);
-                let (r0, j0) = (rb * TASK_ROWS, pp * 2 * PANEL);
-                let rows = TASK_ROWS.min(m - r0);
+                let (g, pp) = (task / panel_pairs, task % panel_pairs);
+                let j0 = pp * 2 * PANEL;
                 let cols = (2 * PANEL).min(n - j0);
-                let at = out.get().add(r0 * ldo + j0);
-                // Whole tasks store their tiles in place; the others through `c`.
-                if rows == TASK_ROWS && cols == 2 * PANEL {
-                    return self.tile_task(&a, r0, rows, pp, &tails, at, ldo);
-                }
-                self.tile_task(&a, r0, rows, pp, &tails, c.as_mut_ptr(), TASK_LD);
-                for (r, src) in c.chunks_exact(TASK_LD).take(rows).enumerate() {
-                    std::ptr::copy_nonoverlapping(src.as_ptr(), at.add(r * ldo), cols);
+                for rb in g * per_group..((g + 1) * per_group).min(row_blocks) {
+                    let r0 = rb * TASK_ROWS;
+                    let rows = TASK_ROWS.min(m - r0);
+                    out.task(r0, rows, j0, cols, c, |at, ld| {
+                        self.tile_task(&a, r0, rows, pp, &tails, at, ld)
+                    });
                 }
             },
         );
@@ -308,7 +408,7 @@ impl PackedBf16 {
         let panel_len = self.pairs * 2 * PANEL;
         let mut t = vec![bf16::ZERO; panels * K_TILE * PANEL];
         for p in 0..panels {
-            let src = &self.data[p * panel_len + full * K_TILE * PANEL..][..rem * 2 * PANEL];
+            let src = &self.values()[p * panel_len + full * K_TILE * PANEL..][..rem * 2 * PANEL];
             t[p * K_TILE * PANEL..][..src.len()].copy_from_slice(src);
         }
         t
@@ -337,12 +437,10 @@ impl PackedBf16 {
         let panel_len = self.pairs * 2 * PANEL;
         let p = [2 * pp, (2 * pp + 1).min(panels - 1)];
         let full = self.whole_k_tiles();
+        let values = self.values().as_ptr();
         let b = |t: usize, q: usize| -> *const bf16 {
             match t < full {
-                true => self
-                    .data
-                    .as_ptr()
-                    .add(p[q] * panel_len + t * K_TILE * PANEL),
+                true => values.add(p[q] * panel_len + t * K_TILE * PANEL),
                 false => tails.as_ptr().add(p[q] * K_TILE * PANEL),
             }
         };

@@ -63,7 +63,36 @@ pub struct PackedBf16 {
     k: usize,
     /// Column pairs per row (`k` rounded up to even, halved).
     pairs: usize,
-    data: Vec<bf16>,
+    /// The panels, on whole cache lines (each panel is `pairs` lines).
+    data: Vec<Bf16Line>,
+}
+
+/// 32 bf16 values on one cache line (64 bytes: one `VDPBF16PS` operand, one AMX tile
+/// row). Values stored in lines from a line's start never straddle two lines; a tile
+/// read from an allocator's 16-byte-aligned block reads two lines for every row, and ran
+/// at half the speed (docs/kernels.md).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Bf16Line([bf16; LINE_VALUES]);
+
+/// Values per [`Bf16Line`].
+pub(crate) const LINE_VALUES: usize = 32;
+
+impl Bf16Line {
+    const ZERO: Self = Bf16Line([bf16::ZERO; LINE_VALUES]);
+}
+
+/// `lines`' values, in order.
+pub(crate) fn line_values(lines: &[Bf16Line]) -> &[bf16] {
+    // SAFETY: a line is 32 bf16 values with no padding (repr(C), size 64), so the lines
+    // are `32 * len` initialised values, aligned for bf16.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * LINE_VALUES) }
+}
+
+/// `lines`' values, in order, to write.
+pub(crate) fn line_values_mut(lines: &mut [Bf16Line]) -> &mut [bf16] {
+    // SAFETY: as in `line_values`, borrowed mutably.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * LINE_VALUES) }
 }
 
 impl PackedBf16 {
@@ -92,8 +121,15 @@ impl PackedBf16 {
                 }
             }
         };
-        // SAFETY: `fill` writes every value of its chunk, a whole panel.
-        let data = unsafe { super::huge_filled_with(panels * panel_len, fill, panel_len) };
+        let fill_lines = |at: usize, out: &mut [std::mem::MaybeUninit<Bf16Line>]| {
+            // SAFETY: a line is 32 bf16 values with no padding; these are out's values.
+            let values = unsafe {
+                std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), out.len() * LINE_VALUES)
+            };
+            fill(at * LINE_VALUES, values)
+        };
+        // SAFETY: `fill` writes every value of its chunk, a whole panel (`pairs` lines).
+        let data = unsafe { super::huge_filled_with(panels * pairs, fill_lines, pairs) };
         Self { n, k, pairs, data }
     }
 
@@ -103,7 +139,7 @@ impl PackedBf16 {
     /// If `j >= n` or `out` does not hold `k` values.
     pub fn row_f32(&self, j: usize, out: &mut [f32]) {
         assert!(j < self.n && out.len() == self.k);
-        let panel = &self.data[(j / PANEL) * self.pairs * 2 * PANEL..];
+        let panel = &self.values()[(j / PANEL) * self.pairs * 2 * PANEL..];
         let r = j % PANEL;
         for (dst, src) in out.chunks_mut(2).zip(panel.chunks_exact(2 * PANEL)) {
             for (d, s) in dst.iter_mut().zip(&src[2 * r..]) {
@@ -116,7 +152,7 @@ impl PackedBf16 {
     pub fn unpack(&self) -> Vec<bf16> {
         let mut w = vec![bf16::ZERO; self.n * self.k];
         for (i, row) in w.chunks_exact_mut(self.k.max(1)).enumerate().take(self.n) {
-            let panel = &self.data[(i / PANEL) * self.pairs * 2 * PANEL..];
+            let panel = &self.values()[(i / PANEL) * self.pairs * 2 * PANEL..];
             for (dst, src) in row.chunks_mut(2).zip(panel.chunks_exact(2 * PANEL)) {
                 dst.copy_from_slice(&src[2 * (i % PANEL)..][..dst.len()]);
             }
@@ -128,14 +164,14 @@ impl PackedBf16 {
     /// [`Self::panels_mut`]).
     pub fn zeros(n: usize, k: usize) -> Self {
         let pairs = k.div_ceil(2);
-        let data = vec![bf16::ZERO; n.div_ceil(PANEL) * pairs * 2 * PANEL];
+        let data = vec![Bf16Line::ZERO; n.div_ceil(PANEL) * pairs];
         Self { n, k, pairs, data }
     }
 
     /// The packed values: panel `p`, column pair `c`, row `r` of the panel at
     /// `(p * pairs + c) * 2 * PANEL + 2 * r` (two values), `pairs = k.div_ceil(2)`.
     pub fn panels_mut(&mut self) -> &mut [bf16] {
-        &mut self.data
+        line_values_mut(&mut self.data)
     }
 
     /// Rows (output features).
@@ -150,7 +186,12 @@ impl PackedBf16 {
 
     /// Bytes held.
     pub fn size_bytes(&self) -> usize {
-        self.data.len() * 2
+        std::mem::size_of_val(&self.data[..])
+    }
+
+    /// The packed values (see [`Self::panels_mut`]), from a cache line's start.
+    fn values(&self) -> &[bf16] {
+        line_values(&self.data)
     }
 
     /// `out[i, j] = Σ_c x[i, c] · W[j, c]` for `x` `(m, k)` row-major, `out` `(m, n)`.
@@ -177,6 +218,32 @@ impl PackedBf16 {
         // SAFETY: AMX is available, x holds m * k values, and the tile product writes
         // each of the m * n outputs (tested on awkward sizes).
         unsafe { super::filled_by(m * self.n, |out| self.matmul_amx(x, m, out, self.n)) }
+    }
+
+    /// [`Self::matmul_to_vec_tiles`] with `bias` added and the outputs rounded to bf16
+    /// as the tiles are stored (the bits of [`crate::kernels::fused::round_bf16_bias`] of
+    /// the f32 product), or `None` where the tiles do not run (no AMX, under 16 rows).
+    ///
+    /// # Panics
+    /// If `x` is shorter than `m` rows or `bias` does not hold `n` values.
+    pub fn matmul_to_bf16_tiles(
+        &self,
+        x: &[bf16],
+        m: usize,
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Option<Vec<bf16>> {
+        if m < BLOCKED_ROWS || !Self::tiles_at(isa) {
+            return None;
+        }
+        assert!(x.len() >= m * self.k);
+        // SAFETY: AMX is available at this level, x holds m * k values, and the tile
+        // product writes each of the m * n outputs (tested on awkward sizes).
+        Some(unsafe {
+            super::filled_by(m * self.n, |out| {
+                self.matmul_amx_bf16(x, m, bias, isa, out, self.n)
+            })
+        })
     }
 
     /// Whether products run on AMX tiles at `isa` on this CPU (see
@@ -600,7 +667,7 @@ impl PackedBf16 {
         transposed: bool,
     ) {
         let panel_len = self.pairs * 2 * PANEL;
-        let w = self.data.as_ptr().add(p * panel_len + c0 * 2 * PANEL);
+        let w = self.values().as_ptr().add(p * panel_len + c0 * 2 * PANEL);
         let cols = (self.n - p * PANEL).min(np * PANEL);
         let o = if transposed {
             out.add(p * PANEL * ldo + i)

@@ -167,8 +167,10 @@ fn every_row_gets_its_bits_alone_at_every_level() {
 
 /// The AMX tile product (prefill, SigLIP) against the plain product: rows that fill no
 /// tile, one, two (a whole task), and partial second tiles; k in place (multiples of 32)
-/// and padded; odd panel counts; through `matmul_to_vec_tiles` too. Each row's outputs are
-/// the same bits whatever rows come with it. Skipped, saying so, where the CPU has no AMX.
+/// and padded; odd panel counts; rows in several L2 groups; through `matmul_to_vec_tiles`
+/// too, and rounded to bf16 with a bias by `matmul_to_bf16_tiles` (the bits the separate
+/// rounding gives). Each row's outputs are the same bits whatever rows come with it.
+/// Skipped, saying so, where the CPU has no AMX.
 #[test]
 fn amx_tiles_match_the_plain_product() {
     if !amx::available() {
@@ -185,6 +187,7 @@ fn amx_tiles_match_the_plain_product() {
         (31, 17, 64),
         (70, 80, 320),
         (65, 5, 33),
+        (330, 40, 2048),
     ] {
         let x = values(m * k, 1);
         let w = values(n * k, 2);
@@ -201,6 +204,16 @@ fn amx_tiles_match_the_plain_product() {
                 (g - w).abs() <= tol && (d - w).abs() <= tol,
                 "({m}, {n}, {k}) at {i}: {g} / {d} vs {w}"
             );
+        }
+        let bias = values(n, 3).iter().map(|b| b.to_f32()).collect::<Vec<_>>();
+        for bias in [None, Some(&bias[..])] {
+            let mut want = vec![bf16::ZERO; m * n];
+            crate::kernels::fused::round_bf16_bias(&dispatched, bias, &mut want, Isa::Avx512Bf16);
+            let got = p.matmul_to_bf16_tiles(&x, m, bias, Isa::Avx512Bf16);
+            match m >= 16 {
+                true => assert_eq!(got, Some(want), "({m}, {n}, {k}) bias {}", bias.is_some()),
+                false => assert_eq!(got, None, "({m}, {n}, {k})"),
+            }
         }
         // The last row alone gives its bits in the full product.
         let mut last = vec![f32::NAN; n];
@@ -257,4 +270,20 @@ fn amx_taps_match_the_plain_taps() {
         !p.taps_on_tiles(3, Isa::Avx2),
         "no tiles below AVX-512 BF16"
     );
+}
+
+/// Packed panels start on a cache line, so no 64-byte weight operand or tile row
+/// straddles two (the tile products ran at half speed from an allocator's 16-byte
+/// alignment).
+#[test]
+fn packed_panels_start_on_cache_lines() {
+    for (n, k) in [(1, 1), (17, 33), (40, 2048)] {
+        let packed = PackedBf16::pack(&values(n * k, 5), n, k);
+        let zeros = PackedBf16::zeros(n, k);
+        for p in [&packed, &zeros] {
+            assert_eq!(p.values().as_ptr() as usize % 64, 0, "({n}, {k})");
+            assert_eq!(p.values().len() % LINE_VALUES, 0, "({n}, {k})");
+        }
+        assert_eq!(packed.unpack(), values(n * k, 5), "({n}, {k})");
+    }
 }
