@@ -14,7 +14,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::gemm::matmul_bf16_serial;
-use super::packed::PackedBf16;
+use super::packed::{line_values_mut, Bf16Line, PackedBf16, LINE_VALUES};
 use super::Isa;
 use super::SendPtr;
 
@@ -85,8 +85,10 @@ pub fn conv2d_bf16(
     assert!(bias.is_none_or(|b| b.len() >= d.cout));
     let pixels = ho * wo;
     for bi in 0..d.b {
-        // Channels-last, zero-padded copy of this image: (hp, wp, cin).
-        let mut xp = vec![bf16::ZERO; hp * wp * d.cin];
+        // Channels-last, zero-padded copy of this image: (hp, wp, cin), from a cache
+        // line's start (the tiles read 32 channels of a pixel as one 64-byte row).
+        let mut lines = vec![Bf16Line::ZERO; (hp * wp * d.cin).div_ceil(LINE_VALUES)];
+        let xp = &mut line_values_mut(&mut lines)[..hp * wp * d.cin];
         let img = &x[bi * d.cin * d.h * d.w..][..d.cin * d.h * d.w];
         xp.par_chunks_mut(wp * d.cin)
             .enumerate()
@@ -108,7 +110,7 @@ pub fn conv2d_bf16(
             let tiles = p.taps_on_tiles(taps.len(), isa);
             // Where the kernel reads x as f32, the image is widened once here.
             let wide: Vec<f32> = match PackedBf16::takes_f32(isa) {
-                true => super::fused::widened(isa, &xp),
+                true => super::fused::widened(isa, xp),
                 false => Vec::new(),
             };
             (0..ho).into_par_iter().for_each(|oy| {

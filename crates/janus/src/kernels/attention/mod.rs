@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::gemm::matmul_bf16_serial;
 use super::math::exp_in_place;
-use super::packed::PackedBf16;
+use super::packed::{line_values, line_values_mut, Bf16Line, PackedBf16, LINE_VALUES};
 use super::Isa;
 use super::SendPtr;
 
@@ -260,10 +260,14 @@ fn attention_tiles(
         let (b, h) = (bh / d.h, bh % d.h);
         let (kp, vp) = packed_head(k, v, b, h / rep, tk, dh);
         let tails = vp.tile_tails();
+        let tails = line_values(&tails);
         let mut scores = vec![0f32; Q_BLOCK * tk];
-        let mut probs = vec![bf16::ZERO; Q_BLOCK * tkp];
+        // Tile rows from cache lines' starts (rows across two lines read both).
+        let mut probs = vec![Bf16Line::ZERO; Q_BLOCK * tkp / LINE_VALUES];
+        let probs = line_values_mut(&mut probs);
         let mut acc = vec![0f32; Q_BLOCK * dh];
-        let mut queries = vec![bf16::ZERO; Q_BLOCK * qsp];
+        let mut queries = vec![Bf16Line::ZERO; Q_BLOCK * qsp / LINE_VALUES];
+        let queries = line_values_mut(&mut queries);
         for i0 in (0..d.tq).step_by(Q_BLOCK) {
             let rows = Q_BLOCK.min(d.tq - i0);
             let keys = match mask {
@@ -273,7 +277,7 @@ fn attention_tiles(
             for (r, dst) in queries.chunks_exact_mut(qsp).take(rows).enumerate() {
                 dst[..dh].copy_from_slice(&q.data[q.row(b, h, i0 + r)..][..dh]);
             }
-            kp.matmul_part_tiles(&queries, qsp, rows, dh, keys, &[], &mut scores, tk, isa);
+            kp.matmul_part_tiles(queries, qsp, rows, dh, keys, &[], &mut scores, tk, isa);
             for r in 0..rows {
                 let row = &mut scores[r * tk..][..keys];
                 let visible = softmax_row(row, b, i0 + r, tk, mask, scale, isa);
@@ -281,7 +285,7 @@ fn attention_tiles(
                 super::fused::round_into(isa, &row[..visible], &mut p[..visible]);
                 p[visible..].fill(bf16::ZERO);
             }
-            vp.matmul_part_tiles(&probs, tkp, rows, keys, dh, &tails, &mut acc, dh, isa);
+            vp.matmul_part_tiles(probs, tkp, rows, keys, dh, tails, &mut acc, dh, isa);
             // SAFETY: each task writes its own (b, i, h) rows, inside `out` (asserted by
             // the caller).
             unsafe { store_heads(&acc[..rows * dh], out_ptr, d, b, i0, h, isa) };

@@ -289,6 +289,7 @@ impl PackedBf16 {
             offsets: &offsets,
         };
         let tails = self.tile_tails();
+        let tails = line_values(&tails);
         let row_blocks = m.div_ceil(TASK_ROWS);
         let panel_pairs = n.div_ceil(2 * PANEL);
         // Rows in groups of about GROUP_BYTES, even in size, groups outermost: a group's
@@ -307,7 +308,7 @@ impl PackedBf16 {
                     let r0 = rb * TASK_ROWS;
                     let rows = TASK_ROWS.min(m - r0);
                     out.task(r0, rows, j0, cols, c, |at, ld| {
-                        self.tile_task(&a, r0, rows, pp, &tails, at, ld)
+                        self.tile_task(&a, r0, rows, pp, tails, at, ld)
                     });
                 }
             },
@@ -396,9 +397,9 @@ impl PackedBf16 {
     }
 
     /// The B tiles of every panel's last, partial k tile, padded with zero pairs (empty
-    /// when `k` is a multiple of 32): panel `p`'s at `p * K_TILE * PANEL`. For
-    /// [`Self::matmul_part_tiles`], made once per matrix.
-    pub fn tile_tails(&self) -> Vec<bf16> {
+    /// when `k` is a multiple of 32): panel `p`'s at value `p * K_TILE * PANEL` of
+    /// [`line_values`]. For [`Self::matmul_part_tiles`], made once per matrix.
+    pub(crate) fn tile_tails(&self) -> Vec<Bf16Line> {
         let full = self.whole_k_tiles();
         let rem = self.pairs - full * (K_TILE / 2);
         if rem == 0 {
@@ -406,12 +407,13 @@ impl PackedBf16 {
         }
         let panels = self.n.div_ceil(PANEL);
         let panel_len = self.pairs * 2 * PANEL;
-        let mut t = vec![bf16::ZERO; panels * K_TILE * PANEL];
+        let mut lines = vec![Bf16Line::ZERO; panels * K_TILE * PANEL / LINE_VALUES];
+        let t = super::line_values_mut(&mut lines);
         for p in 0..panels {
             let src = &self.values()[p * panel_len + full * K_TILE * PANEL..][..rem * 2 * PANEL];
             t[p * K_TILE * PANEL..][..src.len()].copy_from_slice(src);
         }
-        t
+        lines
     }
 
     /// Rows `r0..r0 + rows` (`rows <= 32`) of `a` times panels `2 pp` and `2 pp + 1` (the

@@ -79,7 +79,7 @@ pub(crate) struct Bf16Line([bf16; LINE_VALUES]);
 pub(crate) const LINE_VALUES: usize = 32;
 
 impl Bf16Line {
-    const ZERO: Self = Bf16Line([bf16::ZERO; LINE_VALUES]);
+    pub(crate) const ZERO: Self = Bf16Line([bf16::ZERO; LINE_VALUES]);
 }
 
 /// `lines`' values, in order.
