@@ -243,7 +243,20 @@ impl PackedBf16 {
     /// # Panics
     /// If `x` does not have `k` values per row or `ldo < n`.
     pub(crate) unsafe fn matmul_tiles_input(&self, x: &TileInput, out: *mut f32, ldo: usize) {
-        self.tile_tasks(x, TileOut::F32(SendPtr(out), ldo))
+        self.tile_tasks(x, TileOut::F32(SendPtr(out), ldo), false)
+    }
+
+    /// [`Self::matmul_tiles_input`] on the calling thread (for a task of a parallel loop).
+    ///
+    /// # Safety
+    /// As [`Self::matmul_tiles_input`].
+    pub(crate) unsafe fn matmul_tiles_input_serial(
+        &self,
+        x: &TileInput,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        self.tile_tasks(x, TileOut::F32(SendPtr(out), ldo), true)
     }
 
     /// [`Self::matmul_amx`] rounded to bf16 with `bias` (`n` values) added on the way:
@@ -269,14 +282,15 @@ impl PackedBf16 {
             bias,
             isa,
         };
-        self.tile_tasks(&TileInput::new(x, m, self.k), out)
+        self.tile_tasks(&TileInput::new(x, m, self.k), out, false)
     }
 
-    /// Every task of the product of `x`'s rows, each task's outputs stored as `out` says.
+    /// Every task of the product of `x`'s rows, each task's outputs stored as `out` says;
+    /// on the calling thread where `serial`, else on the pool.
     ///
     /// # Safety
     /// [`available`] holds; `out` is valid for writes of `x`'s rows of its `ld` values.
-    unsafe fn tile_tasks(&self, x: &TileInput, out: TileOut) {
+    unsafe fn tile_tasks(&self, x: &TileInput, out: TileOut, serial: bool) {
         let (n, k, m) = (self.n, self.k, x.m);
         assert!(x.k == k && out.ld() >= n);
         if m == 0 || n == 0 {
@@ -298,21 +312,28 @@ impl PackedBf16 {
         let most = (GROUP_BYTES / (2 * x.stride * TASK_ROWS)).max(1);
         let groups = row_blocks.div_ceil(most);
         let per_group = row_blocks.div_ceil(groups);
-        (0..groups * panel_pairs).into_par_iter().for_each_init(
-            || [0f32; 4 * ROWS * PANEL],
-            |c, task| {
-                let (g, pp) = (task / panel_pairs, task % panel_pairs);
-                let j0 = pp * 2 * PANEL;
-                let cols = (2 * PANEL).min(n - j0);
-                for rb in g * per_group..((g + 1) * per_group).min(row_blocks) {
-                    let r0 = rb * TASK_ROWS;
-                    let rows = TASK_ROWS.min(m - r0);
-                    out.task(r0, rows, j0, cols, c, |at, ld| {
-                        self.tile_task(&a, r0, rows, pp, tails, at, ld)
-                    });
-                }
-            },
-        );
+        let run = |c: &mut TaskOut, task: usize| {
+            let (g, pp) = (task / panel_pairs, task % panel_pairs);
+            let j0 = pp * 2 * PANEL;
+            let cols = (2 * PANEL).min(n - j0);
+            for rb in g * per_group..((g + 1) * per_group).min(row_blocks) {
+                let r0 = rb * TASK_ROWS;
+                let rows = TASK_ROWS.min(m - r0);
+                out.task(r0, rows, j0, cols, c, |at, ld| {
+                    self.tile_task(&a, r0, rows, pp, tails, at, ld)
+                });
+            }
+        };
+        let tasks = 0..groups * panel_pairs;
+        match serial {
+            true => {
+                let mut c = [0f32; 4 * ROWS * PANEL];
+                tasks.for_each(|task| run(&mut c, task));
+            }
+            false => tasks
+                .into_par_iter()
+                .for_each_init(|| [0f32; 4 * ROWS * PANEL], run),
+        }
     }
 
     /// Serially, `out[i * ldo + j] = Σ_t` (row `i`'s k tile `t` of `a`) · (k tile `t` of

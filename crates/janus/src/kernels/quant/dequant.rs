@@ -9,10 +9,29 @@ use super::*;
 /// # Panics
 /// If the rows or shapes do not fit.
 pub(super) fn dequantize_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut PackedBf16) {
-    assert!(j0.is_multiple_of(QUAD) && j0 + dst.rows() <= w.rows);
     assert!(dst.rows() <= 2 * PANEL && dst.cols() == w.cols);
-    let (rows, pairs) = (dst.rows(), w.cols.div_ceil(2));
-    let data = dst.panels_mut();
+    dequantize_rows(isa, w, j0, dst.rows(), dst.panels_mut())
+}
+
+/// Rows `j0..j0 + dst.rows()` (any number) of `w` (`j0` at a quad), dequantised into
+/// `dst`'s panels as [`dequantize_panels`] does, a panel pair at a time.
+///
+/// # Panics
+/// If the rows or shapes do not fit.
+pub(super) fn dequantize_all_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut PackedBf16) {
+    assert!(dst.cols() == w.cols);
+    let rows = dst.rows();
+    let pair_len = 2 * PANEL * w.cols.div_ceil(2) * 2;
+    for (p, data) in dst.panels_mut().chunks_mut(pair_len).enumerate() {
+        let r0 = p * 2 * PANEL;
+        dequantize_rows(isa, w, j0 + r0, (2 * PANEL).min(rows - r0), data)
+    }
+}
+
+/// Rows `j0..j0 + rows` (at most 32) of `w` into the panels `data` holds.
+fn dequantize_rows(isa: Isa, w: &QuantMatrix, j0: usize, rows: usize, data: &mut [bf16]) {
+    assert!(j0.is_multiple_of(QUAD) && j0 + rows <= w.rows && rows <= 2 * PANEL);
+    let pairs = w.cols.div_ceil(2);
     assert!(data.len() >= rows.div_ceil(PANEL) * pairs * 2 * PANEL);
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Bf16 {

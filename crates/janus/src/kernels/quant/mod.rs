@@ -420,17 +420,25 @@ impl QuantMatrix {
         let pair_rows = 2 * PANEL;
         let out_ptr = SendPtr(out);
         if PackedBf16::tiles_at(isa) {
-            // On AMX tiles, every row under each dequantised panel pair.
+            // On AMX tiles, tasks of a few panel pairs: each dequantises its pairs, then
+            // runs every row over them, the row groups passing under all its pairs (a
+            // task of one pair streamed all of x from L3 for it).
             let rows = packed::TileInput::new(x, m, k);
-            return (0..n.div_ceil(pair_rows)).into_par_iter().for_each_init(
+            let chunk = (DEQUANT_CHUNK_BYTES / (2 * k * pair_rows)).max(1) * pair_rows;
+            return (0..n.div_ceil(chunk)).into_par_iter().for_each_init(
                 || None::<PackedBf16>,
-                |scratch, p| {
-                    let j0 = p * pair_rows;
-                    let panels = self.dequantized_pair(scratch, j0, isa);
-                    // SAFETY: tiles are available at this level; columns j0..j0 + 32
-                    // (or fewer) of all m rows lie inside `out`, asserted by the caller,
+                |scratch, c| {
+                    let j0 = c * chunk;
+                    let rows_here = chunk.min(n - j0);
+                    if scratch.as_ref().is_none_or(|w| w.rows() != rows_here) {
+                        *scratch = Some(PackedBf16::zeros(rows_here, k));
+                    }
+                    let panels = scratch.as_mut().expect("made above");
+                    dequant::dequantize_all_panels(isa, self, j0, panels);
+                    // SAFETY: tiles are available at this level; columns j0..j0 +
+                    // rows_here of all m rows lie inside `out`, asserted by the caller,
                     // and tasks own disjoint columns.
-                    unsafe { panels.matmul_tiles_input(&rows, out_ptr.get().add(j0), n) }
+                    unsafe { panels.matmul_tiles_input_serial(&rows, out_ptr.get().add(j0), n) }
                 },
             );
         }
@@ -597,6 +605,9 @@ const PREFILL_ACTS: usize = 32 << 10;
 /// [`QuantMatrix::matmul_bf16`]): the crossover measured on AVX-512 BF16
 /// (docs/kernels.md).
 pub const DEQUANT_ROWS: usize = 64;
+/// Bytes of bf16 weights dequantised at once for a product on AMX tiles (with a group
+/// of x's rows, about what L2 holds: 2 MiB per core there).
+const DEQUANT_CHUNK_BYTES: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests;
