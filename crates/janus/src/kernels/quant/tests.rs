@@ -396,7 +396,12 @@ fn q8_products_through_bf16_panels_agree_with_the_integer_ones() {
 /// At 16384 columns the tiles dequantise 32 rows per task (a partial last one).
 #[test]
 fn q4_products_through_bf16_panels_use_the_dequantised_weights() {
-    for &(rows, cols, m) in &[(33, 513, 17), (70, 1100, 64), (64, 2048, 67), (70, 16384, 64)] {
+    for &(rows, cols, m) in &[
+        (33, 513, 17),
+        (70, 1100, 64),
+        (64, 2048, 67),
+        (70, 16384, 64),
+    ] {
         let w = spiky_values(rows * cols, 13, 0.01);
         let q = QuantMatrix::quantize_f32(&w, rows, cols, QuantFormat::Q4);
         let x: Vec<bf16> = spiky_values(m * cols, 7, 0.01)
