@@ -341,14 +341,16 @@ impl Linear {
         };
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
-        if let (Weight::Packed(p), DType::BF16, false) =
-            (&self.weight, x.dtype(), kernels::row_invariance())
-        {
+        if x.dtype() == DType::BF16 && !kernels::row_invariance() {
             // AMX tiles, bias and rounding fused into their stores. Tiles round
             // differently from one row alone: not where rows must get the bits they get
             // alone.
-            let tiled = cpu_slice::<bf16>(&x)
-                .and_then(|xs| p.matmul_to_bf16_tiles(&xs, m, bias.as_deref(), isa));
+            let b = bias.as_deref();
+            let tiled = cpu_slice::<bf16>(&x).and_then(|xs| match &self.weight {
+                Weight::Packed(p) => p.matmul_to_bf16_tiles(&xs, m, b, isa),
+                Weight::Quant(q) => q.matmul_bf16_to_bf16_tiles(&xs, m, b, isa),
+                Weight::Dense(_) => None,
+            });
             if let Some(y) = tiled {
                 return Ok(Some(Tensor::from_vec(y, shape, x.device())?));
             }

@@ -44,8 +44,8 @@ const TASK_LD: usize = 2 * PANEL;
 const GROUP_BYTES: usize = 1 << 20;
 
 /// Where a tile product's outputs go: `f32` rows `ld` apart, or `bf16` rows rounded from
-/// `sum + bias` (f32 sum, nearest even).
-enum TileOut<'a> {
+/// `sum + bias` (f32 sum, nearest even; `bias` holds the product's `n` values).
+pub(crate) enum TileOut<'a> {
     F32(SendPtr<f32>, usize),
     Bf16 {
         out: SendPtr<bf16>,
@@ -231,32 +231,18 @@ impl PackedBf16 {
     /// [`available`] holds, `x` holds `m * k` values and `out` room for `m` rows of `ldo
     /// >= n` values.
     pub(super) unsafe fn matmul_amx(&self, x: &[bf16], m: usize, out: *mut f32, ldo: usize) {
-        self.matmul_tiles_input(&TileInput::new(x, m, self.k), out, ldo)
+        let x = TileInput::new(x, m, self.k);
+        self.tile_tasks(&x, TileOut::F32(SendPtr(out), ldo), false)
     }
 
-    /// [`Self::matmul_amx`] of rows laid out once, for several matrices (the panel pairs
-    /// of a quantised product).
+    /// The tile product of `x`'s rows into `out`, on the calling thread (for a task of a
+    /// parallel loop).
     ///
     /// # Safety
-    /// [`available`] holds; `out` is valid for writes of `x`'s rows of `ldo` values.
-    ///
-    /// # Panics
-    /// If `x` does not have `k` values per row or `ldo < n`.
-    pub(crate) unsafe fn matmul_tiles_input(&self, x: &TileInput, out: *mut f32, ldo: usize) {
-        self.tile_tasks(x, TileOut::F32(SendPtr(out), ldo), false)
-    }
-
-    /// [`Self::matmul_tiles_input`] on the calling thread (for a task of a parallel loop).
-    ///
-    /// # Safety
-    /// As [`Self::matmul_tiles_input`].
-    pub(crate) unsafe fn matmul_tiles_input_serial(
-        &self,
-        x: &TileInput,
-        out: *mut f32,
-        ldo: usize,
-    ) {
-        self.tile_tasks(x, TileOut::F32(SendPtr(out), ldo), true)
+    /// [`available`] holds at `out`'s level; `out` is valid for writes of `x`'s rows of
+    /// its `ld` values.
+    pub(crate) unsafe fn matmul_tiles_serial(&self, x: &TileInput, out: TileOut) {
+        self.tile_tasks(x, out, true)
     }
 
     /// [`Self::matmul_amx`] rounded to bf16 with `bias` (`n` values) added on the way:
@@ -275,7 +261,6 @@ impl PackedBf16 {
         out: *mut bf16,
         ldo: usize,
     ) {
-        assert!(bias.is_none_or(|b| b.len() == self.n));
         let out = TileOut::Bf16 {
             out: SendPtr(out),
             ld: ldo,
@@ -293,6 +278,9 @@ impl PackedBf16 {
     unsafe fn tile_tasks(&self, x: &TileInput, out: TileOut, serial: bool) {
         let (n, k, m) = (self.n, self.k, x.m);
         assert!(x.k == k && out.ld() >= n);
+        if let TileOut::Bf16 { bias: Some(b), .. } = out {
+            assert!(b.len() == n, "{} bias values for {n} outputs", b.len());
+        }
         if m == 0 || n == 0 {
             return;
         }

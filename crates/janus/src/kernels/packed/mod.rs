@@ -26,8 +26,9 @@ use rayon::prelude::*;
 use super::{chunk_len, Isa, SendPtr};
 
 mod amx;
-/// Rows of x laid out once for AMX tile products with several matrices.
-pub(crate) use amx::TileInput;
+/// Rows of x laid out once for AMX tile products with several matrices, and where such
+/// a product's outputs go.
+pub(crate) use amx::{TileInput, TileOut};
 mod block;
 mod grouped;
 use block::{plain_block, Block, XRows};

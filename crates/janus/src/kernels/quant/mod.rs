@@ -62,7 +62,7 @@ use std::str::FromStr;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::packed::{self, PackedBf16, PANEL};
+use super::packed::{self, PackedBf16, TileOut, PANEL};
 use super::{chunk_len, vectorized_fn, Isa, SendPtr};
 
 mod acts;
@@ -407,6 +407,81 @@ impl QuantMatrix {
         panels
     }
 
+    /// [`Self::matmul_bf16`] on AMX tiles, rounded to bf16 with `bias` added as the
+    /// tiles are stored (the bits of [`super::fused::round_bf16_bias`] of its f32
+    /// product); `None` where that route does not run (no tiles, fewer than
+    /// [`DEQUANT_ROWS`] rows, or under [`super::with_row_invariance`]).
+    ///
+    /// # Panics
+    /// If `x` is shorter than `m` rows or `bias` does not hold `rows` values.
+    pub fn matmul_bf16_to_bf16_tiles(
+        &self,
+        x: &[bf16],
+        m: usize,
+        bias: Option<&[f32]>,
+        isa: Isa,
+    ) -> Option<Vec<bf16>> {
+        let n = self.rows;
+        let tiles = PackedBf16::tiles_at(isa) && !super::row_invariance();
+        if m < DEQUANT_ROWS || self.cols == 0 || !tiles {
+            return None;
+        }
+        self.check_operands(x.len(), m, m * n);
+        assert!(
+            bias.is_none_or(|b| b.len() == n),
+            "bias of {n} values expected"
+        );
+        // SAFETY: every one of the m * n values is written: each chunk's columns of all
+        // rows, rounded into their places (tiles available, checked above).
+        Some(unsafe {
+            super::filled_by(m * n, |out: *mut bf16| {
+                let out = SendPtr(out);
+                let bf16_out = |j0: usize, rows: usize| TileOut::Bf16 {
+                    out: SendPtr(out.get().add(j0)),
+                    ld: n,
+                    bias: bias.map(|b| &b[j0..j0 + rows]),
+                    isa,
+                };
+                self.matmul_dequantized_tiles(x, m, isa, bf16_out)
+            })
+        })
+    }
+
+    /// The product on AMX tiles through bf16 panels, in tasks of a few panel pairs: each
+    /// dequantises its pairs, then runs every row over them, the row groups passing under
+    /// all its pairs (a task of one pair streamed all of x from L3 for it). `out(j0,
+    /// rows)` says where output columns `j0..j0 + rows` go.
+    ///
+    /// # Safety
+    /// Tiles are available; each `out(j0, rows)` describes writable room for those
+    /// columns of all `m` rows, and different chunks' columns do not overlap.
+    unsafe fn matmul_dequantized_tiles<'b>(
+        &self,
+        x: &[bf16],
+        m: usize,
+        isa: Isa,
+        out: impl Fn(usize, usize) -> TileOut<'b> + Sync,
+    ) {
+        let (n, k) = (self.rows, self.cols);
+        let rows = packed::TileInput::new(x, m, k);
+        let pair_rows = 2 * PANEL;
+        let chunk = (DEQUANT_CHUNK_BYTES / (2 * k * pair_rows)).max(1) * pair_rows;
+        (0..n.div_ceil(chunk)).into_par_iter().for_each_init(
+            || None::<PackedBf16>,
+            |scratch, c| {
+                let j0 = c * chunk;
+                let rows_here = chunk.min(n - j0);
+                if scratch.as_ref().is_none_or(|w| w.rows() != rows_here) {
+                    *scratch = Some(PackedBf16::zeros(rows_here, k));
+                }
+                let panels = scratch.as_mut().expect("made above");
+                dequant::dequantize_all_panels(isa, self, j0, panels);
+                // SAFETY: as the caller promises for out(j0, rows_here).
+                unsafe { panels.matmul_tiles_serial(&rows, out(j0, rows_here)) }
+            },
+        );
+    }
+
     /// The product through bf16 panels (see [`Self::matmul_bf16`]), at any level (the
     /// tests run it at every one).
     ///
@@ -420,27 +495,10 @@ impl QuantMatrix {
         let pair_rows = 2 * PANEL;
         let out_ptr = SendPtr(out);
         if PackedBf16::tiles_at(isa) {
-            // On AMX tiles, tasks of a few panel pairs: each dequantises its pairs, then
-            // runs every row over them, the row groups passing under all its pairs (a
-            // task of one pair streamed all of x from L3 for it).
-            let rows = packed::TileInput::new(x, m, k);
-            let chunk = (DEQUANT_CHUNK_BYTES / (2 * k * pair_rows)).max(1) * pair_rows;
-            return (0..n.div_ceil(chunk)).into_par_iter().for_each_init(
-                || None::<PackedBf16>,
-                |scratch, c| {
-                    let j0 = c * chunk;
-                    let rows_here = chunk.min(n - j0);
-                    if scratch.as_ref().is_none_or(|w| w.rows() != rows_here) {
-                        *scratch = Some(PackedBf16::zeros(rows_here, k));
-                    }
-                    let panels = scratch.as_mut().expect("made above");
-                    dequant::dequantize_all_panels(isa, self, j0, panels);
-                    // SAFETY: tiles are available at this level; columns j0..j0 +
-                    // rows_here of all m rows lie inside `out`, asserted by the caller,
-                    // and tasks own disjoint columns.
-                    unsafe { panels.matmul_tiles_input_serial(&rows, out_ptr.get().add(j0), n) }
-                },
-            );
+            // SAFETY: tiles are available at this level; columns j0..j0 + rows of all m
+            // rows lie inside `out`, asserted by the caller.
+            let f32_out = |j0, _| TileOut::F32(SendPtr(out_ptr.get().add(j0)), n);
+            return self.matmul_dequantized_tiles(x, m, isa, f32_out);
         }
         let block_rows = packed::block_rows(k, isa);
         for r0 in (0..m).step_by(block_rows) {

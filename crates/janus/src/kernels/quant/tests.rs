@@ -428,6 +428,42 @@ fn q4_products_through_bf16_panels_use_the_dequantised_weights() {
     }
 }
 
+/// On AMX tiles, Q8 and Q4 products rounded to bf16 with a bias as the tiles are stored
+/// give the bits of the f32 product's separate rounding (several dequantised chunks at
+/// 16384 columns, a partial last one); no such route below [`DEQUANT_ROWS`] rows or under
+/// row invariance. Skipped, saying so, where the CPU has no AMX.
+#[test]
+fn tile_products_round_to_bf16_as_the_separate_pass_does() {
+    if !PackedBf16::tiles_at(Isa::Avx512Bf16) {
+        eprintln!("SKIPPED tile_products_round_to_bf16_as_the_separate_pass_does: no AMX here");
+        return;
+    }
+    let isa = Isa::Avx512Bf16;
+    for f in FORMATS {
+        for &(rows, cols, m) in &[(33, 513, 70), (70, 16384, 64)] {
+            let q = QuantMatrix::quantize_f32(&spiky_values(rows * cols, 17, 0.01), rows, cols, f);
+            let x: Vec<bf16> = spiky_values(m * cols, 19, 0.01)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            let bias: Vec<f32> = (0..rows).map(|j| j as f32 * 0.01 - 0.2).collect();
+            let f32s = q.matmul_bf16_to_vec(&x, m, isa);
+            for b in [None, Some(&bias[..])] {
+                let mut want = vec![bf16::ZERO; m * rows];
+                crate::kernels::fused::round_bf16_bias(&f32s, b, &mut want, isa);
+                let got = q.matmul_bf16_to_bf16_tiles(&x, m, b, isa);
+                assert_eq!(got, Some(want), "{f:?} {rows}x{cols}, bias {}", b.is_some());
+            }
+            let few = q.matmul_bf16_to_bf16_tiles(&x, DEQUANT_ROWS - 1, None, isa);
+            assert_eq!(few, None, "{f:?}");
+            let invariant = crate::kernels::with_row_invariance(true, || {
+                q.matmul_bf16_to_bf16_tiles(&x, m, None, isa)
+            });
+            assert_eq!(invariant, None, "{f:?}");
+        }
+    }
+}
+
 /// Under [`crate::kernels::with_row_invariance`], each row's outputs are the same bits
 /// whatever rows come with it (Q8 stays off its bf16-panel route), at every level.
 #[test]
