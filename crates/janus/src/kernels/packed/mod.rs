@@ -223,7 +223,8 @@ impl PackedBf16 {
 
     /// [`Self::matmul_to_vec_tiles`] with `bias` added and the outputs rounded to bf16
     /// as the tiles are stored (the bits of [`crate::kernels::fused::round_bf16_bias`] of
-    /// the f32 product), or `None` where the tiles do not run (no AMX, under 16 rows).
+    /// the f32 product), or `None` where the tiles do not run (no AMX, under 16 rows,
+    /// under [`crate::kernels::with_row_invariance`]).
     ///
     /// # Panics
     /// If `x` is shorter than `m` rows or `bias` does not hold `n` values.
@@ -234,7 +235,7 @@ impl PackedBf16 {
         bias: Option<&[f32]>,
         isa: Isa,
     ) -> Option<Vec<bf16>> {
-        if m < BLOCKED_ROWS || !Self::tiles_at(isa) {
+        if m < BLOCKED_ROWS || !Self::tiles_at(isa) || super::row_invariance() {
             return None;
         }
         assert!(x.len() >= m * self.k);

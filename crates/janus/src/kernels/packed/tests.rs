@@ -214,6 +214,10 @@ fn amx_tiles_match_the_plain_product() {
                 true => assert_eq!(got, Some(want), "({m}, {n}, {k}) bias {}", bias.is_some()),
                 false => assert_eq!(got, None, "({m}, {n}, {k})"),
             }
+            let invariant = crate::kernels::with_row_invariance(true, || {
+                p.matmul_to_bf16_tiles(&x, m, bias, Isa::Avx512Bf16)
+            });
+            assert_eq!(invariant, None, "({m}, {n}, {k})");
         }
         // The last row alone gives its bits in the full product.
         let mut last = vec![f32::NAN; n];
