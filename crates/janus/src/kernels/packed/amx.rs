@@ -341,19 +341,15 @@ impl PackedBf16 {
         ldo: usize,
     ) {
         let mut c: TaskOut = [0.0; 4 * ROWS * PANEL];
+        let out = TileOut::F32(SendPtr(out), ldo);
         for pp in 0..cols.div_ceil(2 * PANEL) {
             let j0 = pp * 2 * PANEL;
             let width = (2 * PANEL).min(cols - j0);
             for r0 in (0..m).step_by(TASK_ROWS) {
                 let rows = TASK_ROWS.min(m - r0);
-                self.tile_task(a, r0, rows, pp, tails, c.as_mut_ptr(), TASK_LD);
-                for (r, src) in c.chunks_exact(TASK_LD).take(rows).enumerate() {
-                    std::ptr::copy_nonoverlapping(
-                        src.as_ptr(),
-                        out.add((r0 + r) * ldo + j0),
-                        width,
-                    );
-                }
+                out.task(r0, rows, j0, width, &mut c, |at, ld| {
+                    self.tile_task(a, r0, rows, pp, tails, at, ld)
+                });
             }
         }
     }

@@ -17,8 +17,9 @@
 //!
 //! AVX2 has no bf16 product: its kernel (`avx2.rs`) takes x widened to f32 once and
 //! widens the weight pairs in registers; AVX-512 BF16's (`avx512.rs`) takes both in bf16.
-//! Where the CPU also has AMX, [`PackedBf16::matmul_to_vec_tiles`] runs products with many
-//! rows on its tiles (`amx.rs`), for callers that need no row-by-row agreement.
+//! Where the CPU also has AMX, [`PackedBf16::matmul_to_bf16_tiles`] (and its f32 twin
+//! [`PackedBf16::matmul_to_vec_tiles`]) runs products with many rows on its tiles
+//! (`amx.rs`), for callers that need no row-by-row agreement.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -206,13 +207,13 @@ impl PackedBf16 {
     }
 
     /// [`Self::matmul_to_vec`], on AMX tiles where the CPU has them and `x` has at least 16
-    /// rows. Tiles round differently from the other kernels, so a row's outputs then
-    /// depend on how many rows come with it: for products nobody compares row by row
-    /// (the vision encoder's, a prompt's prefill), never under
-    /// [`crate::kernels::with_row_invariance`] (the image steps speculative decoding
-    /// compares with one-code steps).
+    /// rows, outside [`crate::kernels::with_row_invariance`] (the f32 outputs of what
+    /// [`Self::matmul_to_bf16_tiles`] gives the linear layers). Tiles round differently
+    /// from the other kernels, so a row's outputs then depend on how many rows come with
+    /// it: for products nobody compares row by row (the vision encoder's, a prompt's
+    /// prefill), not the image steps speculative decoding compares with one-code steps.
     pub fn matmul_to_vec_tiles(&self, x: &[bf16], m: usize, isa: Isa) -> Vec<f32> {
-        if m < BLOCKED_ROWS || !Self::tiles_at(isa) {
+        if m < BLOCKED_ROWS || !Self::tiles_at(isa) || super::row_invariance() {
             return self.matmul_to_vec(x, m, isa);
         }
         assert!(x.len() >= m * self.k);

@@ -218,6 +218,12 @@ fn amx_tiles_match_the_plain_product() {
                 p.matmul_to_bf16_tiles(&x, m, bias, Isa::Avx512Bf16)
             });
             assert_eq!(invariant, None, "({m}, {n}, {k})");
+            let invariant = crate::kernels::with_row_invariance(true, || {
+                p.matmul_to_vec_tiles(&x, m, Isa::Avx512Bf16)
+            });
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let plain = p.matmul_to_vec(&x, m, Isa::Avx512Bf16);
+            assert_eq!(bits(&invariant), bits(&plain), "({m}, {n}, {k})");
         }
         // The last row alone gives its bits in the full product.
         let mut last = vec![f32::NAN; n];

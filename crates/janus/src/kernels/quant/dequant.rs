@@ -21,7 +21,8 @@ pub(super) fn dequantize_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut 
 pub(super) fn dequantize_all_panels(isa: Isa, w: &QuantMatrix, j0: usize, dst: &mut PackedBf16) {
     assert!(dst.cols() == w.cols);
     let rows = dst.rows();
-    let pair_len = 2 * PANEL * w.cols.div_ceil(2) * 2;
+    // Two panels of `pairs` column pairs of 16 rows each.
+    let pair_len = 2 * (w.cols.div_ceil(2) * 2 * PANEL);
     for (p, data) in dst.panels_mut().chunks_mut(pair_len).enumerate() {
         let r0 = p * 2 * PANEL;
         dequantize_rows(isa, w, j0 + r0, (2 * PANEL).min(rows - r0), data)
