@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use half::bf16;
 
-use super::block::{Block, XPtr};
+use super::block::{Block, XPtr, STREAM_AHEAD};
 use super::PANEL;
 
 /// Rows of x per call at most: 12 accumulators, two widened weight vectors and one
@@ -84,6 +84,11 @@ unsafe fn kernel<const R: usize>(
         let (w, x) = (w.add(t * a.pairs * 2 * PANEL), x.add(off));
         for c in 0..a.pairs {
             let wp = w.add(c * 2 * PANEL) as *const __m256i;
+            if a.stream {
+                // A prefetch never faults, even past the panel's end.
+                let ahead = w.wrapping_add((c + STREAM_AHEAD) * 2 * PANEL);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            }
             let xp = x.add(c * a.x.pair_stride);
             // The lower values of the pairs, then the upper ones; the second pass loads
             // the weights again (from L1) so that no raw copy holds a register (an

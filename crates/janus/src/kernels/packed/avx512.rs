@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::block::{Block, XPtr};
+use super::block::{Block, XPtr, STREAM_AHEAD};
 use super::PANEL;
 
 /// # Safety
@@ -40,6 +40,14 @@ unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
     for (t, &off) in a.taps.iter().enumerate() {
         let (w, x) = (a.w.add(t * a.pairs * 2 * PANEL), x.add(off));
         for c in 0..a.pairs {
+            if a.stream {
+                for q in 0..P {
+                    // Past the panel's end this names the next one (or nothing): a
+                    // prefetch never faults.
+                    let ahead = w.wrapping_add(q * a.panel_len + (c + STREAM_AHEAD) * 2 * PANEL);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                }
+            }
             let mut wv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); P];
             for (q, v) in wv.iter_mut().enumerate() {
                 *v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(

@@ -93,7 +93,15 @@ pub(super) struct Block<'a> {
     /// Output element (r, j) at `out + j * ldo + r` instead of `out + r * ldo + j` (never
     /// with `accumulate`).
     pub(super) transposed: bool,
+    /// The weights come from memory, read once (a few rows of x): the kernel prefetches
+    /// [`STREAM_AHEAD`] lines ahead in each panel, which the hardware prefetchers alone
+    /// do not keep up with from two rows on (docs/kernels.md).
+    pub(super) stream: bool,
 }
+
+/// Lines (64 bytes: one column pair of a panel) a streaming kernel prefetches ahead of
+/// the one it reads.
+pub(super) const STREAM_AHEAD: usize = 40;
 
 /// The reference: one f32 sum per output, column pairs in order.
 pub(super) unsafe fn plain_block(rows: usize, np: usize, a: &Block) {

@@ -436,6 +436,7 @@ impl PackedBf16 {
                                 out_ptr.get(),
                                 n,
                                 false,
+                                true,
                             )
                         };
                         p += np;
@@ -569,6 +570,7 @@ impl PackedBf16 {
                         out,
                         ldo,
                         true,
+                        false,
                     )
                 };
             }
@@ -603,7 +605,21 @@ impl PackedBf16 {
                 };
                 let i = rows.start + g * mr;
                 let count = mr.min(rows.end - i);
-                self.block(isa, x, i, count, p, np, 0, pairs, &[0], out, ldo, false);
+                self.block(
+                    isa,
+                    x,
+                    i,
+                    count,
+                    p,
+                    np,
+                    0,
+                    pairs,
+                    &[0],
+                    out,
+                    ldo,
+                    false,
+                    false,
+                );
             }
         }
     }
@@ -652,7 +668,7 @@ impl PackedBf16 {
     }
 
     /// Rows `i..i+rows` of x (at `x`, pair `c0`) times panels `p..p+np` over column pairs
-    /// `c0..c1`, added to `out` unless `c0 == 0`.
+    /// `c0..c1`, added to `out` unless `c0 == 0`; `stream` as [`Block::stream`].
     #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &self,
@@ -668,6 +684,7 @@ impl PackedBf16 {
         out: *mut f32,
         ldo: usize,
         transposed: bool,
+        stream: bool,
     ) {
         let panel_len = self.pairs * 2 * PANEL;
         let w = self.values().as_ptr().add(p * panel_len + c0 * 2 * PANEL);
@@ -688,6 +705,7 @@ impl PackedBf16 {
             cols,
             accumulate: c0 > 0,
             transposed,
+            stream,
         };
         match (isa, x.ptr) {
             #[cfg(target_arch = "x86_64")]

@@ -3,7 +3,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::{TileArgs, BLOCK, CHUNKS, QUAD};
+use super::{TileArgs, BLOCK, CHUNKS, QUAD, STREAM_GROUPS_AHEAD};
 use half::bf16;
 
 /// # Safety
@@ -85,6 +85,14 @@ unsafe fn kernel<const Q8: bool, const R: usize>(a: TileArgs) {
             }
         }
         for s in 0..lines {
+            if a.streams {
+                // A line at a time into L2: a group's lines in one burst, or into L1,
+                // held the loads up (docs/kernels.md).
+                for r in 0..QUAD {
+                    let ahead = a.w_line_ahead(lines, g + STREAM_GROUPS_AHEAD, s, r);
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
+                }
+            }
             let w: [[__m512i; 2]; QUAD] =
                 std::array::from_fn(|r| unpack(_mm512_load_si512(a.w_line(lines, g, s, r).cast())));
             // The activation lines that pair with this weight line's two operands.

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// Groups ahead of the one it reads whose lines a streaming AVX-512 kernel prefetches into
+/// L2, a line at a time (4 to 8 KiB of a quad's weights; docs/kernels.md).
+pub(super) const STREAM_GROUPS_AHEAD: usize = 4;
+
 /// One tile's operands: `groups` groups of activation rows from `xq`, `neg`, `dx` (row
 /// strides: `stride` groups of lines and of `Lanes`; see [`QuantActs`]) and of one weight
 /// quad from `wq` and `ws`, and the output at `out` (row stride `ldo`), whose first `cols`
@@ -33,6 +37,14 @@ impl TileArgs {
     #[inline(always)]
     pub(super) unsafe fn w_line(&self, lpg: usize, g: usize, s: usize, r: usize) -> *const Line {
         self.wq.add((g * lpg + s) * QUAD + r)
+    }
+
+    /// Where line `s` of group `g` of the quad's weight row `r` is, for a prefetch that
+    /// may reach past the tile's weights (into the next quad's, or nothing: a prefetch
+    /// never faults).
+    #[inline(always)]
+    pub(super) fn w_line_ahead(&self, lpg: usize, g: usize, s: usize, r: usize) -> *const Line {
+        self.wq.wrapping_add((g * lpg + s) * QUAD + r)
     }
 
     /// The 16 scale bytes of group `g` of the quad's weight row `r`, and their shared
