@@ -169,9 +169,8 @@ thread_local! {
 /// Runs `f` with (when `on`) products that give every row of their input the same bits
 /// whatever rows come with it, on this thread: routes chosen by the row count that would
 /// compute differently are skipped (Q8 through bf16 panels from [`quant::DEQUANT_ROWS`]
-/// rows; quantised products over K blocks from 3 rows; attention on AMX tiles). Decoding
-/// a block of speculative drafts and decoding one code at a time then agree exactly.
-/// (The linear layers' AMX tiles need no exception: they take every row count.)
+/// rows; quantised products over K blocks from 3 rows). Decoding a block of speculative drafts and decoding one code at a time then
+/// agree exactly.
 pub fn with_row_invariance<R>(on: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {

@@ -342,9 +342,9 @@ impl Linear {
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         if x.dtype() == DType::BF16 {
-            // AMX tiles, bias and rounding fused into their stores, for any row count
-            // (a row's bits never depend on the rows with it). Quantised weights take
-            // them for prefills only, outside row invariance.
+            // AMX tiles, bias and rounding fused into their stores. Tiles round
+            // differently from one row alone: they decline under row invariance, where
+            // rows must get the bits they get alone.
             let b = bias.as_deref();
             let tiled = cpu_slice::<bf16>(&x).and_then(|xs| match &self.weight {
                 Weight::Packed(p) => p.matmul_to_bf16_tiles(&xs, m, b, isa),

@@ -16,10 +16,6 @@
 //! whatever rows share its tile: a row's outputs do not depend on the rows around it,
 //! but they round differently from the `VDPBF16PS` kernel's.
 //!
-//! Few rows (decoding, image steps, blocks of speculative drafts) run on the same tiles:
-//! each task then reads its panel pair's weights once, from memory, and prefetches them
-//! ahead, so a pass over 32 rows costs about what one row's does.
-//!
 //! Linux hands out AMX state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); where
 //! the request fails, or `JANUS_AMX=0`, the AVX-512 kernel runs instead.
 
@@ -36,9 +32,6 @@ use crate::kernels::{Isa, SendPtr};
 pub(super) const K_TILE: usize = 32;
 /// Rows per tile.
 const ROWS: usize = 16;
-/// k tiles ahead of the one it reads whose B tiles a task that streams its weights from
-/// memory prefetches (32 lines of each panel: docs/kernels.md).
-const STREAM_TILES_AHEAD: usize = 2;
 /// Rows per task: two A tiles.
 pub(super) const TASK_ROWS: usize = 2 * ROWS;
 /// One task's outputs where they cannot go straight to their place: 32 rows of 32 f32
@@ -307,8 +300,6 @@ impl PackedBf16 {
         let most = (GROUP_BYTES / (2 * x.stride * TASK_ROWS)).max(1);
         let groups = row_blocks.div_ceil(most);
         let per_group = row_blocks.div_ceil(groups);
-        // One row block: every task reads its weights once, from memory.
-        let stream = row_blocks == 1;
         let run = |c: &mut TaskOut, task: usize| {
             let (g, pp) = (task / panel_pairs, task % panel_pairs);
             let j0 = pp * 2 * PANEL;
@@ -317,7 +308,7 @@ impl PackedBf16 {
                 let r0 = rb * TASK_ROWS;
                 let rows = TASK_ROWS.min(m - r0);
                 out.task(r0, rows, j0, cols, c, |at, ld| {
-                    self.tile_task(&a, r0, rows, pp, tails, stream, at, ld)
+                    self.tile_task(&a, r0, rows, pp, tails, at, ld)
                 });
             }
         };
@@ -357,7 +348,7 @@ impl PackedBf16 {
             for r0 in (0..m).step_by(TASK_ROWS) {
                 let rows = TASK_ROWS.min(m - r0);
                 out.task(r0, rows, j0, width, &mut c, |at, ld| {
-                    self.tile_task(a, r0, rows, pp, tails, false, at, ld)
+                    self.tile_task(a, r0, rows, pp, tails, at, ld)
                 });
             }
         }
@@ -392,7 +383,7 @@ impl PackedBf16 {
         for pp in 0..self.n.div_ceil(2 * PANEL) {
             for r0 in (0..m).step_by(TASK_ROWS) {
                 let rows = TASK_ROWS.min(m - r0);
-                self.tile_task(&a, r0, rows, pp, &[], false, c.as_mut_ptr(), TASK_LD);
+                self.tile_task(&a, r0, rows, pp, &[], c.as_mut_ptr(), TASK_LD);
                 // Channel-major outputs: each column of the tiles is one output row.
                 let j0 = pp * 2 * PANEL;
                 for j in j0..(j0 + 2 * PANEL).min(self.n) {
@@ -432,8 +423,7 @@ impl PackedBf16 {
 
     /// Rows `r0..r0 + rows` (`rows <= 32`) of `a` times panels `2 pp` and `2 pp + 1` (the
     /// last panel twice where their count is odd), over `a.offsets.len()` k tiles, into
-    /// `rows` rows of 32 f32 at `c`, `ld` apart; prefetching the weights ahead where they
-    /// `stream` from memory.
+    /// `rows` rows of 32 f32 at `c`, `ld` apart.
     ///
     /// # Safety
     /// [`available`]; `a` addresses every A-tile row it is asked for; the k tiles are
@@ -447,7 +437,6 @@ impl PackedBf16 {
         rows: usize,
         pp: usize,
         tails: &[bf16],
-        stream: bool,
         c: *mut f32,
         ld: usize,
     ) {
@@ -464,18 +453,7 @@ impl PackedBf16 {
         };
         let a_at = |t: usize, tile: usize| a.base.add((r0 + tile * ROWS) * a.stride + a.offsets[t]);
         let rows = [rows.min(ROWS), rows.saturating_sub(ROWS)];
-        let ahead = |t: usize, q: usize| {
-            // The panel's B tiles follow each other; past its end this names the next
-            // panel's, or nothing: a prefetch never faults.
-            let tile =
-                values.wrapping_add(p[q] * panel_len + (t + STREAM_TILES_AHEAD) * K_TILE * PANEL);
-            prefetch_tile(tile);
-        };
-        let k_tiles = a.offsets.len();
-        match stream {
-            true => tiles(rows, a.stride * 2, k_tiles, a_at, b, ahead, c, ld),
-            false => tiles(rows, a.stride * 2, k_tiles, a_at, b, |_, _| {}, c, ld),
-        }
+        tiles(rows, a.stride * 2, a.offsets.len(), a_at, b, c, ld);
     }
 }
 
@@ -502,35 +480,19 @@ impl TileConfig {
     }
 }
 
-/// Prefetches the 16 lines of the B tile at `tile` into L1.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_tile(tile: *const bf16) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    for l in 0..ROWS {
-        // SAFETY: SSE is part of x86-64, and a prefetch reads nothing it could fault on.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(tile.wrapping_add(l * LINE_VALUES).cast()) };
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn prefetch_tile(_: *const bf16) {}
-
 /// Sums over `k_tiles` tiles of `a_at(t, i)` (A tile `i`, rows `rows[i]`, `a_stride`
 /// bytes apart) times `b(t, q)` (B tile of panel `q`), stored at `c + 16 i ld + 16 q`
-/// (rows `ld` f32 apart); `ahead(t, q)` runs before k tile `t`'s products (prefetches).
+/// (rows `ld` f32 apart).
 ///
 /// # Safety
 /// AMX state granted ([`available`]); the pointers address whole tiles.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn tiles(
     rows: [usize; 2],
     a_stride: usize,
     k_tiles: usize,
     a_at: impl Fn(usize, usize) -> *const bf16,
     b: impl Fn(usize, usize) -> *const bf16,
-    ahead: impl Fn(usize, usize),
     c: *mut f32,
     ld: usize,
 ) {
@@ -547,8 +509,6 @@ unsafe fn tiles(
             options(nostack, nomem)
         );
         for t in 0..k_tiles {
-            ahead(t, 0);
-            ahead(t, 1);
             asm!(
                 "tileloadd tmm4, [{a0} + {xs}*1]",
                 "tileloadd tmm6, [{b0} + {ws}*1]",
@@ -570,8 +530,6 @@ unsafe fn tiles(
     } else {
         asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
         for t in 0..k_tiles {
-            ahead(t, 0);
-            ahead(t, 1);
             asm!(
                 "tileloadd tmm4, [{a0} + {xs}*1]",
                 "tileloadd tmm6, [{b0} + {ws}*1]",
@@ -610,14 +568,12 @@ unsafe fn tiles(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
 unsafe fn tiles(
     _: [usize; 2],
     _: usize,
     _: usize,
     _: impl Fn(usize, usize) -> *const bf16,
     _: impl Fn(usize, usize) -> *const bf16,
-    _: impl Fn(usize, usize),
     _: *mut f32,
     _: usize,
 ) {

@@ -18,9 +18,8 @@
 //! AVX2 has no bf16 product: its kernel (`avx2.rs`) takes x widened to f32 once and
 //! widens the weight pairs in registers; AVX-512 BF16's (`avx512.rs`) takes both in bf16.
 //! Where the CPU also has AMX, [`PackedBf16::matmul_to_bf16_tiles`] (and its f32 twin
-//! [`PackedBf16::matmul_to_vec_tiles`]) runs the linear layers' products on its tiles
-//! (`amx.rs`), with any number of rows: a pass over a block of speculative drafts then
-//! costs about what one code's does.
+//! [`PackedBf16::matmul_to_vec_tiles`]) runs products with many rows on its tiles
+//! (`amx.rs`), for callers that need no row-by-row agreement.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -207,13 +206,14 @@ impl PackedBf16 {
         unsafe { self.matmul_raw(x, m, out.as_mut_ptr(), isa) }
     }
 
-    /// [`Self::matmul_to_vec`], on AMX tiles where the CPU has them, for any number of
-    /// rows (the f32 outputs of what [`Self::matmul_to_bf16_tiles`] gives the linear
-    /// layers). Tiles round differently from the other kernels, but each row's outputs
-    /// are the same bits whatever rows come with it, so they also serve under
-    /// [`crate::kernels::with_row_invariance`], as long as every pass compared takes them.
+    /// [`Self::matmul_to_vec`], on AMX tiles where the CPU has them and `x` has at least 16
+    /// rows, outside [`crate::kernels::with_row_invariance`] (the f32 outputs of what
+    /// [`Self::matmul_to_bf16_tiles`] gives the linear layers). Tiles round differently
+    /// from the other kernels, so a row's outputs then depend on how many rows come with
+    /// it: for products nobody compares row by row (the vision encoder's, a prompt's
+    /// prefill), not the image steps speculative decoding compares with one-code steps.
     pub fn matmul_to_vec_tiles(&self, x: &[bf16], m: usize, isa: Isa) -> Vec<f32> {
-        if !Self::tiles_at(isa) {
+        if m < BLOCKED_ROWS || !Self::tiles_at(isa) || super::row_invariance() {
             return self.matmul_to_vec(x, m, isa);
         }
         assert!(x.len() >= m * self.k);
@@ -224,7 +224,8 @@ impl PackedBf16 {
 
     /// [`Self::matmul_to_vec_tiles`] with `bias` added and the outputs rounded to bf16
     /// as the tiles are stored (the bits of [`crate::kernels::fused::round_bf16_bias`] of
-    /// the f32 product), or `None` where the tiles do not run (no AMX at `isa`).
+    /// the f32 product), or `None` where the tiles do not run (no AMX, under 16 rows,
+    /// under [`crate::kernels::with_row_invariance`]).
     ///
     /// # Panics
     /// If `x` is shorter than `m` rows or `bias` does not hold `n` values.
@@ -235,7 +236,7 @@ impl PackedBf16 {
         bias: Option<&[f32]>,
         isa: Isa,
     ) -> Option<Vec<bf16>> {
-        if !Self::tiles_at(isa) {
+        if m < BLOCKED_ROWS || !Self::tiles_at(isa) || super::row_invariance() {
             return None;
         }
         assert!(x.len() >= m * self.k);

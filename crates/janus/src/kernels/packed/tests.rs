@@ -165,12 +165,11 @@ fn every_row_gets_its_bits_alone_at_every_level() {
     }
 }
 
-/// The AMX tile product (every linear layer where the CPU has AMX) against the plain
-/// product: one or two rows (decoding), rows that fill no tile, one, two (a whole task),
-/// and partial second tiles; k in place (multiples of 32) and padded; odd panel counts;
-/// rows in several L2 groups; through `matmul_to_vec_tiles` too, and rounded to bf16
-/// with a bias by `matmul_to_bf16_tiles` (the bits the separate rounding gives). Each
-/// row's outputs are the same bits whatever rows come with it, under row invariance too.
+/// The AMX tile product (prefill, SigLIP) against the plain product: rows that fill no
+/// tile, one, two (a whole task), and partial second tiles; k in place (multiples of 32)
+/// and padded; odd panel counts; rows in several L2 groups; through `matmul_to_vec_tiles`
+/// too, and rounded to bf16 with a bias by `matmul_to_bf16_tiles` (the bits the separate
+/// rounding gives). Each row's outputs are the same bits whatever rows come with it.
 /// Skipped, saying so, where the CPU has no AMX.
 #[test]
 fn amx_tiles_match_the_plain_product() {
@@ -182,8 +181,6 @@ fn amx_tiles_match_the_plain_product() {
         (16, 16, 32),
         (17, 33, 70),
         (5, 7, 3),
-        (1, 40, 2048),
-        (2, 33, 96),
         (40, 50, 1030),
         (33, 16, 64),
         (32, 48, 96),
@@ -213,39 +210,27 @@ fn amx_tiles_match_the_plain_product() {
             let mut want = vec![bf16::ZERO; m * n];
             crate::kernels::fused::round_bf16_bias(&dispatched, bias, &mut want, Isa::Avx512Bf16);
             let got = p.matmul_to_bf16_tiles(&x, m, bias, Isa::Avx512Bf16);
-            assert_eq!(
-                got.as_ref(),
-                Some(&want),
-                "({m}, {n}, {k}) bias {}",
-                bias.is_some()
-            );
-            // Row invariance changes nothing: the tiles' rows never depend on each other.
+            match m >= 16 {
+                true => assert_eq!(got, Some(want), "({m}, {n}, {k}) bias {}", bias.is_some()),
+                false => assert_eq!(got, None, "({m}, {n}, {k})"),
+            }
             let invariant = crate::kernels::with_row_invariance(true, || {
                 p.matmul_to_bf16_tiles(&x, m, bias, Isa::Avx512Bf16)
             });
-            assert_eq!(invariant, got, "({m}, {n}, {k})");
-            // The last row alone (a streaming product) gives its bits in the full one.
-            let last = p.matmul_to_bf16_tiles(&x[(m - 1) * k..], 1, bias, Isa::Avx512Bf16);
-            let last = last.expect("tiles for one row");
-            assert_eq!(last[..], want[(m - 1) * n..], "({m}, {n}, {k})");
+            assert_eq!(invariant, None, "({m}, {n}, {k})");
+            let invariant = crate::kernels::with_row_invariance(true, || {
+                p.matmul_to_vec_tiles(&x, m, Isa::Avx512Bf16)
+            });
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let plain = p.matmul_to_vec(&x, m, Isa::Avx512Bf16);
+            assert_eq!(bits(&invariant), bits(&plain), "({m}, {n}, {k})");
         }
-        let invariant = crate::kernels::with_row_invariance(true, || {
-            p.matmul_to_vec_tiles(&x, m, Isa::Avx512Bf16)
-        });
+        // The last row alone gives its bits in the full product.
+        let mut last = vec![f32::NAN; n];
+        // SAFETY: as above, one row.
+        unsafe { p.matmul_amx(&x[(m - 1) * k..], 1, last.as_mut_ptr(), n) };
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&invariant), bits(&dispatched), "({m}, {n}, {k})");
-        // Each row alone, and the first two (streaming, with their prefetches running past
-        // the weights' end), give their bits in the full product.
-        for (r0, rows) in [(m - 1, 1), (0, m.min(2))] {
-            let mut part = vec![f32::NAN; rows * n];
-            // SAFETY: as above, rows r0..r0 + rows.
-            unsafe { p.matmul_amx(&x[r0 * k..], rows, part.as_mut_ptr(), n) };
-            assert_eq!(
-                bits(&part),
-                bits(&got[r0 * n..][..rows * n]),
-                "({m}, {n}, {k})"
-            );
-        }
+        assert_eq!(bits(&last), bits(&got[(m - 1) * n..]), "({m}, {n}, {k})");
     }
 }
 
