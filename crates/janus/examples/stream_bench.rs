@@ -2,10 +2,11 @@
 //!
 //! `cargo run --release -p janus --example stream_bench [MiB]` (threads:
 //! RAYON_NUM_THREADS; level: JANUS_KERNELS). `kernel_bench` multiplies one matrix over
-//! and over, which a large last-level cache then serves; here each round multiplies 1, 2
-//! and 4 rows by enough distinct (5632, 2048) matrices to fill MiB (default 1100: more
-//! than this project's machines' caches) in bf16, Q8 and Q4, and prints the bytes of
-//! weights read per second, to hold against the memory's speed (`janus bench` measures it).
+//! and over, which a large last-level cache then serves; here each round multiplies 1 to
+//! 16 rows (a block of W speculative drafts has 2W) by enough distinct (5632, 2048)
+//! matrices to fill MiB (default 1100: more than this project's machines' caches), in
+//! bf16, Q8 and Q4, and prints the bytes of weights read per second, to hold against the
+//! memory's speed (`janus bench` measures it).
 
 use std::time::Instant;
 
@@ -13,19 +14,19 @@ use half::bf16;
 use janus::kernels::packed::PackedBf16;
 use janus::kernels::quant::{QuantFormat, QuantMatrix};
 
-/// Times `product` over every matrix for 1, 2 and 4 rows, three rounds.
+/// Times `product` over every matrix for 1 to 16 rows, three rounds.
 fn run<M>(name: &str, mats: &[M], bytes: usize, product: impl Fn(&M, usize)) {
     for round in 0..3 {
-        let line: Vec<String> = [1, 2, 4]
+        let line: Vec<String> = [1, 2, 4, 8, 12, 16]
             .iter()
             .map(|&m| {
                 let t = Instant::now();
                 mats.iter().for_each(|w| product(w, m));
                 let s = t.elapsed().as_secs_f64();
-                format!("{m} rows {:5.1} GB/s", bytes as f64 / s / 1e9)
+                format!("{m:2}: {:4.1}", bytes as f64 / s / 1e9)
             })
             .collect();
-        println!("{name:4} round {round}: {}", line.join("   "));
+        println!("{name:4} round {round}, GB/s at rows {}", line.join("  "));
     }
 }
 
@@ -39,7 +40,7 @@ fn main() {
     let w: Vec<bf16> = (0..n * k)
         .map(|i| bf16::from_f32(((i * 7919) % 1000) as f32 / 500.0 - 1.0))
         .collect();
-    let x: Vec<bf16> = (0..4 * k)
+    let x: Vec<bf16> = (0..16 * k)
         .map(|i| bf16::from_f32((i % 17) as f32 / 9.0 - 1.0))
         .collect();
     println!(
