@@ -96,11 +96,13 @@ pub(super) struct Block<'a> {
     /// The weights come from memory, read once (a few rows of x): the kernel prefetches
     /// [`STREAM_AHEAD`] lines ahead in each panel, which the hardware prefetchers alone
     /// do not keep up with from two rows on (docs/kernels.md).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) stream: bool,
 }
 
 /// Lines (64 bytes: one column pair of a panel) a streaming kernel prefetches ahead of
 /// the one it reads.
+#[cfg(target_arch = "x86_64")]
 pub(super) const STREAM_AHEAD: usize = 40;
 
 /// The reference: one f32 sum per output, column pairs in order.

@@ -4,6 +4,7 @@ use super::*;
 
 /// Groups ahead of the one it reads whose lines a streaming AVX-512 kernel prefetches into
 /// L2, a line at a time (4 to 8 KiB of a quad's weights; docs/kernels.md).
+#[cfg(target_arch = "x86_64")]
 pub(super) const STREAM_GROUPS_AHEAD: usize = 4;
 
 /// One tile's operands: `groups` groups of activation rows from `xq`, `neg`, `dx` (row
@@ -42,6 +43,7 @@ impl TileArgs {
     /// Where line `s` of group `g` of the quad's weight row `r` is, for a prefetch that
     /// may reach past the tile's weights (into the next quad's, or nothing: a prefetch
     /// never faults).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) fn w_line_ahead(&self, lpg: usize, g: usize, s: usize, r: usize) -> *const Line {
         self.wq.wrapping_add((g * lpg + s) * QUAD + r)
