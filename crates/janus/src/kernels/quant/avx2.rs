@@ -236,8 +236,8 @@ unsafe fn quad_q8<const R: usize, const H: usize>(a: TileArgs) {
 /// hardware prefetchers alone left decoding well below the memory's speed.
 #[inline(always)]
 unsafe fn prefetch_ahead(a: &TileArgs, g: usize, lpg: usize) {
-    // Past the tile's weights this reads the next quad's, or nothing (no fault).
-    let ahead = a.wq.wrapping_add((g + 2) * lpg * QUAD).cast::<i8>();
+    // The group's lines lie together, all four rows' side by side.
+    let ahead = a.w_line_ahead(lpg, g + 2, 0, 0).cast::<i8>();
     for l in 0..lpg * QUAD {
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l));
     }

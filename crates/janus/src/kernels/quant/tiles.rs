@@ -42,7 +42,7 @@ impl TileArgs {
 
     /// Where line `s` of group `g` of the quad's weight row `r` is, for a prefetch that
     /// may reach past the tile's weights (into the next quad's, or nothing: a prefetch
-    /// never faults).
+    /// never faults); [`Self::w_line`] for addresses that are read.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(super) fn w_line_ahead(&self, lpg: usize, g: usize, s: usize, r: usize) -> *const Line {
