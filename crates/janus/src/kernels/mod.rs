@@ -5,11 +5,12 @@
 //! attention over the KV cache and the quantised weights have their own kernels here.
 //!
 //! Every kernel has implementations chosen at run time: on x86-64 AVX-512 BF16
-//! (`VDPBF16PS`, two bf16 products per f32 lane) and AVX2 + FMA (bf16 widened to f32); on
+//! (`VDPBF16PS`, two bf16 products per f32 lane), AVX2 + FMA (bf16 widened to f32) and
+//! AVX2 with AVX-VNNI (the quantised products' integer dots in one instruction); on
 //! aarch64 NEON (bf16 widened to f32), NEON with the dot-product extension (`SDOT`) and
 //! with BF16 (`BFDOT`); and everywhere a plain scalar one that the tests compare the fast
-//! ones with. `JANUS_KERNELS=plain|avx2|avx512|neon|neon-dotprod|neon-bf16` forces one
-//! (never a level the CPU lacks). Each level's bodies live in a file named after it
+//! ones with. `JANUS_KERNELS=plain|avx2|avx-vnni|avx512|neon|neon-dotprod|neon-bf16`
+//! forces one (never a level the CPU lacks). Each level's bodies live in a file named after it
 //! (`quant/avx2.rs`, `quant/neon.rs`), so a new level is new files plus one dispatch arm.
 //!
 //! Threads come from rayon's global pool (the one candle's own CPU ops use), so the
@@ -25,14 +26,20 @@ pub mod quant;
 
 use std::sync::OnceLock;
 
-/// Instruction-set level a kernel runs at. Within an architecture a later level implies
-/// the earlier ones; across architectures the order means nothing beyond `Plain` first.
+/// Instruction-set level a kernel runs at. Within an architecture a later level is the
+/// better one where the CPU has both, and needs every feature of the levels before it but
+/// `AvxVnni` (AVX-512 CPUs without AVX-VNNI, as Zen 4, skip it: [`Isa::available`]);
+/// across architectures the order means nothing beyond `Plain` first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Portable scalar Rust: the reference the fast paths are tested against.
     Plain,
     /// AVX2 + FMA + F16C (x86-64 since 2013).
     Avx2,
+    /// AVX2 with AVX-VNNI's 256-bit `VPDPBUSD`/`VPDPWSSD` (Intel Alder Lake and later
+    /// client CPUs, Sapphire Rapids, AMD Zen 5): the AVX2 kernels, but the quantised
+    /// products' integer dots take one instruction where AVX2 takes two or three.
+    AvxVnni,
     /// AVX-512 F/BW/VL + BF16 + VNNI (Zen 4, Sapphire Rapids and later).
     Avx512Bf16,
     /// aarch64's Advanced SIMD (every aarch64 CPU): bf16 widened to f32, f32 FMA,
@@ -51,44 +58,52 @@ impl Isa {
     /// present, so kernels test the level alone (VNNI and F16C come with AVX-512 BF16 and
     /// AVX2 on every CPU that has those).
     pub fn detect() -> Isa {
+        Isa::available().pop().unwrap_or(Isa::Plain)
+    }
+
+    /// Whether this CPU has every feature the level's kernels use.
+    pub fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            if avx2
-                && has!("avx512f")
-                && has!("avx512bw")
-                && has!("avx512vl")
-                && has!("avx512bf16")
-                && has!("avx512vnni")
-            {
-                return Isa::Avx512Bf16;
-            }
-            if avx2 {
-                return Isa::Avx2;
+            match self {
+                Isa::Avx2 => return avx2,
+                Isa::AvxVnni => return avx2 && has!("avxvnni"),
+                Isa::Avx512Bf16 => {
+                    return avx2
+                        && has!("avx512f")
+                        && has!("avx512bw")
+                        && has!("avx512vl")
+                        && has!("avx512bf16")
+                        && has!("avx512vnni")
+                }
+                _ => {}
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
             use std::arch::is_aarch64_feature_detected as has;
             let dotprod = has!("neon") && has!("dotprod");
-            if dotprod && has!("bf16") {
-                return Isa::NeonBf16;
-            }
-            if dotprod {
-                return Isa::NeonDotprod;
-            }
-            if has!("neon") {
-                return Isa::Neon;
+            match self {
+                Isa::Neon => return has!("neon"),
+                Isa::NeonDotprod => return dotprod,
+                Isa::NeonBf16 => return dotprod && has!("bf16"),
+                _ => {}
             }
         }
-        Isa::Plain
+        self == Isa::Plain
     }
 
     /// Every level this CPU can run, lowest first (what the agreement tests iterate over).
     pub fn available() -> Vec<Isa> {
-        let best = Isa::detect();
-        LADDER.iter().copied().filter(|&i| i <= best).collect()
+        LADDER.iter().copied().filter(|i| i.supported()).collect()
+    }
+
+    /// Whether the level runs the AVX2 kernels (`Avx2` and `AvxVnni`, which differ only in
+    /// the quantised products' dots).
+    pub fn is_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::AvxVnni)
     }
 
     /// Short name, as `JANUS_KERNELS` takes it.
@@ -96,6 +111,7 @@ impl Isa {
         match self {
             Isa::Plain => "plain",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avx-vnni",
             Isa::Avx512Bf16 => "avx512",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neon-dotprod",
@@ -108,6 +124,7 @@ impl Isa {
         [
             Isa::Plain,
             Isa::Avx2,
+            Isa::AvxVnni,
             Isa::Avx512Bf16,
             Isa::Neon,
             Isa::NeonDotprod,
@@ -121,7 +138,7 @@ impl Isa {
 /// The levels this architecture has kernels for, lowest first; each implies the ones
 /// before it.
 #[cfg(target_arch = "x86_64")]
-const LADDER: &[Isa] = &[Isa::Plain, Isa::Avx2, Isa::Avx512Bf16];
+const LADDER: &[Isa] = &[Isa::Plain, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Bf16];
 /// The levels this architecture has kernels for, lowest first; each implies the ones
 /// before it.
 #[cfg(target_arch = "aarch64")]
@@ -470,7 +487,9 @@ macro_rules! vectorized_fn {
                 $crate::kernels::Isa::Avx512Bf16 => unsafe { avx512($isa $(, $arg)*) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above.
-                $crate::kernels::Isa::Avx2 => unsafe { avx2($isa $(, $arg)*) },
+                $crate::kernels::Isa::Avx2 | $crate::kernels::Isa::AvxVnni => unsafe {
+                    avx2($isa $(, $arg)*)
+                },
                 _ => body($isa $(, $arg)*),
             }
         }
@@ -490,6 +509,7 @@ mod tests {
         let all = [
             Isa::Plain,
             Isa::Avx2,
+            Isa::AvxVnni,
             Isa::Avx512Bf16,
             Isa::Neon,
             Isa::NeonDotprod,

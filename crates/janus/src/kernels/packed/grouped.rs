@@ -114,7 +114,7 @@ fn put<T: Copy + Default>(
 
 /// Whether `isa`'s kernel takes x widened to f32.
 pub(super) fn widens_x(isa: Isa) -> bool {
-    isa == Isa::Avx2
+    isa.is_avx2()
 }
 
 /// Rows of x that products with many rows take per block (see [`X_BLOCK_BYTES`]): a

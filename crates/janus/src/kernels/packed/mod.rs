@@ -461,7 +461,7 @@ impl PackedBf16 {
     /// Whether weights are worth packing at `isa`'s level: where it has a packed kernel
     /// (elsewhere the row-major product is as fast).
     pub fn packs_at(isa: Isa) -> bool {
-        matches!(isa, Isa::Avx512Bf16 | Isa::Avx2)
+        isa == Isa::Avx512Bf16 || isa.is_avx2()
     }
 
     /// Whether the kernel at `isa`'s level reads x as f32 (AVX2: widened once, before the
@@ -711,7 +711,9 @@ impl PackedBf16 {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Bf16, XPtr::Bf16(_)) => avx512::block(rows, np, &args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2 | Isa::Avx512Bf16, XPtr::F32(_)) => avx2::block(rows, np, &args),
+            (Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Bf16, XPtr::F32(_)) => {
+                avx2::block(rows, np, &args)
+            }
             _ => plain_block(rows, np, &args),
         }
     }
@@ -722,7 +724,7 @@ fn max_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Bf16 => 12,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::ROWS,
+        Isa::Avx2 | Isa::AvxVnni => avx2::ROWS,
         _ => 4,
     }
 }

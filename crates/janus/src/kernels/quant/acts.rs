@@ -84,7 +84,9 @@ impl QuantActs {
                             #[cfg(target_arch = "x86_64")]
                             Isa::Avx512Bf16 => avx512::quantize_act_block(src, top, &mut block),
                             #[cfg(target_arch = "x86_64")]
-                            Isa::Avx2 => avx2::quantize_act_block(src, top, &mut block),
+                            Isa::Avx2 | Isa::AvxVnni => {
+                                avx2::quantize_act_block(src, top, &mut block)
+                            }
                             #[cfg(target_arch = "aarch64")]
                             Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 => {
                                 neon::quantize_act_block(src, top, &mut block)

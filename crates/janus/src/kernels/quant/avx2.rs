@@ -6,42 +6,48 @@
 //! time; prefill tiles take the weight rows one at a time (16 registers hold no more),
 //! the activations coming from L1 for each. Every kernel adds a row's terms in the same
 //! order, so a row gets the same bits from each.
+//!
+//! With AVX-VNNI (`V`, the `AvxVnni` level) the integer dots take `VPDPBUSD` and
+//! `VPDPWSSD` where AVX2 multiplies into words or dwords and adds: the same exact sums in
+//! the same lanes, so the same results.
 
+use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::{TileArgs, BLOCK, CHUNKS, QUAD};
+use super::{TileArgs, BLOCK, CHUNKS, QUAD, STREAM_GROUPS_AHEAD};
 
 /// # Safety
-/// As [`super::tile`] for Q4, with AVX2 + FMA + F16C present.
-pub(super) unsafe fn tile_q4(rows: usize, a: TileArgs) {
+/// As [`super::tile`] for Q4, with AVX2 + FMA + F16C present, and AVX-VNNI if `V`.
+pub(super) unsafe fn tile_q4<const V: bool>(rows: usize, a: TileArgs) {
     match rows {
-        1 => quad_q4::<1, 2>(a),
-        2 => quad_q4::<2, 2>(a),
-        3 if a.streams => quad_q4::<3, 1>(a),
-        3 => (0..a.cols).for_each(|r| kernel_q4::<3>(a, r)),
-        _ if a.streams => quad_q4::<4, 1>(a),
-        _ => (0..a.cols).for_each(|r| kernel_q4::<4>(a, r)),
+        1 => quad_q4::<1, 2, V>(a),
+        2 => quad_q4::<2, 2, V>(a),
+        3 if a.streams => quad_q4::<3, 1, V>(a),
+        3 => (0..a.cols).for_each(|r| kernel_q4::<3, V>(a, r)),
+        _ if a.streams => quad_q4::<4, 1, V>(a),
+        _ => (0..a.cols).for_each(|r| kernel_q4::<4, V>(a, r)),
     }
 }
 
 /// # Safety
-/// As [`super::tile`] for Q8, with AVX2 + FMA + F16C present.
-pub(super) unsafe fn tile_q8(rows: usize, a: TileArgs) {
+/// As [`super::tile`] for Q8, with AVX2 + FMA + F16C present, and AVX-VNNI if `V`.
+pub(super) unsafe fn tile_q8<const V: bool>(rows: usize, a: TileArgs) {
     match rows {
-        1 => quad_q8::<1, 2>(a),
-        2 => quad_q8::<2, 2>(a),
-        3 if a.streams => quad_q8::<3, 1>(a),
-        3 => (0..a.cols).for_each(|r| kernel_q8::<3>(a, r)),
-        _ if a.streams => quad_q8::<4, 1>(a),
-        _ => (0..a.cols).for_each(|r| kernel_q8::<4>(a, r)),
+        1 => quad_q8::<1, 2, V>(a),
+        2 => quad_q8::<2, 2, V>(a),
+        3 if a.streams => quad_q8::<3, 1, V>(a),
+        3 => (0..a.cols).for_each(|r| kernel_q8::<3, V>(a, r)),
+        _ if a.streams => quad_q8::<4, 1, V>(a),
+        _ => (0..a.cols).for_each(|r| kernel_q8::<4, V>(a, r)),
     }
 }
 
 /// `dot` plus one Q4 half line's products: the low and high nibbles (`lo`, `hi`) with
-/// their int8 activations, pairs summed in i16 (`VPMADDUBSW`), then into each block's
-/// dword lane (`VPMADDWD` by ones).
+/// their int8 activations. AVX2: pairs summed in i16 (`VPMADDUBSW`; nibble x int8 pairs
+/// stay far inside it), then into each block's dword lane (`VPMADDWD` by ones); with
+/// AVX-VNNI (`V`) four at a time straight into the lane (`VPDPBUSD`).
 #[inline(always)]
-unsafe fn q4_dot(
+unsafe fn q4_dot<const V: bool>(
     dot: __m256i,
     lo: __m256i,
     hi: __m256i,
@@ -49,6 +55,9 @@ unsafe fn q4_dot(
     x_hi: __m256i,
     ones: __m256i,
 ) -> __m256i {
+    if V {
+        return dpbusd2(dot, [lo, x_lo], [hi, x_hi]);
+    }
     let pairs = _mm256_add_epi16(
         _mm256_maddubs_epi16(lo, x_lo),
         _mm256_maddubs_epi16(hi, x_hi),
@@ -57,11 +66,63 @@ unsafe fn q4_dot(
 }
 
 /// `dot` plus one Q8 half line's products: its even and odd weights (as 256 q in i16
-/// lanes) with their 12-bit activations (`VPMADDWD`).
+/// lanes) with their 12-bit activations (`VPMADDWD` and adds; with AVX-VNNI, `VPDPWSSD`).
 #[inline(always)]
-unsafe fn q8_dot(dot: __m256i, even: __m256i, odd: __m256i, xe: __m256i, xo: __m256i) -> __m256i {
+unsafe fn q8_dot<const V: bool>(
+    dot: __m256i,
+    even: __m256i,
+    odd: __m256i,
+    xe: __m256i,
+    xo: __m256i,
+) -> __m256i {
+    if V {
+        return dpwssd2(dot, [even, xe], [odd, xo]);
+    }
     let (even, odd) = (_mm256_madd_epi16(even, xe), _mm256_madd_epi16(odd, xo));
     _mm256_add_epi32(dot, _mm256_add_epi32(even, odd))
+}
+
+/// `acc` plus the dot products of the pairs `p` and `q`, unsigned bytes by signed bytes,
+/// four per dword lane (AVX-VNNI `VPDPBUSD`), written out: the intrinsic needs the
+/// `avxvnni` target feature, which the kernels cannot enable for their AVX-VNNI instances
+/// alone.
+///
+/// # Safety
+/// AVX-VNNI present.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dpbusd2(mut acc: __m256i, p: [__m256i; 2], q: [__m256i; 2]) -> __m256i {
+    asm!(
+        "{{vex}} vpdpbusd {acc}, {a}, {b}",
+        "{{vex}} vpdpbusd {acc}, {c}, {d}",
+        acc = inout(ymm_reg) acc,
+        a = in(ymm_reg) p[0],
+        b = in(ymm_reg) p[1],
+        c = in(ymm_reg) q[0],
+        d = in(ymm_reg) q[1],
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
+}
+
+/// [`dpbusd2`] for signed words, two per dword lane (`VPDPWSSD`).
+///
+/// # Safety
+/// AVX-VNNI present.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dpwssd2(mut acc: __m256i, p: [__m256i; 2], q: [__m256i; 2]) -> __m256i {
+    asm!(
+        "{{vex}} vpdpwssd {acc}, {a}, {b}",
+        "{{vex}} vpdpwssd {acc}, {c}, {d}",
+        acc = inout(ymm_reg) acc,
+        a = in(ymm_reg) p[0],
+        b = in(ymm_reg) p[1],
+        c = in(ymm_reg) q[0],
+        d = in(ymm_reg) q[1],
+        options(pure, nomem, nostack, preserves_flags),
+    );
+    acc
 }
 
 /// The 8 lanes of a float vector, summed.
@@ -71,11 +132,10 @@ unsafe fn sum(v: __m256) -> f32 {
     lanes.iter().sum()
 }
 
-/// Q4 weights (the quad's row `r`) times int8 activations with `VPMADDUBSW` (nibble x
-/// int8 pairs stay far inside i16) and `VPMADDWD`: each block's products land in its
-/// dword lane.
+/// Q4 weights (the quad's row `r`) times int8 activations ([`q4_dot`]): each block's
+/// products land in its dword lane.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kernel_q4<const R: usize>(a: TileArgs, r: usize) {
+unsafe fn kernel_q4<const R: usize, const V: bool>(a: TileArgs, r: usize) {
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
@@ -96,7 +156,7 @@ unsafe fn kernel_q4<const R: usize>(a: TileArgs, r: usize) {
                 let lo = _mm256_and_si256(v, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
                 for (i, dot) in dot.iter_mut().enumerate() {
-                    *dot = q4_dot(*dot, lo, hi, x(i, c), x(i, c + CHUNKS / 2), ones);
+                    *dot = q4_dot::<V>(*dot, lo, hi, x(i, c), x(i, c + CHUNKS / 2), ones);
                 }
             }
             let dw = scales(&a, g, r, half);
@@ -112,10 +172,10 @@ unsafe fn kernel_q4<const R: usize>(a: TileArgs, r: usize) {
     }
 }
 
-/// Q8 weights (the quad's row `r`) times 12-bit activations, as the AVX-512 kernel with
-/// `VPMADDWD`.
+/// Q8 weights (the quad's row `r`) times 12-bit activations, as the AVX-512 kernel
+/// ([`q8_dot`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
+unsafe fn kernel_q8<const R: usize, const V: bool>(a: TileArgs, r: usize) {
     let odd = _mm256_set1_epi16(0xFF00u16 as i16);
     let mut acc = [_mm256_setzero_ps(); R];
     for g in 0..a.groups {
@@ -131,7 +191,7 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
                 let even = _mm256_slli_epi16::<8>(v);
                 let odd = _mm256_and_si256(v, odd);
                 for (i, dot) in dot.iter_mut().enumerate() {
-                    *dot = q8_dot(*dot, even, odd, x(i, 2 * u), x(i, 2 * u + 1));
+                    *dot = q8_dot::<V>(*dot, even, odd, x(i, 2 * u), x(i, 2 * u + 1));
                 }
             }
             // The 1/256 undoes the shift (exactly: a power of two).
@@ -152,12 +212,14 @@ unsafe fn kernel_q8<const R: usize>(a: TileArgs, r: usize) {
 /// partial quad are zeros; their results are not stored), both halves of each line in
 /// one pass where `H` is 2.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quad_q4<const R: usize, const H: usize>(a: TileArgs) {
+unsafe fn quad_q4<const R: usize, const H: usize, const V: bool>(a: TileArgs) {
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); QUAD]; R];
     for g in 0..a.groups {
-        prefetch_ahead(&a, g, CHUNKS / 2);
+        if !by_line::<H, V>() {
+            prefetch_ahead(&a, g, CHUNKS / 2);
+        }
         for pass in 0..2 / H {
             let x = |i: usize, u: usize, h: usize| {
                 let line = a.xq.add((i * a.stride + g) * CHUNKS + u);
@@ -168,6 +230,9 @@ unsafe fn quad_q4<const R: usize, const H: usize>(a: TileArgs) {
                 std::array::from_fn(|h| [_mm256_load_si256(neg.add(pass * H + h)); QUAD])
             });
             for c in 0..CHUNKS / 2 {
+                if by_line::<H, V>() {
+                    prefetch_line(&a, g, c, CHUNKS / 2);
+                }
                 for r in 0..QUAD {
                     let line = a.w_line(CHUNKS / 2, g, c, r).cast::<__m256i>();
                     for h in 0..H {
@@ -176,7 +241,7 @@ unsafe fn quad_q4<const R: usize, const H: usize>(a: TileArgs) {
                         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
                         for (i, dot) in dot.iter_mut().enumerate() {
                             let (xl, xh) = (x(i, c, h), x(i, c + CHUNKS / 2, h));
-                            dot[h][r] = q4_dot(dot[h][r], lo, hi, xl, xh, ones);
+                            dot[h][r] = q4_dot::<V>(dot[h][r], lo, hi, xl, xh, ones);
                         }
                     }
                 }
@@ -191,11 +256,13 @@ unsafe fn quad_q4<const R: usize, const H: usize>(a: TileArgs) {
 
 /// [`kernel_q8`] for the quad's 4 weight rows at once (as [`quad_q4`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quad_q8<const R: usize, const H: usize>(a: TileArgs) {
+unsafe fn quad_q8<const R: usize, const H: usize, const V: bool>(a: TileArgs) {
     let odd = _mm256_set1_epi16(0xFF00u16 as i16);
     let mut acc = [[_mm256_setzero_ps(); QUAD]; R];
     for g in 0..a.groups {
-        prefetch_ahead(&a, g, CHUNKS);
+        if !by_line::<H, V>() {
+            prefetch_ahead(&a, g, CHUNKS);
+        }
         for pass in 0..2 / H {
             let x = |i: usize, line: usize, h: usize| {
                 let line = a.xq.add((i * a.stride + g) * 2 * CHUNKS + line);
@@ -203,6 +270,9 @@ unsafe fn quad_q8<const R: usize, const H: usize>(a: TileArgs) {
             };
             let mut dot = [[[_mm256_setzero_si256(); QUAD]; H]; R];
             for u in 0..CHUNKS {
+                if by_line::<H, V>() {
+                    prefetch_line(&a, g, u, CHUNKS);
+                }
                 for r in 0..QUAD {
                     let line = a.w_line(CHUNKS, g, u, r).cast::<__m256i>();
                     for h in 0..H {
@@ -211,7 +281,7 @@ unsafe fn quad_q8<const R: usize, const H: usize>(a: TileArgs) {
                         let odd = _mm256_and_si256(v, odd);
                         for (i, dot) in dot.iter_mut().enumerate() {
                             let (xe, xo) = (x(i, 2 * u, h), x(i, 2 * u + 1, h));
-                            dot[h][r] = q8_dot(dot[h][r], even, odd, xe, xo);
+                            dot[h][r] = q8_dot::<V>(dot[h][r], even, odd, xe, xo);
                         }
                     }
                 }
@@ -230,6 +300,26 @@ unsafe fn quad_q8<const R: usize, const H: usize>(a: TileArgs) {
         }
     }
     store_quad(&a, &acc);
+}
+
+/// Whether a quad kernel prefetches its weights a line at a time ([`prefetch_line`], the
+/// AVX-VNNI instances for one or two rows: Intel cores, where it streamed Q8 at 21-24
+/// GB/s against the bursts' 18) rather than a group's lines at once ([`prefetch_ahead`]:
+/// Zen 3, where the AVX2 kernels were tuned; and 3-4 rows, which pass over each group
+/// twice). docs/kernels.md has the numbers.
+#[inline(always)]
+const fn by_line<const H: usize, const V: bool>() -> bool {
+    V && H == 2
+}
+
+/// Prefetches line `s` of the quad's 4 rows in group `g +` [`STREAM_GROUPS_AHEAD`] into
+/// L2 (`lpg` lines per row), as the AVX-512 kernel does.
+#[inline(always)]
+unsafe fn prefetch_line(a: &TileArgs, g: usize, s: usize, lpg: usize) {
+    for r in 0..QUAD {
+        let ahead = a.w_line_ahead(lpg, g + STREAM_GROUPS_AHEAD, s, r);
+        _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
+    }
 }
 
 /// Prefetches the weight lines of group `g + 2` of the quad (`lpg` lines per row): the

@@ -40,7 +40,7 @@ fn dequantize_rows(isa: Isa, w: &QuantMatrix, j0: usize, rows: usize, data: &mut
         return unsafe { avx512::dequantize(w, j0, rows, data.as_mut_ptr(), pairs) };
     }
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && w.format == QuantFormat::Q8 {
+    if isa.is_avx2() && w.format == QuantFormat::Q8 {
         // SAFETY: as above.
         return unsafe { avx2::dequantize_q8(w, j0, rows, data.as_mut_ptr(), pairs) };
     }

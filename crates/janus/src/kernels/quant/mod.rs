@@ -50,9 +50,9 @@
 //! split the weight quads, as [`super::gemm`] splits rows.
 //!
 //! Q8 products of bf16 activations with [`DEQUANT_ROWS`] rows or more (prefill) go
-//! through bf16 panels instead where the CPU has a packed bf16 kernel (AVX-512 BF16, AVX2;
-//! see [`QuantMatrix::matmul_bf16`]): there the integer product is slower than the bf16
-//! one. So do Q4's where the CPU has AMX tiles. Below that row count (and for Q4 without
+//! through bf16 panels instead where the CPU has a packed bf16 kernel (AVX-512 BF16, AVX2
+//! without AVX-VNNI; see [`QuantMatrix::matmul_bf16`]): there the integer product is
+//! slower than the bf16 one. So do Q4's where the CPU has AMX tiles. Below that row count (and for Q4 without
 //! AMX, f32 activations or other CPUs) every row count takes the integer path, so a
 //! row's result does not depend on the batch it came in.
 
@@ -348,7 +348,8 @@ impl QuantMatrix {
     /// over them, so a Q8 prefill runs about as fast as a bf16 one (on AVX-512 the 12-bit
     /// integer product, `VPDPWSSD`, has the same 32 products per instruction as
     /// `VDPBF16PS` and more work per block: 0.75 times the speed; on AVX2 the dequantising
-    /// leaves it at 0.96-0.99x of bf16, docs/kernels.md); on AMX tiles where the CPU has
+    /// leaves it at 0.96-0.99x of bf16, docs/kernels.md; at the AVX-VNNI level
+    /// `VPDPWSSD` is the faster, so the integer path runs); on AMX tiles where the CPU has
     /// them, every row at once under each panel pair. The weights then carry one more
     /// rounding, `q d` to bf16 (0.2 % of a weight at most, against Q8's own step of
     /// `d / 2`), and the activations stay in bf16 instead of 12 bits per block.
@@ -375,9 +376,10 @@ impl QuantMatrix {
     /// `out` is valid for writes of `m * rows` f32 values; `x` holds `m` rows (checked).
     unsafe fn matmul_bf16_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let many = m >= DEQUANT_ROWS && self.cols > 0 && !super::row_invariance();
-        // Q4 too on AMX tiles, whose bf16 products outrun its integer kernel.
+        // Q4 too on AMX tiles, whose bf16 products outrun its integer kernel; Q8 not
+        // where AVX-VNNI's `VPDPWSSD` outruns the AVX2 bf16 one.
         let route = match self.format {
-            QuantFormat::Q8 => PackedBf16::packs_at(isa),
+            QuantFormat::Q8 => PackedBf16::packs_at(isa) && isa != Isa::AvxVnni,
             QuantFormat::Q4 => PackedBf16::tiles_at(isa),
         };
         if many && route {

@@ -164,7 +164,7 @@ fn activation_blocks_round_to_nearest_even_at_every_level() {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512Bf16 => avx512::quantize_act_block(&x, top, &mut q),
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => avx2::quantize_act_block(&x, top, &mut q),
+                    Isa::Avx2 | Isa::AvxVnni => avx2::quantize_act_block(&x, top, &mut q),
                     #[cfg(target_arch = "aarch64")]
                     Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 => {
                         neon::quantize_act_block(&x, top, &mut q)
@@ -264,6 +264,30 @@ fn every_level_agrees_with_plain_on_awkward_sizes() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// AVX-VNNI's dots are the AVX2 kernels' exact integer sums in the same lanes: every
+/// row count (the quad kernels, 1-4 rows, streaming and not; the prefill tiles) gives
+/// the AVX2 level's bits.
+#[test]
+fn avx_vnni_gives_the_avx2_bits() {
+    if !Isa::AvxVnni.supported() {
+        eprintln!("skipped: this CPU has no AVX-VNNI");
+        return;
+    }
+    for f in FORMATS {
+        for (rows, cols) in [(13, 1000), (36, 5632)] {
+            let w = values(rows * cols, (rows * cols) as u32);
+            let q = QuantMatrix::quantize_f32(&w, rows, cols, f);
+            for m in [1, 2, 3, 4, 5, 15, 67] {
+                // Outlier channels push blocks' quants to the ends of their ranges.
+                let mut x = values(m * cols, 7 * m as u32);
+                x.iter_mut().step_by(97).for_each(|v| *v *= 40.0);
+                let want = q.matmul_to_vec(&x, m, Isa::Avx2);
+                assert_eq!(q.matmul_to_vec(&x, m, Isa::AvxVnni), want, "{f:?} m={m}");
             }
         }
     }

@@ -83,9 +83,13 @@ pub(super) unsafe fn tile(level: Isa, format: QuantFormat, rows: usize, a: TileA
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512Bf16, QuantFormat::Q4) => avx512::tile_q4(rows, a),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, QuantFormat::Q8) => avx2::tile_q8(rows, a),
+        (Isa::Avx2, QuantFormat::Q8) => avx2::tile_q8::<false>(rows, a),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, QuantFormat::Q4) => avx2::tile_q4(rows, a),
+        (Isa::Avx2, QuantFormat::Q4) => avx2::tile_q4::<false>(rows, a),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::AvxVnni, QuantFormat::Q8) => avx2::tile_q8::<true>(rows, a),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::AvxVnni, QuantFormat::Q4) => avx2::tile_q4::<true>(rows, a),
         #[cfg(target_arch = "aarch64")]
         (Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16, QuantFormat::Q8) => neon::tile_q8(rows, a),
         #[cfg(target_arch = "aarch64")]
