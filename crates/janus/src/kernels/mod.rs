@@ -10,8 +10,10 @@
 //! aarch64 NEON (bf16 widened to f32), NEON with the dot-product extension (`SDOT`) and
 //! with BF16 (`BFDOT`); and everywhere a plain scalar one that the tests compare the fast
 //! ones with. `JANUS_KERNELS=plain|avx2|avx-vnni|avx512|neon|neon-dotprod|neon-bf16`
-//! forces one (never a level the CPU lacks). Each level's bodies live in a file named after it
-//! (`quant/avx2.rs`, `quant/neon.rs`), so a new level is new files plus one dispatch arm.
+//! forces one (never a level the CPU lacks). Each level's bodies live in a file named
+//! after it (`quant/avx2.rs`, `quant/neon.rs`), so a new level is new files plus one
+//! dispatch arm; a level that changes one kernel only (`AvxVnni`) is a variant of its
+//! base level's file, and the other kernels' dispatch takes both ([`Isa::is_avx2`]).
 //!
 //! Threads come from rayon's global pool (the one candle's own CPU ops use), so the
 //! kernels and candle never run two pools against each other.
@@ -55,8 +57,8 @@ pub enum Isa {
 
 impl Isa {
     /// The best level this CPU supports: every feature a kernel of that level uses is
-    /// present, so kernels test the level alone (VNNI and F16C come with AVX-512 BF16 and
-    /// AVX2 on every CPU that has those).
+    /// present, so kernels test the level alone (AVX512-VNNI and F16C come with AVX-512
+    /// BF16 and AVX2 on every CPU that has those).
     pub fn detect() -> Isa {
         Isa::available().pop().unwrap_or(Isa::Plain)
     }
@@ -135,8 +137,8 @@ impl Isa {
     }
 }
 
-/// The levels this architecture has kernels for, lowest first; each implies the ones
-/// before it.
+/// The levels this architecture has kernels for, lowest first; each needs the features
+/// of the ones before it but `AvxVnni` (see [`Isa`]).
 #[cfg(target_arch = "x86_64")]
 const LADDER: &[Isa] = &[Isa::Plain, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Bf16];
 /// The levels this architecture has kernels for, lowest first; each implies the ones
@@ -147,8 +149,8 @@ const LADDER: &[Isa] = &[Isa::Plain, Isa::Neon, Isa::NeonDotprod, Isa::NeonBf16]
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const LADDER: &[Isa] = &[Isa::Plain];
 
-/// The level the kernels use: the CPU's best, or `JANUS_KERNELS` when it names a lower
-/// (or equal) one. Read once.
+/// The level the kernels use: the CPU's best, or `JANUS_KERNELS` when it names one of
+/// [`Isa::available`]. Read once.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {

@@ -50,11 +50,11 @@
 //! split the weight quads, as [`super::gemm`] splits rows.
 //!
 //! Q8 products of bf16 activations with [`DEQUANT_ROWS`] rows or more (prefill) go
-//! through bf16 panels instead where the CPU has a packed bf16 kernel (AVX-512 BF16, AVX2
-//! without AVX-VNNI; see [`QuantMatrix::matmul_bf16`]): there the integer product is
-//! slower than the bf16 one. So do Q4's where the CPU has AMX tiles. Below that row count (and for Q4 without
-//! AMX, f32 activations or other CPUs) every row count takes the integer path, so a
-//! row's result does not depend on the batch it came in.
+//! through bf16 panels instead at the levels with a packed bf16 kernel but no faster
+//! integer one (`avx512`, `avx2`; see [`QuantMatrix::matmul_bf16`]). So do Q4's where the
+//! CPU has AMX tiles. Below that row count (and for Q4 without AMX, Q8 at `avx-vnni`, f32
+//! activations or other CPUs) every row count takes the integer path, so a row's result
+//! does not depend on the batch it came in.
 
 use std::fmt;
 use std::str::FromStr;

@@ -291,6 +291,18 @@ fn avx_vnni_gives_the_avx2_bits() {
             }
         }
     }
+    // Q8 prefill stays on the integer path at this level (not through bf16 panels).
+    let (rows, cols, m) = (40, 700, DEQUANT_ROWS + 3);
+    let q = QuantMatrix::quantize_f32(&values(rows * cols, 3), rows, cols, QuantFormat::Q8);
+    let x: Vec<bf16> = values(m * cols, 4)
+        .into_iter()
+        .map(bf16::from_f32)
+        .collect();
+    let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    assert_eq!(
+        q.matmul_bf16_to_vec(&x, m, Isa::AvxVnni),
+        q.matmul_to_vec(&x32, m, Isa::AvxVnni)
+    );
 }
 
 /// `RMS(got - want) / RMS(want)`.

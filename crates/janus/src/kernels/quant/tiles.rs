@@ -2,8 +2,9 @@
 
 use super::*;
 
-/// Groups ahead of the one it reads whose lines a streaming AVX-512 kernel prefetches into
-/// L2, a line at a time (4 to 8 KiB of a quad's weights; docs/kernels.md).
+/// Groups ahead of the one it reads whose lines a streaming AVX-512 kernel (and an AVX-VNNI
+/// one for 1-2 rows) prefetches into L2, a line at a time (4 to 8 KiB of a quad's weights;
+/// docs/kernels.md).
 #[cfg(target_arch = "x86_64")]
 pub(super) const STREAM_GROUPS_AHEAD: usize = 4;
 
