@@ -99,7 +99,7 @@ pub fn matmul_bf16(
 fn tile_shape(isa: Isa) -> (usize, usize) {
     match isa {
         Isa::Avx512Bf16 => (4, 6),
-        Isa::Avx2 | Isa::AvxVnni => (2, 4),
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => (2, 4),
         Isa::Neon | Isa::NeonDotprod => (2, 4),
         Isa::NeonBf16 => (4, 4),
         Isa::Plain => (1, 1),
@@ -178,7 +178,9 @@ unsafe fn tile(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 => avx512::tile(rows, cols, x, ldx, w, ldw, k, out, ldo),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni => avx2::tile(rows, cols, x, ldx, w, ldw, k, out, ldo),
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => {
+            avx2::tile(rows, cols, x, ldx, w, ldw, k, out, ldo)
+        }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDotprod => neon::tile(rows, cols, x, ldx, w, ldw, k, out, ldo),
         #[cfg(target_arch = "aarch64")]

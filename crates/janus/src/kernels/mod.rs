@@ -5,15 +5,17 @@
 //! attention over the KV cache and the quantised weights have their own kernels here.
 //!
 //! Every kernel has implementations chosen at run time: on x86-64 AVX-512 BF16
-//! (`VDPBF16PS`, two bf16 products per f32 lane), AVX2 + FMA (bf16 widened to f32) and
-//! AVX2 with AVX-VNNI (the quantised products' integer dots in one instruction); on
+//! (`VDPBF16PS`, two bf16 products per f32 lane), AVX2 + FMA (bf16 widened to f32), and
+//! for the quantised products AVX2 with AVX-VNNI (the integer dots in one instruction)
+//! and AVX-512 VNNI without BF16 (the AVX-512 quantised kernels, the rest at AVX2); on
 //! aarch64 NEON (bf16 widened to f32), NEON with the dot-product extension (`SDOT`) and
 //! with BF16 (`BFDOT`); and everywhere a plain scalar one that the tests compare the fast
-//! ones with. `JANUS_KERNELS=plain|avx2|avx-vnni|avx512|neon|neon-dotprod|neon-bf16`
-//! forces one (never a level the CPU lacks). Each level's bodies live in a file named
+//! ones with. `JANUS_KERNELS=plain|avx2|avx-vnni|avx512-vnni|avx512|neon|neon-dotprod|
+//! neon-bf16` forces one (never a level the CPU lacks). Each level's bodies live in a file named
 //! after it (`quant/avx2.rs`, `quant/neon.rs`), so a new level is new files plus one
-//! dispatch arm; a level that changes one kernel only (`AvxVnni`) is a variant of its
-//! base level's file, and the other kernels' dispatch takes both ([`Isa::is_avx2`]).
+//! dispatch arm; a level that changes the quantised products only (`AvxVnni`,
+//! `Avx512Vnni`) borrows those of another level's files, and the other kernels' dispatch
+//! takes it as AVX2 ([`Isa::is_avx2`]).
 //!
 //! Threads come from rayon's global pool (the one candle's own CPU ops use), so the
 //! kernels and candle never run two pools against each other.
@@ -30,7 +32,8 @@ use std::sync::OnceLock;
 
 /// Instruction-set level a kernel runs at. Within an architecture a later level is the
 /// better one where the CPU has both, and needs every feature of the levels before it but
-/// `AvxVnni` (AVX-512 CPUs without AVX-VNNI, as Zen 4, skip it: [`Isa::available`]);
+/// `AvxVnni` (AVX-512 CPUs without AVX-VNNI, as Zen 4 and Ice Lake, skip it:
+/// [`Isa::available`]);
 /// across architectures the order means nothing beyond `Plain` first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
@@ -42,6 +45,10 @@ pub enum Isa {
     /// client CPUs, Sapphire Rapids, AMD Zen 5): the AVX2 kernels, but the quantised
     /// products' integer dots take one instruction where AVX2 takes two or three.
     AvxVnni,
+    /// AVX-512 F/BW/VL with AVX512-VNNI but no BF16 (Intel Cascade Lake, Ice Lake, Tiger
+    /// Lake, Rocket Lake): the AVX2 kernels, but the quantised products take the
+    /// AVX-512 VNNI ones.
+    Avx512Vnni,
     /// AVX-512 F/BW/VL + BF16 + VNNI (Zen 4, Sapphire Rapids and later).
     Avx512Bf16,
     /// aarch64's Advanced SIMD (every aarch64 CPU): bf16 widened to f32, f32 FMA,
@@ -72,13 +79,13 @@ impl Isa {
             match self {
                 Isa::Avx2 => return avx2,
                 Isa::AvxVnni => return avx2 && has!("avxvnni"),
-                Isa::Avx512Bf16 => {
+                Isa::Avx512Vnni | Isa::Avx512Bf16 => {
                     return avx2
                         && has!("avx512f")
                         && has!("avx512bw")
                         && has!("avx512vl")
-                        && has!("avx512bf16")
                         && has!("avx512vnni")
+                        && (self == Isa::Avx512Vnni || has!("avx512bf16"))
                 }
                 _ => {}
             }
@@ -102,10 +109,10 @@ impl Isa {
         LADDER.iter().copied().filter(|i| i.supported()).collect()
     }
 
-    /// Whether the level runs the AVX2 kernels (`Avx2` and `AvxVnni`, which differ only in
-    /// the quantised products' dots).
+    /// Whether the level runs the AVX2 kernels (`Avx2`, `AvxVnni` and `Avx512Vnni`, which
+    /// differ only in the quantised products).
     pub fn is_avx2(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::AvxVnni)
+        matches!(self, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni)
     }
 
     /// Short name, as `JANUS_KERNELS` takes it.
@@ -114,6 +121,7 @@ impl Isa {
             Isa::Plain => "plain",
             Isa::Avx2 => "avx2",
             Isa::AvxVnni => "avx-vnni",
+            Isa::Avx512Vnni => "avx512-vnni",
             Isa::Avx512Bf16 => "avx512",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "neon-dotprod",
@@ -127,6 +135,7 @@ impl Isa {
             Isa::Plain,
             Isa::Avx2,
             Isa::AvxVnni,
+            Isa::Avx512Vnni,
             Isa::Avx512Bf16,
             Isa::Neon,
             Isa::NeonDotprod,
@@ -137,10 +146,16 @@ impl Isa {
     }
 }
 
-/// The levels this architecture has kernels for, lowest first; each needs the features
-/// of the ones before it but `AvxVnni` (see [`Isa`]).
+/// The levels this architecture has kernels for, lowest first (see [`Isa`] for what
+/// each needs).
 #[cfg(target_arch = "x86_64")]
-const LADDER: &[Isa] = &[Isa::Plain, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Bf16];
+const LADDER: &[Isa] = &[
+    Isa::Plain,
+    Isa::Avx2,
+    Isa::AvxVnni,
+    Isa::Avx512Vnni,
+    Isa::Avx512Bf16,
+];
 /// The levels this architecture has kernels for, lowest first; each implies the ones
 /// before it.
 #[cfg(target_arch = "aarch64")]
@@ -489,7 +504,9 @@ macro_rules! vectorized_fn {
                 $crate::kernels::Isa::Avx512Bf16 => unsafe { avx512($isa $(, $arg)*) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: as above.
-                $crate::kernels::Isa::Avx2 | $crate::kernels::Isa::AvxVnni => unsafe {
+                $crate::kernels::Isa::Avx2
+                | $crate::kernels::Isa::AvxVnni
+                | $crate::kernels::Isa::Avx512Vnni => unsafe {
                     avx2($isa $(, $arg)*)
                 },
                 _ => body($isa $(, $arg)*),
@@ -512,6 +529,7 @@ mod tests {
             Isa::Plain,
             Isa::Avx2,
             Isa::AvxVnni,
+            Isa::Avx512Vnni,
             Isa::Avx512Bf16,
             Isa::Neon,
             Isa::NeonDotprod,

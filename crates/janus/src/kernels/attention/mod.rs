@@ -85,7 +85,7 @@ const PACKED_QUERIES: usize = 16;
 fn packs_queries(isa: Isa) -> bool {
     !matches!(
         isa,
-        Isa::Avx2 | Isa::AvxVnni | Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16
     )
 }
 
@@ -427,7 +427,7 @@ fn weighted_sum(
             unsafe { simd::weighted_sum_avx512(p, rows, keys, v, ldv, dh, acc) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 | Isa::Avx2 | Isa::AvxVnni if dh.is_multiple_of(16) => {
+        Isa::Avx512Bf16 | Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni if dh.is_multiple_of(16) => {
             // SAFETY: bounds asserted above; the CPU supports AVX2 (both levels imply it).
             unsafe { simd::weighted_sum_avx2(p, rows, keys, v, ldv, dh, acc) }
         }

@@ -711,7 +711,7 @@ impl PackedBf16 {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Bf16, XPtr::Bf16(_)) => avx512::block(rows, np, &args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Bf16, XPtr::F32(_)) => {
+            (Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni | Isa::Avx512Bf16, XPtr::F32(_)) => {
                 avx2::block(rows, np, &args)
             }
             _ => plain_block(rows, np, &args),
@@ -724,7 +724,7 @@ fn max_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Bf16 => 12,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni => avx2::ROWS,
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::ROWS,
         _ => 4,
     }
 }

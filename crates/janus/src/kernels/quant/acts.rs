@@ -57,7 +57,7 @@ impl QuantActs {
         let one = |(((q, neg), scale), row): Row| {
             for g in 0..groups {
                 #[cfg(target_arch = "x86_64")]
-                if level == Isa::Avx512Bf16 {
+                if matches!(level, Isa::Avx512Bf16 | Isa::Avx512Vnni) {
                     let src = row.get(g * GROUP..((g + 1) * GROUP).min(k)).unwrap_or(&[]);
                     let lines = &mut q[g * lines..(g + 1) * lines];
                     // SAFETY: `level` was checked against the CPU; `lines` holds the
@@ -82,7 +82,9 @@ impl QuantActs {
                     scale[g].0[l] = unsafe {
                         match level {
                             #[cfg(target_arch = "x86_64")]
-                            Isa::Avx512Bf16 => avx512::quantize_act_block(src, top, &mut block),
+                            Isa::Avx512Bf16 | Isa::Avx512Vnni => {
+                                avx512::quantize_act_block(src, top, &mut block)
+                            }
                             #[cfg(target_arch = "x86_64")]
                             Isa::Avx2 | Isa::AvxVnni => {
                                 avx2::quantize_act_block(src, top, &mut block)

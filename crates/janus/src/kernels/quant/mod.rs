@@ -377,9 +377,11 @@ impl QuantMatrix {
     unsafe fn matmul_bf16_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let many = m >= DEQUANT_ROWS && self.cols > 0 && !super::row_invariance();
         // Q4 too on AMX tiles, whose bf16 products outrun its integer kernel; Q8 not
-        // where AVX-VNNI's `VPDPWSSD` outruns the AVX2 bf16 one.
+        // where `VPDPWSSD` outruns the AVX2 bf16 kernel.
         let route = match self.format {
-            QuantFormat::Q8 => PackedBf16::packs_at(isa) && isa != Isa::AvxVnni,
+            QuantFormat::Q8 => {
+                PackedBf16::packs_at(isa) && !matches!(isa, Isa::AvxVnni | Isa::Avx512Vnni)
+            }
             QuantFormat::Q4 => PackedBf16::tiles_at(isa),
         };
         if many && route {

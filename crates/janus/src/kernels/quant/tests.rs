@@ -165,6 +165,7 @@ fn activation_blocks_round_to_nearest_even_at_every_level() {
                     Isa::Avx512Bf16 => avx512::quantize_act_block(&x, top, &mut q),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 | Isa::AvxVnni => avx2::quantize_act_block(&x, top, &mut q),
+                    Isa::Avx512Vnni => avx512::quantize_act_block(&x, top, &mut q),
                     #[cfg(target_arch = "aarch64")]
                     Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 => {
                         neon::quantize_act_block(&x, top, &mut q)
@@ -291,7 +292,12 @@ fn avx_vnni_gives_the_avx2_bits() {
             }
         }
     }
-    // Q8 prefill stays on the integer path at this level (not through bf16 panels).
+}
+
+/// At the levels whose integer dots outrun the AVX2 bf16 kernel, Q8 prefill stays on the
+/// integer path (its bits whatever the row count), not through bf16 panels.
+#[test]
+fn q8_prefill_takes_the_integer_path_at_the_vnni_levels() {
     let (rows, cols, m) = (40, 700, DEQUANT_ROWS + 3);
     let q = QuantMatrix::quantize_f32(&values(rows * cols, 3), rows, cols, QuantFormat::Q8);
     let x: Vec<bf16> = values(m * cols, 4)
@@ -299,10 +305,14 @@ fn avx_vnni_gives_the_avx2_bits() {
         .map(bf16::from_f32)
         .collect();
     let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-    assert_eq!(
-        q.matmul_bf16_to_vec(&x, m, Isa::AvxVnni),
-        q.matmul_to_vec(&x32, m, Isa::AvxVnni)
-    );
+    for isa in [Isa::AvxVnni, Isa::Avx512Vnni] {
+        if !isa.supported() {
+            eprintln!("{isa:?} skipped: this CPU lacks it");
+            continue;
+        }
+        let integer = q.matmul_to_vec(&x32, m, isa);
+        assert_eq!(q.matmul_bf16_to_vec(&x, m, isa), integer, "{isa:?}");
+    }
 }
 
 /// `RMS(got - want) / RMS(want)`.

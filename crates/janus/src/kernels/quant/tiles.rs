@@ -80,9 +80,9 @@ impl TileArgs {
 pub(super) unsafe fn tile(level: Isa, format: QuantFormat, rows: usize, a: TileArgs) {
     match (level, format) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Bf16, QuantFormat::Q8) => avx512::tile_q8(rows, a),
+        (Isa::Avx512Bf16 | Isa::Avx512Vnni, QuantFormat::Q8) => avx512::tile_q8(rows, a),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Bf16, QuantFormat::Q4) => avx512::tile_q4(rows, a),
+        (Isa::Avx512Bf16 | Isa::Avx512Vnni, QuantFormat::Q4) => avx512::tile_q4(rows, a),
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, QuantFormat::Q8) => avx2::tile_q8::<false>(rows, a),
         #[cfg(target_arch = "x86_64")]
