@@ -711,7 +711,9 @@ impl PackedBf16 {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Bf16, XPtr::Bf16(_)) => avx512::block(rows, np, &args),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni | Isa::Avx512Bf16, XPtr::F32(_)) => {
+            (Isa::Avx512Vnni, XPtr::F32(_)) => avx512f::block(rows, np, &args),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Bf16, XPtr::F32(_)) => {
                 avx2::block(rows, np, &args)
             }
             _ => plain_block(rows, np, &args),
@@ -724,7 +726,9 @@ fn max_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Bf16 => 12,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => avx2::ROWS,
+        Isa::Avx2 | Isa::AvxVnni => avx2::ROWS,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => avx512f::ROWS,
         _ => 4,
     }
 }
@@ -734,6 +738,9 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // index loops over register tiles read clearest
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // as above
+mod avx512f;
 
 #[cfg(test)]
 mod tests;

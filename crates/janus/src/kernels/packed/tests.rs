@@ -139,6 +139,40 @@ fn taps_read_bf16_and_f32_inputs_alike() {
     }
 }
 
+/// The AVX-512 F kernel (`avx512-vnni`) takes the AVX2 kernel's FMAs lane by lane: the
+/// same bits for decoding and many rows, split K, partial panels and convolution taps
+/// (their transposed outputs).
+#[test]
+fn avx512f_kernel_gives_the_avx2_bits() {
+    if !Isa::Avx512Vnni.supported() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    let (wide, narrow) = (Isa::Avx512Vnni, Isa::Avx2);
+    for &(m, n, k) in &[
+        (1, 17, 33),
+        (2, 1000, 150),
+        (7, 40, 64),
+        (13, 50, 513),
+        (67, 70, 3000),
+    ] {
+        let (x, w) = (values(m * k, 23), values(n * k, 24));
+        let packed = PackedBf16::pack(&w, n, k);
+        let want = packed.matmul_to_vec(&x, m, narrow);
+        assert_eq!(packed.matmul_to_vec(&x, m, wide), want, "{m}x{n}x{k}");
+    }
+    let (m, n, taps) = (11, 21, [0usize, 6, 14]);
+    let x: Vec<f32> = values(taps[2] + 2 * (m - 1) + 4, 43)
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    let packed = PackedBf16::pack(&values(n * taps.len() * 4, 44), n, taps.len() * 4);
+    let [mut a, mut b] = [vec![f32::NAN; n * m], vec![f32::NAN; n * m]];
+    packed.matmul_taps(&x, 2, &taps, m, &mut a, m, narrow);
+    packed.matmul_taps(&x, 2, &taps, m, &mut b, m, wide);
+    assert_eq!(a, b);
+}
+
 /// Each row's outputs are the same bits whatever rows come with it, at every level: one
 /// row alone, a few (split K), many (regrouped blocks). Speculative decoding checks drafts
 /// against rows computed in blocks and relies on this.
