@@ -503,12 +503,12 @@ macro_rules! vectorized_fn {
                 #[cfg(target_arch = "x86_64")]
                 $crate::kernels::Isa::Avx512Bf16 => unsafe { avx512($isa $(, $arg)*) },
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
                 $crate::kernels::Isa::Avx2
                 | $crate::kernels::Isa::AvxVnni
-                | $crate::kernels::Isa::Avx512Vnni => unsafe {
-                    avx2($isa $(, $arg)*)
-                },
+                | $crate::kernels::Isa::Avx512Vnni => {
+                    // SAFETY: as above.
+                    unsafe { avx2($isa $(, $arg)*) }
+                }
                 _ => body($isa $(, $arg)*),
             }
         }
