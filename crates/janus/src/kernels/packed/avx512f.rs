@@ -7,8 +7,8 @@
 
 use std::arch::x86_64::*;
 
-use super::block::{Block, XPtr, STREAM_AHEAD};
-use super::PANEL;
+use super::block::{Block, XPtr};
+use super::{zmm, PANEL};
 
 /// Rows of x per call at most: 16 accumulators (two panels) leave room for the weights
 /// and their widened halves. 12 rows spilled (prefill 13.7 s against 7.0 at 8 rows; 10
@@ -35,31 +35,12 @@ unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
     let XPtr::F32(x) = a.x.ptr else {
         unreachable!("the AVX-512 F kernel takes f32 x")
     };
-    // The valid lanes of panel q (the last panel may be partial).
-    let panel_mask = |q: usize| -> __mmask16 {
-        let valid = a.cols.saturating_sub(q * PANEL).min(PANEL);
-        ((1u32 << valid) - 1) as __mmask16
-    };
     let upper = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
-    let mut acc = [[_mm512_setzero_ps(); P]; R];
-    if a.accumulate {
-        for (r, acc) in acc.iter_mut().enumerate() {
-            for (q, v) in acc.iter_mut().enumerate() {
-                *v = _mm512_maskz_loadu_ps(panel_mask(q), a.out.add(r * a.ldo + q * PANEL));
-            }
-        }
-    }
+    let mut acc = zmm::start::<R, P>(a);
     for (t, &off) in a.taps.iter().enumerate() {
         let (w, x) = (a.w.add(t * a.pairs * 2 * PANEL), x.add(off));
         for c in 0..a.pairs {
-            if a.stream {
-                for q in 0..P {
-                    // Past the panel's end this names the next one (or nothing): a
-                    // prefetch never faults.
-                    let ahead = w.wrapping_add(q * a.panel_len + (c + STREAM_AHEAD) * 2 * PANEL);
-                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-                }
-            }
+            zmm::prefetch::<P>(a, w, c);
             let wv: [__m512i; P] = std::array::from_fn(|q| {
                 _mm512_loadu_si512(w.add(q * a.panel_len + c * 2 * PANEL) as *const _)
             });
@@ -81,29 +62,5 @@ unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
             }
         }
     }
-    if a.transposed {
-        // Lane j of a panel goes to output row (channel) j, `ldo` apart.
-        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let index = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(a.ldo as i32));
-        for r in 0..R {
-            for q in 0..P {
-                let mask = panel_mask(q);
-                if mask != 0 {
-                    let base = a.out.add(q * PANEL * a.ldo + r);
-                    _mm512_mask_i32scatter_ps::<4>(base as *mut _, mask, index, acc[r][q]);
-                }
-            }
-        }
-        return;
-    }
-    for r in 0..R {
-        for q in 0..P {
-            let mask = panel_mask(q);
-            if mask == 0 {
-                continue;
-            }
-            let o = a.out.add(r * a.ldo + q * PANEL);
-            _mm512_mask_storeu_ps(o, mask, acc[r][q]);
-        }
-    }
+    zmm::store(a, &acc);
 }

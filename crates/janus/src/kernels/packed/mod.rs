@@ -741,6 +741,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // as above
 mod avx512f;
+#[cfg(target_arch = "x86_64")]
+mod zmm;
 
 #[cfg(test)]
 mod tests;
