@@ -6,16 +6,16 @@
 //!
 //! Every kernel has implementations chosen at run time: on x86-64 AVX-512 BF16
 //! (`VDPBF16PS`, two bf16 products per f32 lane), AVX2 + FMA (bf16 widened to f32), and
-//! for the quantised products AVX2 with AVX-VNNI (the integer dots in one instruction)
-//! and AVX-512 VNNI without BF16 (the AVX-512 quantised kernels, the rest at AVX2); on
+//! AVX2 with AVX-VNNI (the quantised products' integer dots in one instruction) and
+//! AVX-512 VNNI without BF16 (the AVX-512 quantised kernels, packed bf16 products widened
+//! into 512-bit FMAs, the rest at AVX2); on
 //! aarch64 NEON (bf16 widened to f32), NEON with the dot-product extension (`SDOT`) and
 //! with BF16 (`BFDOT`); and everywhere a plain scalar one that the tests compare the fast
 //! ones with. `JANUS_KERNELS=plain|avx2|avx-vnni|avx512-vnni|avx512|neon|neon-dotprod|
-//! neon-bf16` forces one (never a level the CPU lacks). Each level's bodies live in a file named
-//! after it (`quant/avx2.rs`, `quant/neon.rs`), so a new level is new files plus one
-//! dispatch arm; a level that changes the quantised products only (`AvxVnni`,
-//! `Avx512Vnni`) borrows those of another level's files, and the other kernels' dispatch
-//! takes it as AVX2 ([`Isa::is_avx2`]).
+//! neon-bf16` forces one (never a level the CPU lacks). Each level's bodies live in a
+//! file named after it (`quant/avx2.rs`, `quant/neon.rs`), so a new level is new files
+//! plus one dispatch arm; a level that replaces a few kernels of another (`AvxVnni`,
+//! `Avx512Vnni` over AVX2) takes the rest from it ([`Isa::is_avx2`]).
 //!
 //! Threads come from rayon's global pool (the one candle's own CPU ops use), so the
 //! kernels and candle never run two pools against each other.
@@ -33,8 +33,8 @@ use std::sync::OnceLock;
 /// Instruction-set level a kernel runs at. Within an architecture a later level is the
 /// better one where the CPU has both, and needs every feature of the levels before it but
 /// `AvxVnni` (AVX-512 CPUs without AVX-VNNI, as Zen 4 and Ice Lake, skip it:
-/// [`Isa::available`]);
-/// across architectures the order means nothing beyond `Plain` first.
+/// [`Isa::available`]); across architectures the order means nothing beyond `Plain`
+/// first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Portable scalar Rust: the reference the fast paths are tested against.
@@ -46,8 +46,8 @@ pub enum Isa {
     /// products' integer dots take one instruction where AVX2 takes two or three.
     AvxVnni,
     /// AVX-512 F/BW/VL with AVX512-VNNI but no BF16 (Intel Cascade Lake, Ice Lake, Tiger
-    /// Lake, Rocket Lake): the AVX2 kernels, but the quantised products take the
-    /// AVX-512 VNNI ones.
+    /// Lake, Rocket Lake): the AVX-512 VNNI quantised products, the packed bf16 ones
+    /// widened into 512-bit FMAs, the other kernels at AVX2.
     Avx512Vnni,
     /// AVX-512 F/BW/VL + BF16 + VNNI (Zen 4, Sapphire Rapids and later).
     Avx512Bf16,
@@ -109,8 +109,9 @@ impl Isa {
         LADDER.iter().copied().filter(|i| i.supported()).collect()
     }
 
-    /// Whether the level runs the AVX2 kernels (`Avx2`, `AvxVnni` and `Avx512Vnni`, which
-    /// differ only in the quantised products).
+    /// Whether the level is built on the AVX2 kernels (`Avx2`, and `AvxVnni` and
+    /// `Avx512Vnni`, which replace its quantised and, at `Avx512Vnni`, packed products):
+    /// x widened to f32 for the packed products, AVX2 for the rest.
     pub fn is_avx2(self) -> bool {
         matches!(self, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni)
     }

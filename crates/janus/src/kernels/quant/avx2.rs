@@ -82,48 +82,43 @@ unsafe fn q8_dot<const V: bool>(
     _mm256_add_epi32(dot, _mm256_add_epi32(even, odd))
 }
 
-/// `acc` plus the dot products of the pairs `p` and `q`, unsigned bytes by signed bytes,
-/// four per dword lane (AVX-VNNI `VPDPBUSD`), written out: the intrinsic needs the
-/// `avxvnni` target feature, which the kernels cannot enable for their AVX-VNNI instances
-/// alone.
-///
-/// # Safety
-/// AVX-VNNI present.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn dpbusd2(mut acc: __m256i, p: [__m256i; 2], q: [__m256i; 2]) -> __m256i {
-    asm!(
-        "{{vex}} vpdpbusd {acc}, {a}, {b}",
-        "{{vex}} vpdpbusd {acc}, {c}, {d}",
-        acc = inout(ymm_reg) acc,
-        a = in(ymm_reg) p[0],
-        b = in(ymm_reg) p[1],
-        c = in(ymm_reg) q[0],
-        d = in(ymm_reg) q[1],
-        options(pure, nomem, nostack, preserves_flags),
-    );
-    acc
+/// `acc` plus the dot products of the pairs `p` and `q` by one AVX-VNNI instruction each,
+/// written out: the intrinsics need the `avxvnni` target feature, which the kernels cannot
+/// enable for their AVX-VNNI instances alone.
+macro_rules! vex_dot_pair {
+    ($(#[$doc:meta])* $name:ident, $op:literal) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// AVX-VNNI present.
+        #[inline]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $name(mut acc: __m256i, p: [__m256i; 2], q: [__m256i; 2]) -> __m256i {
+            asm!(
+                concat!("{{vex}} ", $op, " {acc}, {a}, {b}"),
+                concat!("{{vex}} ", $op, " {acc}, {c}, {d}"),
+                acc = inout(ymm_reg) acc,
+                a = in(ymm_reg) p[0],
+                b = in(ymm_reg) p[1],
+                c = in(ymm_reg) q[0],
+                d = in(ymm_reg) q[1],
+                options(pure, nomem, nostack, preserves_flags),
+            );
+            acc
+        }
+    };
 }
 
-/// [`dpbusd2`] for signed words, two per dword lane (`VPDPWSSD`).
-///
-/// # Safety
-/// AVX-VNNI present.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn dpwssd2(mut acc: __m256i, p: [__m256i; 2], q: [__m256i; 2]) -> __m256i {
-    asm!(
-        "{{vex}} vpdpwssd {acc}, {a}, {b}",
-        "{{vex}} vpdpwssd {acc}, {c}, {d}",
-        acc = inout(ymm_reg) acc,
-        a = in(ymm_reg) p[0],
-        b = in(ymm_reg) p[1],
-        c = in(ymm_reg) q[0],
-        d = in(ymm_reg) q[1],
-        options(pure, nomem, nostack, preserves_flags),
-    );
-    acc
-}
+vex_dot_pair!(
+    /// Unsigned bytes by signed bytes, four per dword lane (`VPDPBUSD`).
+    dpbusd2,
+    "vpdpbusd"
+);
+vex_dot_pair!(
+    /// Signed words, two per dword lane (`VPDPWSSD`).
+    dpwssd2,
+    "vpdpwssd"
+);
 
 /// The 8 lanes of a float vector, summed.
 #[inline(always)]

@@ -52,9 +52,9 @@
 //! Q8 products of bf16 activations with [`DEQUANT_ROWS`] rows or more (prefill) go
 //! through bf16 panels instead at the levels with a packed bf16 kernel but no faster
 //! integer one (`avx512`, `avx2`; see [`QuantMatrix::matmul_bf16`]). So do Q4's where the
-//! CPU has AMX tiles. Below that row count (and for Q4 without AMX, Q8 at `avx-vnni`, f32
-//! activations or other CPUs) every row count takes the integer path, so a row's result
-//! does not depend on the batch it came in.
+//! CPU has AMX tiles. Below that row count (and for Q4 without AMX, Q8 at `avx-vnni` and
+//! `avx512-vnni`, f32 activations or other CPUs) every row count takes the integer path,
+//! so a row's result does not depend on the batch it came in.
 
 use std::fmt;
 use std::str::FromStr;
@@ -348,9 +348,9 @@ impl QuantMatrix {
     /// over them, so a Q8 prefill runs about as fast as a bf16 one (on AVX-512 the 12-bit
     /// integer product, `VPDPWSSD`, has the same 32 products per instruction as
     /// `VDPBF16PS` and more work per block: 0.75 times the speed; on AVX2 the dequantising
-    /// leaves it at 0.96-0.99x of bf16, docs/kernels.md; at the AVX-VNNI level
-    /// `VPDPWSSD` is the faster, so the integer path runs); on AMX tiles where the CPU has
-    /// them, every row at once under each panel pair. The weights then carry one more
+    /// leaves it at 0.96-0.99x of bf16, docs/kernels.md; at the `avx-vnni` and
+    /// `avx512-vnni` levels `VPDPWSSD` is the faster, so the integer path runs); on AMX
+    /// tiles where the CPU has them, every row at once under each panel pair. The weights then carry one more
     /// rounding, `q d` to bf16 (0.2 % of a weight at most, against Q8's own step of
     /// `d / 2`), and the activations stay in bf16 instead of 12 bits per block.
     ///
@@ -377,7 +377,7 @@ impl QuantMatrix {
     unsafe fn matmul_bf16_raw(&self, x: &[bf16], m: usize, out: *mut f32, isa: Isa) {
         let many = m >= DEQUANT_ROWS && self.cols > 0 && !super::row_invariance();
         // Q4 too on AMX tiles, whose bf16 products outrun its integer kernel; Q8 not
-        // where `VPDPWSSD` outruns the AVX2 bf16 kernel.
+        // where `VPDPWSSD` outruns the f32-widening bf16 kernel (docs/kernels.md).
         let route = match self.format {
             QuantFormat::Q8 => {
                 PackedBf16::packs_at(isa) && !matches!(isa, Isa::AvxVnni | Isa::Avx512Vnni)
