@@ -1,7 +1,9 @@
 //! Throughput of the CPU kernels at Janus-Pro-1B's shapes, per instruction-set level.
 //!
 //! `cargo run --release -p janus --example kernel_bench [NAME-FILTER]` (threads:
-//! RAYON_NUM_THREADS). Besides wall time it prints GFLOP per second of the process's CPU
+//! RAYON_NUM_THREADS). `KB_SHAPES=576x4096x1024;...` replaces the shapes (m x n x k);
+//! `KB_GROUPED=MxNxK` times only the packed kernel over x regrouped once, on one thread
+//! (small shapes keep everything in L1: the kernel's own FLOP rate). Besides wall time it prints GFLOP per second of the process's CPU
 //! time, which other load on the machine disturbs much less (where `perf` has no cycle
 //! counter, as in this project's VMs, that is the closest to flops per cycle).
 
@@ -27,8 +29,56 @@ fn cpu_seconds() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }
 
+/// `MxNxK` as numbers.
+fn shape(s: &str) -> (usize, usize, usize) {
+    let d: Vec<usize> = s
+        .split('x')
+        .map(|v| v.parse().expect("a shape is MxNxK"))
+        .collect();
+    assert!(d.len() == 3, "a shape is MxNxK, not {s}");
+    (d[0], d[1], d[2])
+}
+
+/// The packed kernel alone: x regrouped once, then the product repeated on this thread.
+fn grouped_only(m: usize, n: usize, k: usize) {
+    let isa = janus::kernels::isa();
+    let x = values(m * k);
+    let packed = PackedBf16::pack(&values(n * k), n, k);
+    let mut grouped = packed.grouped(m, isa);
+    for (r, row) in x.chunks_exact(k).enumerate() {
+        grouped.put_row(row, r);
+    }
+    let mut out = vec![0.0f32; m * n];
+    let flop = 2.0 * (m * n * k) as f64;
+    let reps = (4e10 / flop).max(1.0) as usize;
+    let t = Instant::now();
+    for _ in 0..reps {
+        packed.matmul_grouped(&grouped, m, &mut out);
+    }
+    let s = t.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "{:>6} grouped {m}x{n}x{k}: {:7.1} GFLOP/s",
+        isa.name(),
+        flop / s / 1e9
+    );
+}
+
 fn main() {
-    let shapes = [
+    if let Ok(s) = std::env::var("KB_GROUPED") {
+        let (m, n, k) = shape(&s);
+        return grouped_only(m, n, k);
+    }
+    let custom: Vec<(String, usize, usize, usize)> = std::env::var("KB_SHAPES")
+        .map(|v| {
+            v.split(';')
+                .map(|s| {
+                    let (m, n, k) = shape(s);
+                    (s.to_string(), m, n, k)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut shapes = vec![
         ("decode up_proj", 1, 5632, 2048),
         ("cfg step up_proj", 2, 5632, 2048),
         ("decode down_proj", 1, 2048, 5632),
@@ -40,6 +90,12 @@ fn main() {
         ("siglip fc1", 576, 4096, 1024),
         ("siglip fc2", 576, 1024, 4096),
     ];
+    if !custom.is_empty() {
+        shapes = custom
+            .iter()
+            .map(|(s, m, n, k)| (s.as_str(), *m, *n, *k))
+            .collect();
+    }
     let filter = std::env::args().nth(1).unwrap_or_default();
     // The best level only, unless JANUS_BENCH_ALL is set (the plain level is slow).
     let levels = match std::env::var_os("JANUS_BENCH_ALL") {

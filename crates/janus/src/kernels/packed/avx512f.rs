@@ -10,28 +10,36 @@ use std::arch::x86_64::*;
 use super::block::{Block, XPtr};
 use super::{zmm, PANEL};
 
-/// Rows of x per call at most: 16 accumulators (two panels) leave room for the weights
-/// and their widened halves. 12 rows spilled (prefill 13.7 s against 7.0 at 8 rows; 10
-/// measured as 8, 6 about 4 % slower).
-pub(super) const ROWS: usize = 8;
+/// Rows of x per call from the regrouped layout (2 floats apart), whose broadcasts the
+/// kernel takes in asm at fixed offsets (8 rows: 72 % of the FMA peak from L1, 10: 79 %).
+pub(super) const ROWS: usize = 10;
+
+/// Rows per call where x is read in place (few rows, convolution taps): at any stride the
+/// compiler's schedule spilled accumulators from 12 rows on (prefill 13.7 s against 7.0).
+pub(super) const IN_PLACE_ROWS: usize = 8;
 
 /// # Safety
-/// `rows <= ROWS`, `np` in 1..=2, x in f32, operands as [`Block`] describes; AVX-512 F
-/// present.
+/// `rows <= ROWS` (`<= IN_PLACE_ROWS` unless x's rows are 2 floats apart), `np` in 1..=2,
+/// x in f32, operands as [`Block`] describes; AVX-512 F present.
 pub(super) unsafe fn block(rows: usize, np: usize, a: &Block) {
     macro_rules! go {
         ($($r:literal),*) => {
-            match (rows, np) {
-                $(($r, 1) => kernel::<$r, 1>(a), ($r, 2) => kernel::<$r, 2>(a),)*
+            match (rows, np, a.x.row_stride == 2) {
+                $(
+                    ($r, 1, true) => kernel::<$r, 1, true>(a),
+                    ($r, 2, true) => kernel::<$r, 2, true>(a),
+                    ($r, 1, false) => kernel::<$r, 1, false>(a),
+                    ($r, 2, false) => kernel::<$r, 2, false>(a),
+                )*
                 _ => unreachable!("no {rows}x{np} block"),
             }
         };
     }
-    go!(1, 2, 3, 4, 5, 6, 7, 8)
+    go!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
+unsafe fn kernel<const R: usize, const P: usize, const PAIRED: bool>(a: &Block) {
     let XPtr::F32(x) = a.x.ptr else {
         unreachable!("the AVX-512 F kernel takes f32 x")
     };
@@ -47,20 +55,75 @@ unsafe fn kernel<const R: usize, const P: usize>(a: &Block) {
             let xp = x.add(c * a.x.pair_stride);
             // The lower values of the pairs, then the upper ones (the AVX2 kernel's order).
             let lo = wv.map(|v| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v)));
-            for r in 0..R {
-                let xv = _mm512_set1_ps(*xp.add(r * a.x.row_stride));
-                for q in 0..P {
-                    acc[r][q] = _mm512_fmadd_ps(xv, lo[q], acc[r][q]);
+            if PAIRED {
+                rows_fma::<R, P, 0>(&mut acc, &lo, xp);
+            } else {
+                for r in 0..R {
+                    let xv = _mm512_set1_ps(*xp.add(r * a.x.row_stride));
+                    for q in 0..P {
+                        acc[r][q] = _mm512_fmadd_ps(xv, lo[q], acc[r][q]);
+                    }
                 }
             }
             let hi = wv.map(|v| _mm512_castsi512_ps(_mm512_and_si512(v, upper)));
-            for r in 0..R {
-                let xv = _mm512_set1_ps(*xp.add(r * a.x.row_stride + 1));
-                for q in 0..P {
-                    acc[r][q] = _mm512_fmadd_ps(xv, hi[q], acc[r][q]);
+            if PAIRED {
+                rows_fma::<R, P, 4>(&mut acc, &hi, xp);
+            } else {
+                for r in 0..R {
+                    let xv = _mm512_set1_ps(*xp.add(r * a.x.row_stride + 1));
+                    for q in 0..P {
+                        acc[r][q] = _mm512_fmadd_ps(xv, hi[q], acc[r][q]);
+                    }
                 }
             }
         }
     }
     zmm::store(a, &acc);
+}
+
+/// `acc[r][q] += x[2 r] * w[q]` (`BYTE` 0) or `x[2 r + 1] * w[q]` (`BYTE` 4) for rows 2
+/// floats apart, one asm block per row: left to itself the compiler loads every row's
+/// broadcast ahead of the products, and from 10 rows on the accumulators spill.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_fma<const R: usize, const P: usize, const BYTE: usize>(
+    acc: &mut [[__m512; P]; R],
+    w: &[__m512; P],
+    x: *const f32,
+) {
+    macro_rules! rows {
+        ($($r:literal),*) => {$(
+            if $r < R {
+                // `% R`, `% P`: in range for every instance (the branch is dead where not).
+                let a = &mut acc[$r % R];
+                if P == 2 {
+                    std::arch::asm!(
+                        "vbroadcastss {b}, dword ptr [{x} + {off}]",
+                        "vfmadd231ps {a0}, {b}, {w0}",
+                        "vfmadd231ps {a1}, {b}, {w1}",
+                        a0 = inout(zmm_reg) a[0],
+                        a1 = inout(zmm_reg) a[1 % P],
+                        w0 = in(zmm_reg) w[0],
+                        w1 = in(zmm_reg) w[1 % P],
+                        b = out(zmm_reg) _,
+                        x = in(reg) x,
+                        off = const $r * 8 + BYTE,
+                        options(pure, readonly, nostack, preserves_flags)
+                    );
+                } else {
+                    std::arch::asm!(
+                        "vbroadcastss {b}, dword ptr [{x} + {off}]",
+                        "vfmadd231ps {a0}, {b}, {w0}",
+                        a0 = inout(zmm_reg) a[0],
+                        w0 = in(zmm_reg) w[0],
+                        b = out(zmm_reg) _,
+                        x = in(reg) x,
+                        off = const $r * 8 + BYTE,
+                        options(pure, readonly, nostack, preserves_flags)
+                    );
+                }
+            }
+        )*};
+    }
+    rows!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9);
 }

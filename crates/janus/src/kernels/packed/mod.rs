@@ -400,7 +400,7 @@ impl PackedBf16 {
             panels
         };
         let tasks = panels.div_ceil(per_task);
-        let mr = max_rows(isa);
+        let mr = in_place_rows(isa);
         let out_ptr = SendPtr(out);
         let kb = if m <= 4 { self.pairs } else { K_BLOCK / 2 };
         let task = |t: usize| {
@@ -541,7 +541,7 @@ impl PackedBf16 {
         let mr = match (isa, T::ptr(x)) {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512Bf16, XPtr::F32(_)) => avx2::ROWS,
-            _ => max_rows(isa),
+            _ => in_place_rows(isa),
         };
         let panels = self.n.div_ceil(PANEL);
         for p in (0..panels).step_by(2) {
@@ -721,7 +721,16 @@ impl PackedBf16 {
     }
 }
 
-/// Rows of x per kernel call at this level.
+/// Rows of x per kernel call where x is read in place, at any row stride.
+fn in_place_rows(isa: Isa) -> usize {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => avx512f::IN_PLACE_ROWS,
+        _ => max_rows(isa),
+    }
+}
+
+/// Rows of x per kernel call at this level (and per group of the regrouped layout).
 fn max_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512Bf16 => 12,

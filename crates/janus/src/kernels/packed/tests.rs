@@ -154,6 +154,7 @@ fn avx512f_kernel_gives_the_avx2_bits() {
         (2, 1000, 150),
         (7, 40, 64),
         (13, 50, 513),
+        (19, 33, 96),
         (67, 70, 3000),
     ] {
         let (x, w) = (values(m * k, 23), values(n * k, 24));
@@ -161,16 +162,19 @@ fn avx512f_kernel_gives_the_avx2_bits() {
         let want = packed.matmul_to_vec(&x, m, narrow);
         assert_eq!(packed.matmul_to_vec(&x, m, wide), want, "{m}x{n}x{k}");
     }
-    let (m, n, taps) = (11, 21, [0usize, 6, 14]);
-    let x: Vec<f32> = values(taps[2] + 2 * (m - 1) + 4, 43)
-        .iter()
-        .map(|v| v.to_f32())
-        .collect();
-    let packed = PackedBf16::pack(&values(n * taps.len() * 4, 44), n, taps.len() * 4);
-    let [mut a, mut b] = [vec![f32::NAN; n * m], vec![f32::NAN; n * m]];
-    packed.matmul_taps(&x, 2, &taps, m, &mut a, m, narrow);
-    packed.matmul_taps(&x, 2, &taps, m, &mut b, m, wide);
-    assert_eq!(a, b);
+    // Rows 2 floats apart take the kernel's fixed-offset broadcasts, others the general.
+    for stride in [2, 3] {
+        let (m, n, taps) = (11, 21, [0usize, 6, 14]);
+        let x: Vec<f32> = values(taps[2] + stride * (m - 1) + 4, 43)
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let packed = PackedBf16::pack(&values(n * taps.len() * 4, 44), n, taps.len() * 4);
+        let [mut a, mut b] = [vec![f32::NAN; n * m], vec![f32::NAN; n * m]];
+        packed.matmul_taps(&x, stride, &taps, m, &mut a, m, narrow);
+        packed.matmul_taps(&x, stride, &taps, m, &mut b, m, wide);
+        assert_eq!(a, b, "row stride {stride}");
+    }
 }
 
 /// Each row's outputs are the same bits whatever rows come with it, at every level: one
