@@ -8,10 +8,10 @@ pub fn exp_in_place(x: &mut [f32], isa: Isa) {
     match isa {
         // SAFETY: `isa` is only ever a level this CPU has (`Isa::available`).
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => unsafe { simd::exp_avx512(x) },
+        Isa::Avx512Bf16 | Isa::Avx512Vnni => unsafe { simd::exp_avx512(x) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => unsafe { simd::exp_avx2(x) },
+        Isa::Avx2 | Isa::AvxVnni => unsafe { simd::exp_avx2(x) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDotprod | Isa::NeonBf16 => neon::exp(x),
         _ => x.iter_mut().for_each(|v| *v = v.exp()),

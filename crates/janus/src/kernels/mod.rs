@@ -502,11 +502,11 @@ macro_rules! vectorized_fn {
             match $isa {
                 // SAFETY: `isa` is only ever a level this CPU has (`Isa::available`).
                 #[cfg(target_arch = "x86_64")]
-                $crate::kernels::Isa::Avx512Bf16 => unsafe { avx512($isa $(, $arg)*) },
+                $crate::kernels::Isa::Avx512Bf16 | $crate::kernels::Isa::Avx512Vnni => unsafe {
+                    avx512($isa $(, $arg)*)
+                },
                 #[cfg(target_arch = "x86_64")]
-                $crate::kernels::Isa::Avx2
-                | $crate::kernels::Isa::AvxVnni
-                | $crate::kernels::Isa::Avx512Vnni => {
+                $crate::kernels::Isa::Avx2 | $crate::kernels::Isa::AvxVnni => {
                     // SAFETY: as above.
                     unsafe { avx2($isa $(, $arg)*) }
                 }
