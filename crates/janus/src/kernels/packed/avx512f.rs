@@ -84,6 +84,9 @@ unsafe fn kernel<const R: usize, const P: usize, const PAIRED: bool>(a: &Block) 
 /// `acc[r][q] += x[2 r] * w[q]` (`BYTE` 0) or `x[2 r + 1] * w[q]` (`BYTE` 4) for rows 2
 /// floats apart, one asm block per row: left to itself the compiler loads every row's
 /// broadcast ahead of the products, and from 10 rows on the accumulators spill.
+///
+/// # Safety
+/// `x[2 r]` and `x[2 r + 1]` are readable for every `r < R`; AVX-512 F present.
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn rows_fma<const R: usize, const P: usize, const BYTE: usize>(
