@@ -3,9 +3,10 @@
 //! `cargo run --release -p janus --example kernel_bench [NAME-FILTER]` (threads:
 //! RAYON_NUM_THREADS). `KB_SHAPES=576x4096x1024;...` replaces the shapes (m x n x k);
 //! `KB_GROUPED=MxNxK` times only the packed kernel over x regrouped once, on one thread
-//! (small shapes keep everything in L1: the kernel's own FLOP rate). Besides wall time it prints GFLOP per second of the process's CPU
-//! time, which other load on the machine disturbs much less (where `perf` has no cycle
-//! counter, as in this project's VMs, that is the closest to flops per cycle).
+//! (small shapes keep everything in L1: the kernel's own FLOP rate). Besides wall time it
+//! prints GFLOP per second of the process's CPU time, which other load on the machine
+//! disturbs much less (where `perf` has no cycle counter, as in this project's VMs, that is
+//! the closest to flops per cycle).
 
 use std::time::Instant;
 

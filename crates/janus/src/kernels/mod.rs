@@ -8,7 +8,7 @@
 //! (`VDPBF16PS`, two bf16 products per f32 lane), AVX2 + FMA (bf16 widened to f32), and
 //! AVX2 with AVX-VNNI (the quantised products' integer dots in one instruction) and
 //! AVX-512 VNNI without BF16 (the AVX-512 quantised kernels, packed bf16 products widened
-//! into 512-bit FMAs, the rest at AVX2); on
+//! into 512-bit FMAs, elementwise passes on 512 bits, row tiles at AVX2); on
 //! aarch64 NEON (bf16 widened to f32), NEON with the dot-product extension (`SDOT`) and
 //! with BF16 (`BFDOT`); and everywhere a plain scalar one that the tests compare the fast
 //! ones with. `JANUS_KERNELS=plain|avx2|avx-vnni|avx512-vnni|avx512|neon|neon-dotprod|
@@ -47,7 +47,8 @@ pub enum Isa {
     AvxVnni,
     /// AVX-512 F/BW/VL with AVX512-VNNI but no BF16 (Intel Cascade Lake, Ice Lake, Tiger
     /// Lake, Rocket Lake): the AVX-512 VNNI quantised products, the packed bf16 ones
-    /// widened into 512-bit FMAs, the other kernels at AVX2.
+    /// widened into 512-bit FMAs, elementwise passes on 512 bits, the bf16 row tiles at
+    /// AVX2.
     Avx512Vnni,
     /// AVX-512 F/BW/VL + BF16 + VNNI (Zen 4, Sapphire Rapids and later).
     Avx512Bf16,
@@ -111,7 +112,7 @@ impl Isa {
 
     /// Whether the level is built on the AVX2 kernels (`Avx2`, and `AvxVnni` and
     /// `Avx512Vnni`, which replace its quantised and, at `Avx512Vnni`, packed products):
-    /// x widened to f32 for the packed products, AVX2 for the rest.
+    /// x widened to f32 for the packed products, AVX2 for the bf16 row tiles.
     pub fn is_avx2(self) -> bool {
         matches!(self, Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni)
     }

@@ -81,8 +81,8 @@ const PACKED_QUERIES: usize = 16;
 
 /// Whether [`PACKED_QUERIES`] or more queries take the packed kernel at this level: not
 /// on NEON, where it has no vector body, nor at plain AVX2, where Zen 3's measurements
-/// disagreed (docs/kernels.md); the Intel-only levels without BF16 measured SigLIP and
-/// prefill 3-9 % faster with it.
+/// disagreed (docs/kernels.md); at `avx-vnni` and `avx512-vnni` (Intel CPUs) SigLIP
+/// measured 3-5 % faster with it, and prefill 3 % at `avx512-vnni`.
 fn packs_queries(isa: Isa) -> bool {
     !matches!(
         isa,

@@ -188,6 +188,18 @@ fn every_level_matches_the_definition() {
             },
             1,
         ),
+        // Several blocks of queries (a partial last one) at every level's block size.
+        (
+            Dims {
+                b: 1,
+                h: 2,
+                h_kv: 1,
+                tq: 150,
+                tk: 150,
+                dh: 64,
+            },
+            1,
+        ),
         // Head sizes of whole AMX tiles (where the CPU has them): causal blocks of
         // queries over a partial last tile of keys, and a padding mask.
         (

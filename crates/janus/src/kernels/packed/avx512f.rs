@@ -18,10 +18,13 @@ pub(super) const ROWS: usize = 10;
 /// compiler's schedule spilled accumulators from 12 rows on (prefill 13.7 s against 7.0).
 pub(super) const IN_PLACE_ROWS: usize = 8;
 
+/// More than [`IN_PLACE_ROWS`] rows at a stride other than 2 are correct but slow.
+///
 /// # Safety
-/// `rows <= ROWS` (`<= IN_PLACE_ROWS` unless x's rows are 2 floats apart), `np` in 1..=2,
-/// x in f32, operands as [`Block`] describes; AVX-512 F present.
+/// `rows <= ROWS`, `np` in 1..=2, x in f32, operands as [`Block`] describes; AVX-512 F
+/// present.
 pub(super) unsafe fn block(rows: usize, np: usize, a: &Block) {
+    debug_assert!(rows <= IN_PLACE_ROWS || a.x.row_stride == 2);
     macro_rules! go {
         ($($r:literal),*) => {
             match (rows, np, a.x.row_stride == 2) {
@@ -83,7 +86,7 @@ unsafe fn kernel<const R: usize, const P: usize, const PAIRED: bool>(a: &Block) 
 
 /// `acc[r][q] += x[2 r] * w[q]` (`BYTE` 0) or `x[2 r + 1] * w[q]` (`BYTE` 4) for rows 2
 /// floats apart, one asm block per row: left to itself the compiler loads every row's
-/// broadcast ahead of the products, and from 10 rows on the accumulators spill.
+/// broadcast ahead of the products, and at 12 rows the accumulators spilled.
 ///
 /// # Safety
 /// `x[2 r]` and `x[2 r + 1]` are readable for every `r < R`; AVX-512 F present.
@@ -94,6 +97,8 @@ unsafe fn rows_fma<const R: usize, const P: usize, const BYTE: usize>(
     w: &[__m512; P],
     x: *const f32,
 ) {
+    // The rows and panels the blocks below cover.
+    const { assert!(R <= 10 && (P == 1 || P == 2)) };
     macro_rules! rows {
         ($($r:literal),*) => {$(
             if $r < R {
