@@ -3,7 +3,7 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::{TileArgs, BLOCK, CHUNKS, QUAD, STREAM_GROUPS_AHEAD};
+use super::{avx512_prefetches, TileArgs, BLOCK, CHUNKS, QUAD, STREAM_GROUPS_AHEAD};
 use half::bf16;
 
 /// # Safety
@@ -73,6 +73,7 @@ unsafe fn kernel<const Q8: bool, const R: usize>(a: TileArgs) {
         }
     };
     let split = usize::from(R == 1);
+    let prefetch = a.streams && avx512_prefetches();
     let mut acc = [[_mm512_setzero_ps(); R]; QUAD];
     for g in 0..a.groups {
         let mut dot = [[[_mm512_setzero_si512(); 2]; R]; QUAD];
@@ -85,7 +86,7 @@ unsafe fn kernel<const Q8: bool, const R: usize>(a: TileArgs) {
             }
         }
         for s in 0..lines {
-            if a.streams {
+            if prefetch {
                 // A line at a time into L2: a group's lines in one burst, or into L1,
                 // held the loads up (docs/kernels.md).
                 for r in 0..QUAD {

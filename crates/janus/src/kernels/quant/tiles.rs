@@ -8,6 +8,16 @@ use super::*;
 #[cfg(target_arch = "x86_64")]
 pub(super) const STREAM_GROUPS_AHEAD: usize = 4;
 
+/// Whether the streaming AVX-512 kernels prefetch their weights at all: on Intel, whose
+/// hardware prefetchers alone left two-row Q8 and Q4 products well below the memory's
+/// speed; not on AMD, whose prefetchers keep up alone (Zen 4: Q8 8-10 % faster without
+/// the extra loads, Q4 alike; docs/kernels.md).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx512_prefetches() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !crate::kernels::cpu_is_amd())
+}
+
 /// One tile's operands: `groups` groups of activation rows from `xq`, `neg`, `dx` (row
 /// strides: `stride` groups of lines and of `Lanes`; see [`QuantActs`]) and of one weight
 /// quad from `wq` and `ws`, and the output at `out` (row stride `ldo`), whose first `cols`
