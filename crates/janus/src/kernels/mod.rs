@@ -556,6 +556,24 @@ mod tests {
         assert!(available.contains(&super::isa()));
     }
 
+    /// CPUID's vendor agrees with the kernel's `vendor_id` (the vendor-tuned prefetch
+    /// must not land on the wrong CPUs).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn cpu_vendor_matches_proc_cpuinfo() {
+        let info = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+        let vendor = info
+            .lines()
+            .find_map(|l| l.strip_prefix("vendor_id")?.split(':').nth(1))
+            .expect("a vendor_id line")
+            .trim();
+        assert_eq!(
+            super::cpu_is_amd(),
+            vendor == "AuthenticAMD",
+            "vendor {vendor}"
+        );
+    }
+
     /// The emulated runs of `scripts/arm/test-qemu.sh` name the level their emulated CPU
     /// must be detected at (`JANUS_EXPECT_DETECTED`); the level they force through
     /// `JANUS_KERNELS` must then be the one in use. Without that variable (native runs)
